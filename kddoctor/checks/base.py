@@ -1,0 +1,133 @@
+"""Findings, the check registry and the runner that turns exceptions into `error` findings."""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(str, enum.Enum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
+@dataclass
+class Finding:
+    """What one check concluded: a status, one sentence with its numbers, and machine-readable evidence."""
+
+    id: str
+    status: Status
+    summary: str
+    evidence: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # aggregated plot data for the report (not in results.json)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "status": self.status.value, "summary": self.summary,
+                "evidence": jsonable(self.evidence)}
+
+
+def jsonable(obj: object) -> object:
+    """numpy / torch scalars and arrays -> plain JSON values (NaN and Inf -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def grade(value: float, warn: float, fail: float, *, higher_is_worse: bool = True) -> Status:
+    """Threshold a value into pass/warn/fail."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Status.PASS
+    if not higher_is_worse:
+        value, warn, fail = -value, -warn, -fail
+    return Status.FAIL if value > fail else Status.WARN if value > warn else Status.PASS
+
+
+def worst(*statuses: Status) -> Status:
+    order = [Status.PASS, Status.SKIPPED, Status.WARN, Status.FAIL, Status.ERROR]
+    return max(statuses, key=order.index)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    id: str
+    fn: Callable
+    needs: tuple[str, ...]
+    title: str
+    doc: str
+
+
+_REGISTRY: dict[str, CheckSpec] = {}
+
+
+def register_check(check_id: str, *, needs: tuple[str, ...] = (), title: str = "") -> Callable:
+    """Register a check function `fn(evaluation) -> Finding` under `check_id`.
+
+    `needs` names capabilities of the evaluation (see Evaluation.capabilities); the runner skips
+    the check, with the reason, when one is missing. The check never tests for that itself.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        _REGISTRY[check_id] = CheckSpec(check_id, fn, tuple(needs), title or check_id.replace("_", " "),
+                                        (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        return fn
+
+    return deco
+
+
+def list_checks() -> list[str]:
+    """Ids of every registered check, in run order."""
+    return list(_REGISTRY)
+
+
+def get_check(check_id: str) -> CheckSpec:
+    return _REGISTRY[check_id]
+
+
+NEED_REASONS = {
+    "train_eval": "the data factory returned no 'train_eval' loader",
+    "features": "no penultimate features: the model has no nn.Linear classifier to tap",
+    "cache": "no inputs were cached for probes",
+    "norm_layers": "the student has no BatchNorm or dropout layers",
+    "trainable": "the student has no trainable parameters",
+}
+
+
+def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
+    """Run one check; missing needs -> skipped, an exception -> error (the run goes on)."""
+    missing = [n for n in spec.needs if n not in ev.capabilities]  # type: ignore[attr-defined]
+    if missing:
+        reason = "; ".join(NEED_REASONS.get(n, f"needs {n}") for n in missing)
+        return Finding(spec.id, Status.SKIPPED, f"skipped: {reason}", {"missing": missing})
+    start = time.perf_counter()
+    try:
+        finding = spec.fn(ev)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a broken check never kills the run
+        msg = f"{type(e).__name__}: {e}"
+        evidence = {"error": msg}
+        if debug:
+            evidence["traceback"] = traceback.format_exc()
+        finding = Finding(spec.id, Status.ERROR, f"the check failed: {msg}", evidence)
+    finding.seconds = time.perf_counter() - start
+    return finding

@@ -1,0 +1,59 @@
+"""Can the student represent the teacher at all? Linear probes, a budgeted fit probe, size ratios."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._probes import finetune, n_params
+from .base import Finding, Status, register_check, worst
+
+FIT_TARGET = 0.99  # agreement a capable student reaches on a small train subset with pure KD
+FIT_FAIL = 0.95
+PROBE_GAP_WARN = 0.10  # teacher-feature probe accuracy minus student-feature probe accuracy
+
+
+def linear_probe(feats_tr: np.ndarray, y_tr: np.ndarray, feats_va: np.ndarray, y_va: np.ndarray,
+                 seed: int) -> float | None:
+    """Logistic regression on standardized features, fitted on train, accuracy on val."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_tr)) < 2:
+        return None
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0, random_state=seed))
+    clf.fit(feats_tr, y_tr)
+    return float(clf.score(feats_va, y_va))
+
+
+@register_check("capacity_probe", needs=("features", "cache", "trainable"), title="Capacity probe")
+def capacity_probe(ev) -> Finding:
+    """Linear probes to the teacher's argmax, a pure-KD fit probe on a train subset, parameter ratio."""
+    b = ev.config.budgets
+    preds = {s: ev.splits[s].samples["t_pred"] for s in ("train", "val")}
+    probes = {}
+    for m in ("student", "teacher"):
+        ftr, fva = ev.train.features[m], ev.val.features[m]
+        probes[m] = linear_probe(ftr, preds["train"][: len(ftr)], fva, preds["val"][: len(fva)], ev.config.seed)
+    model, curve = finetune(ev, alpha=1.0, temperature=1.0, t2=False, steps=b.fit_steps,
+                            eval_every=max(1, b.fit_steps // 6))
+    del model
+    fit = curve[-1][1] if curve else float("nan")
+    params = {m: n_params(getattr(ev, m)) for m in ("student", "teacher")}
+    widths = {m: ev.train.features[m].shape[1] for m in ("student", "teacher")}
+    gap = (probes["teacher"] - probes["student"]) if None not in probes.values() else 0.0
+    evidence = {"fit_agreement": fit, "fit_target": FIT_TARGET, "fit_steps": b.fit_steps,
+                "fit_samples": len(ev.train.cache_x), "fit_curve": curve,
+                "linear_probe_student": probes["student"], "linear_probe_teacher": probes["teacher"],
+                "linear_probe_gap": gap, "student_params": params["student"],
+                "teacher_params": params["teacher"], "param_ratio": params["student"] / max(params["teacher"], 1),
+                "student_width": widths["student"], "teacher_width": widths["teacher"],
+                "width_ratio": widths["student"] / max(widths["teacher"], 1)}
+    status = worst(Status.FAIL if fit < FIT_FAIL else Status.WARN if fit < FIT_TARGET else Status.PASS,
+                   Status.WARN if gap > PROBE_GAP_WARN else Status.PASS)
+    reach = "reaches" if fit >= FIT_TARGET else "does not reach"
+    summary = (f"fine-tuned with pure KD on {len(ev.train.cache_x)} train samples for {b.fit_steps} steps, "
+               f"the student {reach} {FIT_TARGET:.0%} agreement ({fit:.1%}); linear probe to the teacher's "
+               f"labels: student features {probes['student'] or 0:.1%}, teacher features "
+               f"{probes['teacher'] or 0:.1%}; {evidence['param_ratio']:.1%} of the teacher's parameters")
+    return Finding("capacity_probe", status, summary, evidence)

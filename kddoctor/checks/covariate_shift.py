@@ -1,0 +1,54 @@
+"""A domain classifier (train vs val) on teacher features and on student features."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Finding, Status, register_check
+
+SHIFT_WARN, SHIFT_FAIL = 0.60, 0.75  # domain AUC on both models' features
+MEMO_WARN = 0.10  # student AUC beyond the teacher's: student-only separability
+MAX_ROWS = 1000  # per split: bounded cost
+
+
+def domain_auc(train: np.ndarray, val: np.ndarray, seed: int) -> float:
+    """Cross-validated ROC AUC of a logistic regression telling train features from val features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    m = min(len(train), len(val), MAX_ROWS)
+    if m < 10:
+        return 0.5
+    rng = np.random.default_rng(seed)
+    a = train[rng.choice(len(train), m, replace=False)]
+    b = val[rng.choice(len(val), m, replace=False)]
+    x = np.concatenate([a, b])
+    y = np.r_[np.ones(m), np.zeros(m)]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(clf, x, y, cv=cv, scoring="roc_auc")))
+
+
+@register_check("covariate_shift", needs=("features",), title="Covariate shift")
+def covariate_shift(ev) -> Finding:
+    """Train-vs-val separability of each model's features: both -> data shift; student only -> memorization."""
+    aucs = {m: domain_auc(ev.train.features[m], ev.val.features[m], ev.config.seed)
+            for m in ("teacher", "student")}
+    excess = aucs["student"] - aucs["teacher"]
+    both = min(aucs.values())
+    evidence = {"auc_teacher": aucs["teacher"], "auc_student": aucs["student"], "auc_excess": excess,
+                "auc_both": both, "rows_per_split": min(len(ev.train.features["student"]),
+                                                        len(ev.val.features["student"]), MAX_ROWS)}
+    if both > SHIFT_FAIL:
+        status, why = Status.FAIL, "both models separate train from val: the data itself shifted"
+    elif both > SHIFT_WARN:
+        status, why = Status.WARN, "both models separate train from val somewhat: a mild data shift"
+    elif excess > MEMO_WARN:
+        status, why = Status.WARN, "only the student separates them: it memorized its training samples"
+    else:
+        status, why = Status.PASS, "neither model tells train from val"
+    summary = (f"domain classifier AUC on teacher features {aucs['teacher']:.2f}, "
+               f"on student features {aucs['student']:.2f}: {why}")
+    return Finding("covariate_shift", status, summary, evidence)

@@ -1,0 +1,60 @@
+"""Train vs val for the student, relative to the teacher's own gap; membership inference AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._probes import auc
+from .base import Finding, Status, register_check, worst
+
+AGREE_EXCESS_WARN, AGREE_EXCESS_FAIL = 0.03, 0.08
+LOSS_EXCESS_WARN, LOSS_EXCESS_FAIL = 0.15, 0.40  # nats beyond the teacher's own loss gap
+MIA_EXCESS_WARN, MIA_EXCESS_FAIL = 0.07, 0.15  # student AUC minus teacher AUC
+LOSS_BINS = np.concatenate([[0.0], np.logspace(-4, np.log10(20), 30)])  # per-sample loss histogram edges
+
+
+def _valid(split, col: str) -> np.ndarray:
+    s = split.samples
+    return s[col][s["valid"] > 0]
+
+
+def _hist(values: np.ndarray) -> list[int]:
+    return np.histogram(np.clip(values, 0, LOSS_BINS[-1]), bins=LOSS_BINS)[0].tolist()
+
+
+@register_check("generalization_gap", needs=("train", "val"), title="Generalization gap")
+def generalization_gap(ev) -> Finding:
+    """Student train->val degradation beyond the teacher's, and loss-based membership inference."""
+    tr, va = ev.train.metrics, ev.val.metrics
+    s_loss_gap = va["student"]["loss"] - tr["student"]["loss"]
+    t_loss_gap = va["teacher"]["loss"] - tr["teacher"]["loss"]
+    t_acc_gap = tr["teacher"]["acc"] - va["teacher"]["acc"]
+    s_acc_gap = tr["student"]["acc"] - va["student"]["acc"]
+    agree_gap = tr["agreement"] - va["agreement"]
+    excess_agree = agree_gap - max(0.0, t_acc_gap)
+    excess_loss = s_loss_gap - max(0.0, t_loss_gap)
+    mia = {m: auc(-_valid(ev.train, f"{m[0]}_loss"), -_valid(ev.val, f"{m[0]}_loss"))
+           for m in ("student", "teacher")}
+    mia_excess = mia["student"] - mia["teacher"]
+    evidence = {
+        "student_loss_gap": s_loss_gap, "teacher_loss_gap": t_loss_gap, "excess_loss_gap": excess_loss,
+        "student_acc_gap": s_acc_gap, "teacher_acc_gap": t_acc_gap,
+        "agreement_gap": agree_gap, "excess_agreement_gap": excess_agree,
+        "kl_gap": va["kl"] - tr["kl"], "train_agreement": tr["agreement"], "val_agreement": va["agreement"],
+        "train_shortfall": 1 - tr["agreement"],
+        "mia_auc_student": mia["student"], "mia_auc_teacher": mia["teacher"], "mia_auc_excess": mia_excess,
+    }
+    details = {"loss_bins": LOSS_BINS.tolist(),
+               "loss_hist": {f"{m}_{s.name}": _hist(_valid(s, f"{m[0]}_loss"))
+                             for m in ("teacher", "student") for s in (ev.train, ev.val)}}
+    status = worst(
+        Status.FAIL if excess_agree > AGREE_EXCESS_FAIL else Status.WARN if excess_agree > AGREE_EXCESS_WARN
+        else Status.PASS,
+        Status.FAIL if excess_loss > LOSS_EXCESS_FAIL else Status.WARN if excess_loss > LOSS_EXCESS_WARN
+        else Status.PASS,
+        Status.FAIL if mia_excess > MIA_EXCESS_FAIL else Status.WARN if mia_excess > MIA_EXCESS_WARN
+        else Status.PASS)
+    summary = (f"student loss rises {s_loss_gap:+.3f} from train to val (teacher {t_loss_gap:+.3f}); "
+               f"agreement falls {agree_gap:.1%} ({excess_agree:+.1%} beyond the teacher's own accuracy drop); "
+               f"membership AUC student {mia['student']:.2f} vs teacher {mia['teacher']:.2f}")
+    return Finding("generalization_gap", status, summary, evidence, details)

@@ -1,0 +1,131 @@
+"""Are train-time and inference-time inputs the same kind of thing, and what each model expects?"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Finding, Status, register_check, worst
+
+SMD_WARN, SMD_FAIL = 0.2, 0.5  # standardized mean difference (Cohen's d): small / medium effect
+LOG_STD_WARN, LOG_STD_FAIL = math.log(1.25), math.log(2.0)
+RANGE_IOU_WARN = 0.5  # observed vs expected normalized value range
+
+
+def compare_inputs(a: dict, b: dict) -> dict:
+    """Per-channel standardized mean difference, log std ratio and range overlap between two splits."""
+    ma, mb = np.array(a["mean"]), np.array(b["mean"])
+    sa, sb = np.array(a["std"]), np.array(b["std"])
+    if ma.shape != mb.shape:
+        return {"channels_differ": True, "max_smd": float("inf"), "max_log_std_ratio": float("inf")}
+    pooled = np.sqrt((sa**2 + sb**2) / 2) + 1e-12
+    smd = np.abs(ma - mb) / pooled
+    log_ratio = np.abs(np.log((sb + 1e-12) / (sa + 1e-12)))
+    return {"smd": smd.tolist(), "log_std_ratio": log_ratio.tolist(),
+            "max_smd": float(smd.max()), "max_log_std_ratio": float(log_ratio.max()),
+            "worst_channel": int(np.argmax(np.maximum(smd / SMD_FAIL, log_ratio / LOG_STD_FAIL)))}
+
+
+def expected_normalization(model) -> dict | None:
+    """timm data config of a model (mean, std, input size...), or None for models without one."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not cfg or "mean" not in cfg:
+        return None
+    from timm.data import resolve_data_config
+
+    dc = resolve_data_config({}, model=model)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dc.items()}
+
+
+def range_iou(observed: tuple[float, float], expected: tuple[float, float]) -> float:
+    lo, hi = max(observed[0], expected[0]), min(observed[1], expected[1])
+    union = max(observed[1], expected[1]) - min(observed[0], expected[0])
+    return max(0.0, hi - lo) / union if union > 0 else 1.0
+
+
+def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
+    """Inputs vs the normalization each model declares (timm data config)."""
+    out, notes, status = {}, [], Status.PASS
+    cfgs = {role: expected_normalization(getattr(ev, role)) for role in ("teacher", "student")}
+    n_ch = len(val_inputs.get("mean", []))
+    shape = val_inputs.get("shapes", [[]])[0]
+    for role, cfg in cfgs.items():
+        if cfg is None:
+            continue
+        mean, std = cfg["mean"], cfg["std"]
+        if len(mean) == n_ch:
+            ious = [range_iou((val_inputs["min"][c], val_inputs["max"][c]),
+                              ((0 - mean[c]) / std[c], (1 - mean[c]) / std[c])) for c in range(n_ch)]
+            out[f"{role}_range_iou"] = min(ious)
+            if min(ious) < RANGE_IOU_WARN:
+                status = worst(status, Status.WARN)
+                notes.append(f"val inputs span [{min(val_inputs['min']):.2f}, {max(val_inputs['max']):.2f}] "
+                             f"but the {role} expects mean={mean} std={std} "
+                             f"(range IoU {min(ious):.2f})")
+        size = cfg.get("input_size")
+        if size and len(shape) == 3 and list(shape[1:]) != list(size[1:]):
+            out[f"{role}_size_mismatch"] = 1.0
+            status = worst(status, Status.WARN)
+            notes.append(f"inputs are {shape[1]}x{shape[2]} but the {role}'s config says {size[1]}x{size[2]}")
+    if cfgs["teacher"] and cfgs["student"]:
+        t, s = cfgs["teacher"], cfgs["student"]
+        if not (np.allclose(t["mean"], s["mean"], atol=1e-3) and np.allclose(t["std"], s["std"], atol=1e-3)):
+            out["norm_conflict"] = 1.0
+            status = worst(status, Status.WARN)
+            notes.append(f"teacher expects mean={t['mean']} std={t['std']} but student mean={s['mean']} "
+                         f"std={s['std']}: one input tensor cannot suit both")
+    out["data_config"] = {k: v for k, v in cfgs.items() if v is not None}
+    return out, notes, status
+
+
+@register_check("preprocessing_parity", needs=("train", "val"), title="Preprocessing parity")
+def preprocessing_parity(ev) -> Finding:
+    """Train vs val input statistics per channel, and the normalization each model expects."""
+    splits = {k: ev.splits[k].inputs for k in ("train", "train_eval", "val") if k in ev.splits}
+    val = splits["val"]
+    evidence: dict = {"inputs": splits}
+    notes: list[str] = []
+    status = Status.PASS
+    max_smd = max_lsr = 0.0
+    for ref in ("train", "train_eval"):
+        if ref not in splits:
+            continue
+        cmp = compare_inputs(splits[ref], val)
+        evidence[f"{ref}_vs_val"] = cmp
+        if cmp.get("channels_differ") or splits[ref]["shapes"] != val["shapes"]:
+            status = Status.FAIL
+            evidence["shape_mismatch"] = 1.0
+            notes.append(f"{ref} inputs have shape {splits[ref]['shapes']} but val {val['shapes']}")
+            continue
+        max_smd, max_lsr = max(max_smd, cmp["max_smd"]), max(max_lsr, cmp["max_log_std_ratio"])
+        c = cmp["worst_channel"]
+        if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN:
+            notes.append(f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
+                         f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "
+                         f"(shift {cmp['smd'][c]:.2f} std, std ratio {math.exp(cmp['log_std_ratio'][c]):.2f}x)")
+        status = worst(status, Status.FAIL if cmp["max_smd"] > SMD_FAIL or cmp["max_log_std_ratio"] > LOG_STD_FAIL
+                       else Status.WARN if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN
+                       else Status.PASS)
+        if splits[ref]["dtypes"] != val["dtypes"]:
+            status = worst(status, Status.WARN)
+            notes.append(f"{ref} inputs are {splits[ref]['dtypes']} but val {val['dtypes']}")
+    evidence.update(max_smd=max_smd, max_log_std_ratio=max_lsr, max_std_ratio=math.exp(max_lsr))
+    exp, exp_notes, exp_status = _expectations(ev, val)
+    evidence.update(exp)
+    evidence["norm_range_mismatch"] = 1 - min([v for k, v in exp.items() if k.endswith("range_iou")] or [1.0])
+    notes += exp_notes
+    status = worst(status, exp_status)
+    nonfinite = sum(s.get("nonfinite", 0) for s in splits.values())
+    excluded = sum(ev.splits[k].metrics["excluded_nonfinite"] for k in ev.splits)
+    evidence.update(nonfinite_inputs=nonfinite, excluded_nonfinite_logits=excluded)
+    if nonfinite or excluded:
+        status = worst(status, Status.WARN)
+        notes.append(f"{nonfinite} non-finite input values; {excluded} samples with non-finite logits "
+                     "excluded from every metric")
+    if not notes:
+        summary = (f"train and val inputs match (largest mean shift {max_smd:.2f} std, "
+                   f"std ratio {math.exp(max_lsr):.2f}x)")
+    else:
+        summary = "; ".join(notes[:3])
+    return Finding("preprocessing_parity", status, summary, evidence)

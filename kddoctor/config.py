@@ -1,0 +1,79 @@
+"""Run configuration: every default carries its reason."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import UserError
+
+ALPHA_ON = ("kd", "ce")
+KD_REDUCTIONS = ("batchmean", "mean", "sum")
+
+
+@dataclass
+class Budgets:
+    """Fixed sample/step budgets for the checks that need more than the main pass.
+
+    They never scale with the data set, so the full diagnose stays bounded.
+    """
+
+    feature_rows: int = 2048  # per split: penultimate features + logits kept for probes
+    probe_samples: int = 512  # inputs cached per split for the fine-tuning probes
+    fit_steps: int = 150  # capacity fit probe: pure-KD fine-tuning steps
+    sweep_steps: int = 60  # alpha/T sweep: fine-tuning steps per setting
+    grad_batches: int = 4  # gradient balance: train batches averaged
+    bn_batches: int = 16  # BN recalibration: forward passes over cached train inputs
+    probe_batch: int = 64  # batch size of every probe
+
+    @classmethod
+    def quick(cls) -> Budgets:
+        return cls(feature_rows=512, probe_samples=256, fit_steps=60, sweep_steps=25,
+                   grad_batches=2, bn_batches=8, probe_batch=64)
+
+
+@dataclass
+class DiagnoseConfig:
+    """How the student was trained (as the user states it) and how to run the diagnosis."""
+
+    alpha: float = 0.7  # Hinton-style default: mostly KD
+    alpha_on: str = "kd"  # loss = (1-alpha)*CE + alpha*KD
+    temperature: float = 4.0  # the most common KD temperature in the literature
+    t2: bool = True  # Hinton et al. scale KD by T^2 so its gradients keep their size
+    kd_reduction: str = "batchmean"  # the only reduction that is a true per-sample KL
+    device: str = "auto"
+    batch_size: int = 256  # evaluation batch size for loaders we build ourselves
+    limit: int | None = None  # max samples per split
+    seed: int = 0
+    quick: bool = False
+    save_logits: bool = False
+    skip_checks: tuple[str, ...] = ()
+    budgets: Budgets = field(default_factory=Budgets)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.alpha_on not in ALPHA_ON:
+            raise UserError(f"--alpha-on must be one of {', '.join(ALPHA_ON)}, got {self.alpha_on!r}")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if self.kd_reduction not in KD_REDUCTIONS:
+            raise UserError(
+                f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.kd_reduction!r}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.quick and self.budgets == Budgets():
+            self.budgets = Budgets.quick()
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(CE weight, KD weight) as the user's convention states them, before T^2 and reduction."""
+        if self.alpha_on == "kd":
+            return 1.0 - self.alpha, self.alpha
+        return self.alpha, 1.0 - self.alpha
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skip_checks"] = list(self.skip_checks)
+        return d

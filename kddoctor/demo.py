@@ -1,0 +1,115 @@
+"""The embedded default: a real CNN teacher/student pair on scikit-learn's digits.
+
+The teacher is trained on all 1,437 training digits; the student is distilled on only 240 of them
+for many epochs without weight decay, which leaves the classic symptom: low training loss, high
+validation loss. The pair is built once and cached (KDDOCTOR_CACHE, default ~/.cache/kddoctor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import _train
+
+DEMO_STUDENT_SUBSET = 240  # distillation set of the demo student: too few samples for its size
+DEMO_RECIPE = {"teacher_epochs": 30, "student_epochs": 150, "subset": DEMO_STUDENT_SUBSET, "alpha": 0.7,
+               "temperature": 4.0, "student_wd": 0.0, "version": 1}
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i == 0:
+                layers.append(nn.MaxPool2d(2))  # 8x8 -> 4x4
+            c_in = w
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.features(x)))
+
+
+def teacher_cnn(num_classes: int = 10) -> nn.Module:
+    """Teacher: three conv blocks (32-64-128) with BatchNorm, dropout before the classifier."""
+    return _ConvNet((32, 64, 128), num_classes, dropout=0.2)
+
+
+def student_cnn(num_classes: int = 10, width: int = 24) -> nn.Module:
+    """Student: two conv blocks (width, 2*width) with BatchNorm."""
+    return _ConvNet((width, 2 * width), num_classes)
+
+
+def student_mlp(num_classes: int = 10, hidden: int = 128) -> nn.Module:
+    """Student: a one-hidden-layer MLP on the flattened 8x8 image."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def _tensors(x, y) -> torch.utils.data.TensorDataset:
+    return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+
+def digits_loaders(train_subset: int | None = None, batch_size: int = 128, val_normalization: str = "standard",
+                   seed: int = 0) -> dict:
+    """Data factory for the digits pair: train (the student's distillation set), val, train_eval.
+
+    `val_normalization="none"` plants a preprocessing mismatch: val pixels stay in [0, 1].
+    """
+    x_tr, y_tr, x_va, y_va = _train.digits_arrays(seed)
+    if train_subset:
+        x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
+    x_tr = _train.normalize(x_tr)
+    x_va = _train.normalize(x_va) if val_normalization == "standard" else x_va
+    mk = lambda x, y: torch.utils.data.DataLoader(_tensors(x, y), batch_size=batch_size)  # noqa: E731
+    return {"train": mk(x_tr, y_tr), "val": mk(x_va, y_va), "num_classes": 10,
+            "class_names": [str(i) for i in range(10)]}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KDDOCTOR_CACHE", Path.home() / ".cache" / "kddoctor"))
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
+    """Train (or reuse) the demo teacher and student; returns their checkpoint paths."""
+    key = hashlib.sha256(json.dumps(DEMO_RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+    root = (root or cache_dir()) / f"demo-{key}"
+    t_path, s_path = root / "teacher.pt", root / "student.pt"
+    if t_path.is_file() and s_path.is_file():
+        return t_path, s_path
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    x_tr, y_tr, _, _ = _train.digits_arrays(0)
+    x = torch.from_numpy(_train.normalize(x_tr))
+    y = torch.from_numpy(y_tr)
+    teacher = _train.train_supervised(teacher_cnn(), x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
+    _atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
+    n = DEMO_RECIPE["subset"]
+    student = _train.distill(student_cnn(), teacher, x[:n], y[:n], epochs=DEMO_RECIPE["student_epochs"],
+                             alpha=DEMO_RECIPE["alpha"], temperature=DEMO_RECIPE["temperature"],
+                             weight_decay=DEMO_RECIPE["student_wd"], seed=1)
+    _atomic_save({"model": student.state_dict(), "epoch": DEMO_RECIPE["student_epochs"]}, s_path)
+    return t_path, s_path
+
+
+def demo_command(t_path: Path, s_path: Path) -> list[str]:
+    """The `kddoctor diagnose` arguments the demo runs (shown in the README and the report)."""
+    return ["--teacher", "kddoctor.demo:teacher_cnn", "--teacher-ckpt", str(t_path),
+            "--student", "kddoctor.demo:student_cnn", "--student-ckpt", str(s_path),
+            "--data", "kddoctor.demo:digits_loaders", "--data-arg", f"train_subset={DEMO_STUDENT_SUBSET}",
+            "--alpha", str(DEMO_RECIPE["alpha"]), "--temperature", str(DEMO_RECIPE["temperature"])]

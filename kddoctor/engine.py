@@ -1,0 +1,239 @@
+"""The single evaluation pass: teacher and student on the same batch, state kept on the device.
+
+On CUDA: bf16 autocast, non_blocking copies, inference_mode, and no per-batch `.item()`/`.cpu()`
+(everything is accumulated on the device and read back once per split).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import iter_batches, loader_length
+from .errors import UserError
+from .metrics import PairMetrics, SampleColumns
+
+
+def pick_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; validates explicit choices."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def as_logits(out: object) -> torch.Tensor:
+    """Model output -> logits tensor (plain tensors, `.logits` objects, tuples, dicts)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise UserError(f"model returned {type(out).__name__}; return logits (a [B, classes] tensor)")
+
+
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    """The final classification layer: timm's get_classifier(), else the last nn.Linear."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        try:
+            head = get()
+        except Exception:
+            head = None
+        if isinstance(head, nn.Linear):
+            return head
+        if isinstance(head, nn.Module):
+            linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return linears[-1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+class FeatureTap:
+    """Captures the classifier's input (penultimate features) for the first `budget` rows."""
+
+    def __init__(self, model: nn.Module, budget: int) -> None:
+        self.budget = budget
+        self.rows = 0
+        self.chunks: list[torch.Tensor] = []
+        self.head = classifier_of(model)
+        self._handle = self.head.register_forward_pre_hook(self._hook) if self.head is not None else None
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        if self.rows >= self.budget or not args:
+            return
+        feats = args[0].detach().flatten(1)
+        take = min(len(feats), self.budget - self.rows)
+        self.chunks.append(feats[:take].float())
+        self.rows += take
+
+    def close(self) -> np.ndarray | None:
+        if self._handle is not None:
+            self._handle.remove()
+        if not self.chunks:
+            return None
+        return torch.cat(self.chunks).cpu().numpy()
+
+
+class InputStats:
+    """Per-channel count/sum/sum²/min/max of the inputs, fixed size, on the device."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+        self.shapes: set[tuple[int, ...]] = set()
+        self.dtypes: set[str] = set()
+
+    def update(self, x: torch.Tensor) -> None:
+        self.shapes.add(tuple(x.shape[1:]))
+        self.dtypes.add(str(x.dtype).replace("torch.", ""))
+        xf = x.double()
+        flat = xf.transpose(0, 1).reshape(x.shape[1], -1) if x.ndim >= 3 else xf.reshape(1, -1)
+        finite = torch.isfinite(flat)
+        clean = torch.where(finite, flat, torch.zeros_like(flat))
+        big = torch.finfo(torch.float64).max
+        upd = {"count": finite.sum(1).double(), "sum": clean.sum(1), "sumsq": (clean * clean).sum(1),
+               "min": torch.where(finite, flat, torch.full_like(flat, big)).amin(1),
+               "max": torch.where(finite, flat, torch.full_like(flat, -big)).amax(1),
+               "nonfinite": (~finite).sum(1).double()}
+        if self.state is None or self.state["sum"].shape != upd["sum"].shape:
+            if self.state is not None:
+                return  # channel count changed mid-stream: recorded in shapes, stats keep the first
+            self.state = upd
+            return
+        for k in ("count", "sum", "sumsq", "nonfinite"):
+            self.state[k] += upd[k]
+        self.state["min"] = torch.minimum(self.state["min"], upd["min"])
+        self.state["max"] = torch.maximum(self.state["max"], upd["max"])
+
+    def compute(self) -> dict:
+        if self.state is None:
+            return {}
+        s = {k: v.cpu().numpy() for k, v in self.state.items()}
+        n = np.maximum(s["count"], 1)
+        mean = s["sum"] / n
+        std = np.sqrt(np.maximum(s["sumsq"] / n - mean**2, 0.0))
+        return {"mean": mean.tolist(), "std": std.tolist(), "min": s["min"].tolist(),
+                "max": s["max"].tolist(), "nonfinite": int(s["nonfinite"].sum()),
+                "shapes": sorted(list(sh) for sh in self.shapes), "dtypes": sorted(self.dtypes)}
+
+
+@dataclass
+class SplitResult:
+    """Everything one split's pass leaves behind: fixed-size state plus a few floats per sample."""
+
+    name: str
+    metrics: dict
+    stats: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray]
+    inputs: dict
+    features: dict[str, np.ndarray | None] = field(default_factory=dict)
+    logits_subset: dict[str, np.ndarray] = field(default_factory=dict)
+    cache_x: torch.Tensor | None = None
+    cache_y: torch.Tensor | None = None
+    all_logits: dict[str, np.ndarray] | None = None
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(self.stats["n"])
+
+
+def evaluate_split(teacher: nn.Module, student: nn.Module, loader: Iterable, *, name: str,
+                   num_classes: int | None, device: torch.device, limit: int | None = None,
+                   feature_rows: int = 0, cache_rows: int = 0, save_logits: bool = False,
+                   channels_last: bool = False, bar=None, rank: int = 0, world: int = 1) -> SplitResult:
+    """Run both models over one split in a single streaming pass."""
+    start = time.perf_counter()
+    cuda = device.type == "cuda"
+    taps = {"teacher": FeatureTap(teacher, feature_rows), "student": FeatureTap(student, feature_rows)}
+    metrics: PairMetrics | None = None
+    columns = SampleColumns()
+    inputs = InputStats()
+    logit_chunks: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+    subset_rows = 0
+    full: dict[str, list[torch.Tensor]] = {"teacher": [], "student": [], "targets": []}
+    cache_x: list[torch.Tensor] = []
+    cache_y: list[torch.Tensor] = []
+    cached = 0
+    task = bar.add_task(f"evaluating {name}", total=loader_length(loader, limit)) if bar else None
+    try:
+        with torch.inference_mode():
+            for x_cpu, y_cpu in iter_batches(loader, name, limit, rank, world):
+                if cached < cache_rows:
+                    take = min(len(x_cpu), cache_rows - cached)
+                    cache_x.append(x_cpu[:take].clone())
+                    cache_y.append(y_cpu[:take].clone())
+                    cached += take
+                x = x_cpu.to(device, non_blocking=cuda)
+                y = y_cpu.to(device, non_blocking=cuda)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                inputs.update(x)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    t = as_logits(teacher(x)).float()
+                    s = as_logits(student(x)).float()
+                if metrics is None:
+                    _check_shapes(t, s, x, num_classes)
+                    num_classes = t.shape[1]
+                    metrics = PairMetrics(num_classes, device)
+                columns.append(metrics.update(t, s, y))
+                if subset_rows < feature_rows:
+                    take = min(len(t), feature_rows - subset_rows)
+                    logit_chunks["teacher"].append(t[:take])
+                    logit_chunks["student"].append(s[:take])
+                    subset_rows += take
+                if save_logits:
+                    full["teacher"].append(t.cpu())
+                    full["student"].append(s.cpu())
+                    full["targets"].append(y_cpu)
+                if bar is not None:
+                    bar.advance(task)
+    finally:
+        feats = {k: tap.close() for k, tap in taps.items()}
+        if bar is not None:
+            bar.remove_task(task)
+    if world > 1:
+        metrics.all_reduce()
+    stats = metrics.state()
+    if stats["bad_target"] > 0:
+        raise UserError(f"{int(stats['bad_target'])} {name} labels lie outside [0, {num_classes}); "
+                        "check --num-classes and the label encoding")
+    result = SplitResult(
+        name=name, metrics=metrics.compute(), stats=stats, samples=columns.finish(),
+        inputs=inputs.compute(), features=feats,
+        logits_subset={k: torch.cat(v).cpu().numpy() for k, v in logit_chunks.items() if v},
+        cache_x=torch.cat(cache_x) if cache_x else None, cache_y=torch.cat(cache_y) if cache_y else None,
+        seconds=time.perf_counter() - start)
+    result.metrics["n"] = int(stats["n"])
+    result.metrics["excluded_nonfinite"] = int(stats["nonfinite"])
+    if save_logits:
+        result.all_logits = {k: torch.cat(v).numpy() for k, v in full.items()}
+    return result
+
+
+def _check_shapes(t: torch.Tensor, s: torch.Tensor, x: torch.Tensor, num_classes: int | None) -> None:
+    if t.ndim != 2 or s.ndim != 2:
+        raise UserError(f"models must return [B, classes] logits; teacher gave {list(t.shape)}, "
+                        f"student {list(s.shape)} for inputs {list(x.shape)}")
+    if t.shape[1] != s.shape[1]:
+        raise UserError(f"teacher predicts {t.shape[1]} classes but student {s.shape[1]}; "
+                        "they must share one label space (check --num-classes and the checkpoints)")
+    if num_classes is not None and t.shape[1] != num_classes:
+        raise UserError(f"models predict {t.shape[1]} classes but the data has {num_classes}; "
+                        "check --num-classes")

@@ -1,0 +1,55 @@
+"""What every check reads: both models, the per-split results of the main pass, and the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import DiagnoseConfig
+from .engine import SplitResult
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
+
+
+def has_mode_layers(model: nn.Module) -> bool:
+    """True when train() and eval() behave differently (BatchNorm or dropout)."""
+    return any(isinstance(m, _NORM_TYPES) for m in model.modules())
+
+
+@dataclass
+class Evaluation:
+    teacher: nn.Module
+    student: nn.Module
+    config: DiagnoseConfig
+    device: torch.device
+    num_classes: int
+    splits: dict[str, SplitResult]
+    class_names: list[str] | None = None
+    teacher_spec: str = "teacher"
+    student_spec: str = "student"
+    memo: dict = field(default_factory=dict)  # intermediate results shared between checks
+
+    @property
+    def train(self) -> SplitResult:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> SplitResult:
+        return self.splits["val"]
+
+    @property
+    def capabilities(self) -> set[str]:
+        caps = set(self.splits)
+        if all(self.splits[s].features.get(m) is not None for s in ("train", "val")
+               for m in ("teacher", "student")):
+            caps.add("features")
+        if self.train.cache_x is not None and self.val.cache_x is not None:
+            caps.add("cache")
+        if has_mode_layers(self.student) or has_mode_layers(self.teacher):
+            caps.add("norm_layers")
+        if any(p.requires_grad for p in self.student.parameters()) or any(
+                True for _ in self.student.parameters()):
+            caps.add("trainable")
+        return caps

@@ -1,0 +1,49 @@
+"""The KD objective under every convention users train with, written once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_term(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, *, t2: bool = True,
+            reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)), reduced as the training code did, times T² unless told not."""
+    log_p_s = F.log_softmax(s_logits / temperature, dim=1)
+    p_t = F.softmax(t_logits / temperature, dim=1)
+    kl = F.kl_div(log_p_s, p_t, reduction=reduction)
+    return kl * temperature**2 if t2 else kl
+
+
+def loss_weights(alpha: float, alpha_on: str) -> tuple[float, float]:
+    """(CE weight, KD weight): alpha on kd -> (1-a, a); alpha on ce -> (a, 1-a)."""
+    return (1.0 - alpha, alpha) if alpha_on == "kd" else (alpha, 1.0 - alpha)
+
+
+def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor | None, *,
+            alpha: float, alpha_on: str = "kd", temperature: float = 4.0, t2: bool = True,
+            reduction: str = "batchmean") -> torch.Tensor:
+    """w_ce * CE(s, y) + w_kd * KD(s, t)."""
+    w_ce, w_kd = loss_weights(alpha, alpha_on)
+    loss = s_logits.new_zeros(())
+    if w_kd:
+        loss = loss + w_kd * kd_term(s_logits, t_logits, temperature, t2=t2, reduction=reduction)
+    if w_ce and targets is not None:
+        loss = loss + w_ce * F.cross_entropy(s_logits, targets)
+    return loss
+
+
+def effective_weights(alpha: float, alpha_on: str, temperature: float, t2: bool, reduction: str,
+                      num_classes: int, batch_size: int) -> dict:
+    """The weight each term really carries, relative to a per-sample (batchmean) KL.
+
+    `mean` divides the KL by the class count as well as the batch (a common bug); `sum` multiplies
+    it by the batch size relative to a mean-reduced CE.
+    """
+    w_ce, w_kd = loss_weights(alpha, alpha_on)
+    scale = {"batchmean": 1.0, "mean": 1.0 / num_classes, "sum": float(batch_size)}[reduction]
+    kd_eff = w_kd * (temperature**2 if t2 else 1.0) * scale
+    total = kd_eff + w_ce
+    return {"ce": w_ce, "kd": w_kd, "kd_effective": kd_eff, "reduction_scale": scale,
+            "t2_factor": temperature**2 if t2 else 1.0,
+            "kd_share": kd_eff / total if total else 0.0}

@@ -1,0 +1,46 @@
+"""A short Markdown summary for PR comments and $GITHUB_STEP_SUMMARY."""
+
+from __future__ import annotations
+
+import re
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!])")
+
+
+def md_escape(text: str) -> str:
+    """Escape Markdown/HTML-significant characters in user-controlled strings."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def render_markdown(diag) -> str:
+    d = diag.to_dict() if hasattr(diag, "to_dict") else diag
+    run, m = d["run"], d["metrics"]
+    likely = [c for c in d["causes"] if c["likely"]]
+    lines = ["## kddoctor", ""]
+    if likely:
+        lines.append("**Verdict:** " + ", ".join(f"**{c['id']}** ({c['score']:.2f})" for c in likely))
+    else:
+        top = d["causes"][0] if d["causes"] else None
+        lines.append("**Verdict:** no likely cause" + (f" (top: {top['id']} {top['score']:.2f})" if top else ""))
+    gate = d.get("gate") or {}
+    if gate.get("policy"):
+        lines.append(f"**Gate:** {'passed' if gate['passed'] else 'FAILED'} ({md_escape(gate['policy'])})")
+        for f in gate.get("failures", []):
+            lines.append(f"- `{f['rule']}`: {f['value']} vs threshold {f['threshold']}")
+    lines += ["", f"Teacher `{md_escape(run['teacher'])}` · student `{md_escape(run['student'])}` · "
+              f"{md_escape(run['convention'])}", "",
+              "| split | teacher loss | teacher acc | student loss | student acc | agreement | KL |",
+              "|---|---|---|---|---|---|---|"]
+    for split in ("train", "val"):
+        s = m[split]
+        lines.append(f"| {split} | {s['teacher']['loss']:.3f} | {s['teacher']['acc']:.1%} | "
+                     f"{s['student']['loss']:.3f} | {s['student']['acc']:.1%} | {s['agreement']:.1%} | "
+                     f"{s['kl']:.3f} |")
+    lines += ["", "| check | status | summary |", "|---|---|---|"]
+    for c in d["checks"]:
+        lines.append(f"| {c['id']} | {c['status']} | {md_escape(c['summary'])} |")
+    if likely:
+        lines += ["", "**First remedies:**"]
+        for c in likely:
+            lines.append(f"- {c['id']}: {md_escape(c['remedies'][0])}")
+    return "\n".join(lines) + "\n"
