@@ -26,6 +26,17 @@ def digits_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return x_tr, y_tr, x_va, y_va
 
 
+def noisy_labels(y: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Replace `fraction` of the labels with a different class, deterministically."""
+    if fraction <= 0:
+        return y
+    rng = np.random.default_rng(seed + 17)
+    y = y.copy()
+    idx = rng.choice(len(y), int(round(fraction * len(y))), replace=False)
+    y[idx] = (y[idx] + rng.integers(1, 10, len(idx))) % 10
+    return y
+
+
 def normalize(x: np.ndarray, mean: float = DIGITS_MEAN, std: float = DIGITS_STD) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 

@@ -218,7 +218,7 @@ def convention_sentence(cfg: DiagnoseConfig, eff: dict) -> str:
         form = f"loss = {cfg.alpha:g}*CE + (1-{cfg.alpha:g})*KD"
     t2 = f"KD multiplied by T²={cfg.temperature ** 2:g}" if cfg.t2 else "KD not multiplied by T² (--no-t2)"
     return (f"{form} with T={cfg.temperature:g}, {t2}, KL reduced by '{cfg.kd_reduction}'; effective weights: "
-            f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} ({eff['kd_share']:.0%} of the total)")
+            f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units ({eff['kd_share']:.0%} of the total)")
 
 
 def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:

@@ -60,14 +60,16 @@ def _tensors(x, y) -> torch.utils.data.TensorDataset:
 
 
 def digits_loaders(train_subset: int | None = None, batch_size: int = 128, val_normalization: str = "standard",
-                   seed: int = 0) -> dict:
-    """Data factory for the digits pair: train (the student's distillation set), val, train_eval.
+                   label_noise: float = 0.0, seed: int = 0) -> dict:
+    """Data factory for the digits pair: train (the student's distillation set) and val.
 
     `val_normalization="none"` plants a preprocessing mismatch: val pixels stay in [0, 1].
+    `label_noise` flips that fraction of the train labels (deterministically).
     """
     x_tr, y_tr, x_va, y_va = _train.digits_arrays(seed)
     if train_subset:
         x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
+    y_tr = _train.noisy_labels(y_tr, label_noise, seed)
     x_tr = _train.normalize(x_tr)
     x_va = _train.normalize(x_va) if val_normalization == "standard" else x_va
     mk = lambda x, y: torch.utils.data.DataLoader(_tensors(x, y), batch_size=batch_size)  # noqa: E731
@@ -85,20 +87,39 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
-    """Train (or reuse) the demo teacher and student; returns their checkpoint paths."""
-    key = hashlib.sha256(json.dumps(DEMO_RECIPE, sort_keys=True).encode()).hexdigest()[:12]
-    root = (root or cache_dir()) / f"demo-{key}"
-    t_path, s_path = root / "teacher.pt", root / "student.pt"
-    if t_path.is_file() and s_path.is_file():
-        return t_path, s_path
+def recipe_key(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def build_teacher(root: Path | None = None) -> tuple[Path, nn.Module]:
+    """Train (or reuse) the digits teacher on all 1,437 training digits."""
+    root = (root or cache_dir()) / f"teacher-{recipe_key({'epochs': DEMO_RECIPE['teacher_epochs'], 'v': 1})}"
+    t_path = root / "teacher.pt"
+    teacher = teacher_cnn()
+    if t_path.is_file():
+        teacher.load_state_dict(torch.load(t_path, weights_only=True)["state_dict"])
+        return t_path, teacher.eval()
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    x_tr, y_tr, _, _ = _train.digits_arrays(0)
-    x = torch.from_numpy(_train.normalize(x_tr))
-    y = torch.from_numpy(y_tr)
-    teacher = _train.train_supervised(teacher_cnn(), x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
+    x, y = digits_train_tensors()
+    _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
     _atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
+    return t_path, teacher.eval()
+
+
+def digits_train_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    x_tr, y_tr, _, _ = _train.digits_arrays(0)
+    return torch.from_numpy(_train.normalize(x_tr)), torch.from_numpy(y_tr)
+
+
+def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
+    """Train (or reuse) the demo teacher and student; returns their checkpoint paths."""
+    t_path, teacher = build_teacher(root)
+    s_path = (root or cache_dir()) / f"demo-{recipe_key(DEMO_RECIPE)}" / "student.pt"
+    if s_path.is_file():
+        return t_path, s_path
+    s_path.parent.mkdir(parents=True, exist_ok=True)
+    x, y = digits_train_tensors()
     n = DEMO_RECIPE["subset"]
     student = _train.distill(student_cnn(), teacher, x[:n], y[:n], epochs=DEMO_RECIPE["student_epochs"],
                              alpha=DEMO_RECIPE["alpha"], temperature=DEMO_RECIPE["temperature"],

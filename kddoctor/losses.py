@@ -35,15 +35,16 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tenso
 
 def effective_weights(alpha: float, alpha_on: str, temperature: float, t2: bool, reduction: str,
                       num_classes: int, batch_size: int) -> dict:
-    """The weight each term really carries, relative to a per-sample (batchmean) KL.
+    """The weight each term really carries, in units comparable to the CE gradient.
 
-    `mean` divides the KL by the class count as well as the batch (a common bug); `sum` multiplies
-    it by the batch size relative to a mean-reduced CE.
+    The soft-target gradients shrink as 1/T² (Hinton et al., 2015), which T² undoes; without it the
+    KD term is worth w_kd / T². `mean` divides the KL by the class count as well as the batch (a
+    common bug); `sum` multiplies it by the batch size relative to a mean-reduced CE.
     """
     w_ce, w_kd = loss_weights(alpha, alpha_on)
     scale = {"batchmean": 1.0, "mean": 1.0 / num_classes, "sum": float(batch_size)}[reduction]
-    kd_eff = w_kd * (temperature**2 if t2 else 1.0) * scale
+    t_factor = 1.0 if t2 else 1.0 / temperature**2
+    kd_eff = w_kd * t_factor * scale
     total = kd_eff + w_ce
-    return {"ce": w_ce, "kd": w_kd, "kd_effective": kd_eff, "reduction_scale": scale,
-            "t2_factor": temperature**2 if t2 else 1.0,
+    return {"ce": w_ce, "kd": w_kd, "kd_effective": kd_eff, "reduction_scale": scale, "t2_factor": t_factor,
             "kd_share": kd_eff / total if total else 0.0}

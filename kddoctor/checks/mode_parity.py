@@ -65,8 +65,11 @@ def mode_parity(ev) -> Finding:
         evidence["recalibrated"] = recal
         rec_acc = recal["acc"] - ev_score["acc"]
         rec_loss = 1 - recal["loss"] / ev_score["loss"] if ev_score["loss"] > 0 else 0.0
-        evidence.update(bn_recovery_acc=rec_acc, bn_recovery_loss_rel=rec_loss,
-                        bn_recovery_agreement=recal["agreement"] - ev_score["agreement"])
+        rec_agree = recal["agreement"] - ev_score["agreement"]
+        evidence.update(bn_recovery_acc=rec_acc, bn_recovery_loss_rel=rec_loss, bn_recovery_agreement=rec_agree,
+                        # the share of teacher-student disagreement that recalibration removes, and what is left
+                        bn_explained_fraction=max(0.0, rec_agree) / max(1e-9, 1 - ev_score["agreement"]),
+                        bn_residual_disagreement=1 - recal["agreement"])
         status = worst(Status.FAIL if rec_acc > RECOVERY_FAIL or rec_loss > LOSS_DROP_FAIL
                        else Status.WARN if rec_acc > RECOVERY_WARN or rec_loss > LOSS_DROP_WARN
                        else Status.PASS)
@@ -74,7 +77,7 @@ def mode_parity(ev) -> Finding:
                      f"{ev_score['acc']:.1%} -> {recal['acc']:.1%} and val loss {ev_score['loss']:.3f} -> "
                      f"{recal['loss']:.3f}")
     else:
-        evidence.update(bn_recovery_acc=0.0, bn_recovery_loss_rel=0.0)
+        evidence.update(bn_recovery_acc=0.0, bn_recovery_loss_rel=0.0, bn_explained_fraction=0.0)
     drift = _teacher_drift(ev)
     evidence.update(drift)
     evidence["teacher_train_mode_disagreement"] = 1 - drift["teacher_train_mode_agreement"]
