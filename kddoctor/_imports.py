@@ -50,8 +50,10 @@ def resolve_callable(ref: str, what: str) -> Callable:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as e:
-            raise UserError(f"{what} {ref!r}: module {where!r} not found ({e}); "
-                            "check the name or use path/to/file.py:FUNC") from e
+            raise UserError(
+                f"{what} {ref!r}: module {where!r} not found ({e}); "
+                "check the name or use path/to/file.py:FUNC"
+            ) from e
         except Exception as e:
             raise UserError(f"{what} {ref!r}: importing {where} failed: {type(e).__name__}: {e}") from e
     fn = getattr(module, name, None)

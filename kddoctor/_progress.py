@@ -30,7 +30,13 @@ def progress(enabled: bool, console: Console | None = None) -> Iterator[Progress
         yield _NoProgress()
         return
     console = console or Console(stderr=True)
-    bar = Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console, transient=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
     with bar:
         yield bar

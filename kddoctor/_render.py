@@ -12,17 +12,33 @@ STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped"
 def render_summary(d: dict, console: Console, out_dir: str | None = None) -> None:
     """Print a results.json document as rich tables."""
     run, m = d["run"], d["metrics"]
-    console.print(f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
-                  f"[dim]on {run['device']}, "
-                  + ", ".join(f"{k} n={v}" for k, v in run["n"].items()) + "[/]")
+    console.print(
+        f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
+        f"[dim]on {run['device']}, " + ", ".join(f"{k} n={v}" for k, v in run["n"].items()) + "[/]"
+    )
     console.print(f"[dim]{escape(run['convention'])}[/]")
     t = Table(title="Teacher vs student", title_justify="left")
-    for col in ("split", "teacher loss", "teacher acc", "student loss", "student acc", "agreement", "KL(t‖s)"):
+    for col in (
+        "split",
+        "teacher loss",
+        "teacher acc",
+        "student loss",
+        "student acc",
+        "agreement",
+        "KL(t‖s)",
+    ):
         t.add_column(col, justify="right" if col != "split" else "left")
     for split in ("train", "val"):
         s = m[split]
-        t.add_row(split, f"{s['teacher']['loss']:.4f}", f"{s['teacher']['acc']:.1%}", f"{s['student']['loss']:.4f}",
-                  f"{s['student']['acc']:.1%}", f"{s['agreement']:.1%}", f"{s['kl']:.4f}")
+        t.add_row(
+            split,
+            f"{s['teacher']['loss']:.4f}",
+            f"{s['teacher']['acc']:.1%}",
+            f"{s['student']['loss']:.4f}",
+            f"{s['student']['acc']:.1%}",
+            f"{s['agreement']:.1%}",
+            f"{s['kl']:.4f}",
+        )
     console.print(t)
     if d["checks"]:
         c = Table(title="Checks", title_justify="left", show_lines=False)
@@ -39,15 +55,22 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
         r.add_column("first remedy", overflow="fold")
         for cause in d["causes"]:
             style = "bold red" if cause["likely"] else "dim"
-            r.add_row(f"[{style}]{cause['id']}[/]", f"[{style}]{cause['score']:.2f}[/]",
-                      escape(cause["remedies"][0]) if cause["likely"] or cause is d["causes"][0] else "")
+            r.add_row(
+                f"[{style}]{cause['id']}[/]",
+                f"[{style}]{cause['score']:.2f}[/]",
+                escape(cause["remedies"][0]) if cause["likely"] or cause is d["causes"][0] else "",
+            )
         console.print(r)
         likely = [c for c in d["causes"] if c["likely"]]
         if likely:
             top = likely[0]
-            console.print(f"[bold]Most likely:[/] {top['id']} ({top['score']:.2f}) — {escape(top['evidence'][0])}")
+            console.print(
+                f"[bold]Most likely:[/] {top['id']} ({top['score']:.2f}) — {escape(top['evidence'][0])}"
+            )
         else:
-            console.print("[bold green]No likely cause[/]: the student's train/val behaviour tracks the teacher's.")
+            console.print(
+                "[bold green]No likely cause[/]: the student's train/val behaviour tracks the teacher's."
+            )
     gate = d.get("gate") or {}
     if gate.get("policy"):
         verdict = "[green]passed[/]" if gate["passed"] else "[bold red]FAILED[/]"

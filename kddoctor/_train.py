@@ -44,11 +44,20 @@ def normalize(x: np.ndarray, mean: float = DIGITS_MEAN, std: float = DIGITS_STD)
 def _batches(n: int, batch_size: int, gen: torch.Generator):
     perm = torch.randperm(n, generator=gen)
     for i in range(0, n, batch_size):
-        yield perm[i:i + batch_size]
+        yield perm[i : i + batch_size]
 
 
-def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float = 3e-3,
-                     weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0) -> nn.Module:
+def train_supervised(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 3e-3,
+    weight_decay: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
     """Plain cross-entropy training with AdamW and a cosine schedule."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -65,11 +74,25 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     return model.eval()
 
 
-def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
-            alpha: float = 0.7, alpha_on: str = "kd", temperature: float = 4.0, t2: bool = True,
-            reduction: str = "batchmean", lr: float = 3e-3, weight_decay: float = 5e-4,
-            batch_size: int = 64, seed: int = 0, teacher_train_mode: bool = False,
-            augment: bool = False) -> nn.Module:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    alpha: float = 0.7,
+    alpha_on: str = "kd",
+    temperature: float = 4.0,
+    t2: bool = True,
+    reduction: str = "batchmean",
+    lr: float = 3e-3,
+    weight_decay: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    teacher_train_mode: bool = False,
+    augment: bool = False,
+) -> nn.Module:
     """A standard KD loop (teacher frozen, in eval mode unless `teacher_train_mode` plants that bug)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
@@ -85,8 +108,16 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Te
                 xb = torch.roll(xb, shifts=shift, dims=(2, 3))
             with torch.no_grad():
                 t = teacher(xb)
-            loss = kd_loss(student(xb), t, y[idx], alpha=alpha, alpha_on=alpha_on,
-                           temperature=temperature, t2=t2, reduction=reduction)
+            loss = kd_loss(
+                student(xb),
+                t,
+                y[idx],
+                alpha=alpha,
+                alpha_on=alpha_on,
+                temperature=temperature,
+                t2=t2,
+                reduction=reduction,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -47,9 +47,16 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         """The results.json document (schema kddoctor/results/v1)."""
-        return jsonable({"schema": SCHEMA, "run": self.run, "metrics": self.metrics,
-                         "checks": [f.to_dict() for f in self.checks], "causes": self.causes,
-                         "gate": self.gate})
+        return jsonable(
+            {
+                "schema": SCHEMA,
+                "run": self.run,
+                "metrics": self.metrics,
+                "checks": [f.to_dict() for f in self.checks],
+                "causes": self.causes,
+                "gate": self.gate,
+            }
+        )
 
     def finding(self, check_id: str) -> Finding | None:
         return next((f for f in self.checks if f.id == check_id), None)
@@ -66,9 +73,12 @@ class Diagnosis:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"--out {out} cannot be created ({e.strerror}); choose a writable directory") from e
+            raise UserError(
+                f"--out {out} cannot be created ({e.strerror}); choose a writable directory"
+            ) from e
         files: dict[str, bytes] = {
-            "results.json": (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n").encode()}
+            "results.json": (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n").encode()
+        }
         if report:
             files["report.md"] = render_markdown(self).encode()
             files["report.html"] = render_html(self, cdn=cdn).encode()
@@ -114,14 +124,33 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def diagnose(teacher: nn.Module, student: nn.Module, train: Iterable, val: Iterable, *,
-             train_eval: Iterable | None = None, alpha: float = 0.7, alpha_on: str = "kd",
-             temperature: float = 4.0, t2: bool = True, kd_reduction: str = "batchmean",
-             device: str = "auto", num_classes: int | None = None, class_names: list[str] | None = None,
-             limit: int | None = None, seed: int = 0, quick: bool = False, save_logits: bool = False,
-             checks: Iterable[str] | None = None, show_progress: bool = False, channels_last: bool = False,
-             teacher_spec: str = "teacher", student_spec: str = "student", debug: bool = False,
-             config: DiagnoseConfig | None = None) -> Diagnosis:
+def diagnose(
+    teacher: nn.Module,
+    student: nn.Module,
+    train: Iterable,
+    val: Iterable,
+    *,
+    train_eval: Iterable | None = None,
+    alpha: float = 0.7,
+    alpha_on: str = "kd",
+    temperature: float = 4.0,
+    t2: bool = True,
+    kd_reduction: str = "batchmean",
+    device: str = "auto",
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    save_logits: bool = False,
+    checks: Iterable[str] | None = None,
+    show_progress: bool = False,
+    channels_last: bool = False,
+    teacher_spec: str = "teacher",
+    student_spec: str = "student",
+    debug: bool = False,
+    config: DiagnoseConfig | None = None,
+) -> Diagnosis:
     """Diagnose a teacher-student pair.
 
     Args:
@@ -136,9 +165,18 @@ def diagnose(teacher: nn.Module, student: nn.Module, train: Iterable, val: Itera
     Returns:
         A Diagnosis; call `.save(out_dir)` to write results.json and the reports.
     """
-    cfg = config or DiagnoseConfig(alpha=alpha, alpha_on=alpha_on, temperature=temperature, t2=t2,
-                                   kd_reduction=kd_reduction, device=device, limit=limit, seed=seed,
-                                   quick=quick, save_logits=save_logits)
+    cfg = config or DiagnoseConfig(
+        alpha=alpha,
+        alpha_on=alpha_on,
+        temperature=temperature,
+        t2=t2,
+        kd_reduction=kd_reduction,
+        device=device,
+        limit=limit,
+        seed=seed,
+        quick=quick,
+        save_logits=save_logits,
+    )
     start = time.perf_counter()
     _seed_everything(cfg.seed)
     dev = pick_device(cfg.device)
@@ -155,15 +193,28 @@ def diagnose(teacher: nn.Module, student: nn.Module, train: Iterable, val: Itera
     try:
         with progress(show_progress) as bar:
             for name, loader in loaders.items():
-                r = evaluate_split(teacher, student, loader, name=name, num_classes=num_classes, device=dev,
-                                   limit=cfg.limit, feature_rows=cfg.budgets.feature_rows,
-                                   cache_rows=cfg.budgets.probe_samples, save_logits=cfg.save_logits,
-                                   channels_last=channels_last, bar=bar, rank=rank_, world=world)
+                r = evaluate_split(
+                    teacher,
+                    student,
+                    loader,
+                    name=name,
+                    num_classes=num_classes,
+                    device=dev,
+                    limit=cfg.limit,
+                    feature_rows=cfg.budgets.feature_rows,
+                    cache_rows=cfg.budgets.probe_samples,
+                    save_logits=cfg.save_logits,
+                    channels_last=channels_last,
+                    bar=bar,
+                    rank=rank_,
+                    world=world,
+                )
                 num_classes = num_classes or r.metrics and len(r.stats["cls_count"])
                 splits[name] = r
                 timings[f"eval_{name}"] = r.seconds
-            ev = Evaluation(teacher, student, cfg, dev, int(num_classes), splits, class_names,
-                            teacher_spec, student_spec)
+            ev = Evaluation(
+                teacher, student, cfg, dev, int(num_classes), splits, class_names, teacher_spec, student_spec
+            )
             wanted = list(checks) if checks is not None else list_checks()
             unknown = [c for c in wanted if c not in list_checks()]
             if unknown:
@@ -179,24 +230,42 @@ def diagnose(teacher: nn.Module, student: nn.Module, train: Iterable, val: Itera
     finally:
         teacher.train(modes[0])
         student.train(modes[1])
-    metrics = {name: {k: r.metrics[k] for k in ("teacher", "student", "agreement", "kl", "n",
-                                                 "excluded_nonfinite")} for name, r in splits.items()}
-    eff = effective_weights(cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction,
-                            ev.num_classes, cfg.batch_size)
+    metrics = {
+        name: {k: r.metrics[k] for k in ("teacher", "student", "agreement", "kl", "n", "excluded_nonfinite")}
+        for name, r in splits.items()
+    }
+    eff = effective_weights(
+        cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction, ev.num_classes, cfg.batch_size
+    )
     run = {
-        "kddoctor_version": __version__, "torch_version": torch.__version__, "device": str(dev),
-        "teacher": teacher_spec, "student": student_spec, "alpha": cfg.alpha, "alpha_on": cfg.alpha_on,
-        "temperature": cfg.temperature, "t2": cfg.t2, "kd_reduction": cfg.kd_reduction,
-        "convention": convention_sentence(cfg, eff), "effective_weights": eff,
-        "seed": cfg.seed, "quick": cfg.quick, "num_classes": ev.num_classes, "class_names": class_names,
-        "n": {name: r.n for name, r in splits.items()}, "world_size": world,
-        "python": platform.python_version(), "platform": platform.platform(terse=True),
+        "kddoctor_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(dev),
+        "teacher": teacher_spec,
+        "student": student_spec,
+        "alpha": cfg.alpha,
+        "alpha_on": cfg.alpha_on,
+        "temperature": cfg.temperature,
+        "t2": cfg.t2,
+        "kd_reduction": cfg.kd_reduction,
+        "convention": convention_sentence(cfg, eff),
+        "effective_weights": eff,
+        "seed": cfg.seed,
+        "quick": cfg.quick,
+        "num_classes": ev.num_classes,
+        "class_names": class_names,
+        "n": {name: r.n for name, r in splits.items()},
+        "world_size": world,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
     }
     causes = rank([f.to_dict() for f in findings], remedy_context(ev, findings))
     run["timings"] = {k: round(v, 4) for k, v in timings.items()}
     run["seconds"] = round(time.perf_counter() - start, 3)
-    details = {"per_class": {name: _per_class(r.stats) for name, r in splits.items()},
-               "checks": {f.id: f.details for f in findings if f.details}}
+    details = {
+        "per_class": {name: _per_class(r.stats) for name, r in splits.items()},
+        "checks": {f.id: f.details for f in findings if f.details},
+    }
     logits = None
     if cfg.save_logits:
         logits = {f"{name}_{k}": v for name, r in splits.items() for k, v in (r.all_logits or {}).items()}
@@ -205,9 +274,12 @@ def diagnose(teacher: nn.Module, student: nn.Module, train: Iterable, val: Itera
 
 def _per_class(stats: dict) -> dict:
     n = np.maximum(stats["cls_count"], 1)
-    return {"count": stats["cls_count"].tolist(), "agreement": (stats["cls_agree"] / n).tolist(),
-            "teacher_acc": (stats["cls_t_correct"] / n).tolist(),
-            "student_acc": (stats["cls_s_correct"] / n).tolist()}
+    return {
+        "count": stats["cls_count"].tolist(),
+        "agreement": (stats["cls_agree"] / n).tolist(),
+        "teacher_acc": (stats["cls_t_correct"] / n).tolist(),
+        "student_acc": (stats["cls_s_correct"] / n).tolist(),
+    }
 
 
 def convention_sentence(cfg: DiagnoseConfig, eff: dict) -> str:
@@ -216,18 +288,28 @@ def convention_sentence(cfg: DiagnoseConfig, eff: dict) -> str:
         form = f"loss = (1-{cfg.alpha:g})*CE + {cfg.alpha:g}*KD"
     else:
         form = f"loss = {cfg.alpha:g}*CE + (1-{cfg.alpha:g})*KD"
-    t2 = f"KD multiplied by T²={cfg.temperature ** 2:g}" if cfg.t2 else "KD not multiplied by T² (--no-t2)"
-    return (f"{form} with T={cfg.temperature:g}, {t2}, KL reduced by '{cfg.kd_reduction}'; effective weights: "
-            f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units ({eff['kd_share']:.0%} of the total)")
+    t2 = f"KD multiplied by T²={cfg.temperature**2:g}" if cfg.t2 else "KD not multiplied by T² (--no-t2)"
+    return (
+        f"{form} with T={cfg.temperature:g}, {t2}, KL reduced by '{cfg.kd_reduction}'; effective weights: "
+        f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units "
+        f"({eff['kd_share']:.0%} of the total)"
+    )
 
 
 def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:
     """Values remedies are written with: the user's convention, the sweep's advice, the normalization."""
     cfg = ev.config
     w_ce, w_kd = (1 - cfg.alpha, cfg.alpha) if cfg.alpha_on == "kd" else (cfg.alpha, 1 - cfg.alpha)
-    ctx = {"alpha": cfg.alpha, "alpha_on": cfg.alpha_on, "temperature": cfg.temperature, "alpha_kd": w_kd,
-           "num_classes": ev.num_classes, "rec_alpha": w_kd, "rec_T": cfg.temperature,
-           "student_arch": ev.student_spec.removeprefix("timm:").split("?")[0]}
+    ctx = {
+        "alpha": cfg.alpha,
+        "alpha_on": cfg.alpha_on,
+        "temperature": cfg.temperature,
+        "alpha_kd": w_kd,
+        "num_classes": ev.num_classes,
+        "rec_alpha": w_kd,
+        "rec_T": cfg.temperature,
+        "student_arch": ev.student_spec.removeprefix("timm:").split("?")[0],
+    }
     by_id = {f.id: f for f in findings}
     alpha = by_id.get("alpha_sensitivity")
     if alpha is not None and "recommended" in alpha.evidence:
@@ -245,5 +327,12 @@ def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:
 
 def diagnose_bundle(teacher: nn.Module, student: nn.Module, data: DataBundle, **kw) -> Diagnosis:
     """diagnose() over a DataBundle (what FACTORY and --data-dir produce)."""
-    return diagnose(teacher, student, data.splits["train"], data.splits["val"],
-                    train_eval=data.splits.get("train_eval"), class_names=data.class_names, **kw)
+    return diagnose(
+        teacher,
+        student,
+        data.splits["train"],
+        data.splits["val"],
+        train_eval=data.splits.get("train_eval"),
+        class_names=data.class_names,
+        **kw,
+    )

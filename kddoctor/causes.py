@@ -8,7 +8,13 @@ import tomllib
 from functools import cache
 from importlib import resources
 
-CAUSE_IDS = ("overfitting", "distribution_mismatch", "alpha_imbalance", "insufficient_capacity", "optimization")
+CAUSE_IDS = (
+    "overfitting",
+    "distribution_mismatch",
+    "alpha_imbalance",
+    "insufficient_capacity",
+    "optimization",
+)
 LIKELY = 0.5
 
 
@@ -79,8 +85,18 @@ def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
         fmt = _Blank()
         remedies = [fmt.format(r["say"], **ctx) for r in cause["remedies"]]
         codes = [fmt.format(r.get("code", ""), **ctx) for r in cause["remedies"]]
-        out.append({"id": cid, "title": cause["title"], "score": score, "likely": score >= LIKELY,
-                    "support": round(support, 4), "against": round(against, 4),
-                    "evidence": sentences, "remedies": remedies, "remedy_code": codes})
+        out.append(
+            {
+                "id": cid,
+                "title": cause["title"],
+                "score": score,
+                "likely": score >= LIKELY,
+                "support": round(support, 4),
+                "against": round(against, 4),
+                "evidence": sentences,
+                "remedies": remedies,
+                "remedy_code": codes,
+            }
+        )
     out.sort(key=lambda c: (-c["score"], CAUSE_IDS.index(c["id"])))
     return out

@@ -14,8 +14,12 @@ from rich.console import Console
 from ._version import __version__
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Find out why a distilled student generalizes worse than its teacher.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find out why a distilled student generalizes worse than its teacher.",
+)
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -28,8 +32,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """kddoctor: teacher-student diagnosis for knowledge distillation."""
 
 
@@ -63,8 +70,9 @@ def run_name(student: str, teacher: str) -> str:
     return f"{stem(student)}_vs_{stem(teacher)}"
 
 
-def _finish(diag, out: Path, *, policy: Path | None, junit: Path | None, baseline: Path | None,
-            quiet: bool, cdn: bool) -> int:
+def _finish(
+    diag, out: Path, *, policy: Path | None, junit: Path | None, baseline: Path | None, quiet: bool, cdn: bool
+) -> int:
     from ._render import render_summary
     from .gate import evaluate, github_outputs, load_policy, load_results
     from .report import render_markdown
@@ -104,15 +112,21 @@ def diagnose(
     student: Annotated[str, Opt(help="Student SPEC (same forms as --teacher).")],
     teacher_ckpt: Annotated[Path | None, Opt(help="Teacher checkpoint (.pt/.pth/.safetensors).")] = None,
     student_ckpt: Annotated[Path | None, Opt(help="Student checkpoint.")] = None,
-    data: Annotated[str | None, Opt(help="Data FACTORY: file.py:FUNC or module:FUNC returning train/val.")] = None,
+    data: Annotated[
+        str | None, Opt(help="Data FACTORY: file.py:FUNC or module:FUNC returning train/val.")
+    ] = None,
     data_dir: Annotated[Path | None, Opt(help="ImageFolder root with train/ and val/.")] = None,
     data_arg: Annotated[list[str] | None, Opt(help="key=value passed to the FACTORY (repeatable).")] = None,
     num_classes: Annotated[int | None, Opt(help="Number of classes (default: from the checkpoints).")] = None,
     alpha: Annotated[float, Opt(help="The alpha the student was trained with.")] = 0.7,
-    alpha_on: Annotated[str, Opt(help="Which term alpha weighted: kd -> (1-a)CE + aKD; ce -> aCE + (1-a)KD.")] = "kd",
+    alpha_on: Annotated[
+        str, Opt(help="Which term alpha weighted: kd -> (1-a)CE + aKD; ce -> aCE + (1-a)KD.")
+    ] = "kd",
     temperature: Annotated[float, Opt(help="KD temperature T used in training.")] = 4.0,
     no_t2: Annotated[bool, Opt("--no-t2", help="The training loss did NOT multiply KD by T².")] = False,
-    kd_reduction: Annotated[str, Opt(help="How training reduced the KL: batchmean, mean or sum.")] = "batchmean",
+    kd_reduction: Annotated[
+        str, Opt(help="How training reduced the KL: batchmean, mean or sum.")
+    ] = "batchmean",
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, Opt(help="Batch size for loaders kddoctor builds (--data-dir).")] = 256,
     limit: Annotated[int | None, Opt(help="At most N samples per split.")] = None,
@@ -125,9 +139,12 @@ def diagnose(
     out: Annotated[Path | None, Opt(help="Output directory (default reports/<run-name>/).")] = None,
     teacher_ema: Annotated[bool, Opt("--teacher-ema", help="Load the teacher's EMA weights.")] = False,
     student_ema: Annotated[bool, Opt("--student-ema", help="Load the student's EMA weights.")] = False,
-    trust_checkpoint: Annotated[bool, Opt("--trust-checkpoint",
-                                          help="Allow checkpoints that unpickle code (only trusted files!).")] = False,
-    report_cdn: Annotated[bool, Opt("--report-cdn", help="Load plotly.js from a CDN (smaller report).")] = False,
+    trust_checkpoint: Annotated[
+        bool, Opt("--trust-checkpoint", help="Allow checkpoints that unpickle code (only trusted files!).")
+    ] = False,
+    report_cdn: Annotated[
+        bool, Opt("--report-cdn", help="Load plotly.js from a CDN (smaller report).")
+    ] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bars or tables.")] = False,
     debug: Annotated[bool, Opt("--debug", help="Full tracebacks on errors.")] = False,
 ) -> None:
@@ -136,20 +153,44 @@ def diagnose(
     from .runner import diagnose_specs
 
     def go() -> int:
-        cfg = DiagnoseConfig(alpha=alpha, alpha_on=alpha_on, temperature=temperature, t2=not no_t2,
-                             kd_reduction=kd_reduction, device=device, batch_size=batch_size, limit=limit,
-                             seed=seed, quick=quick, save_logits=save_logits)
+        cfg = DiagnoseConfig(
+            alpha=alpha,
+            alpha_on=alpha_on,
+            temperature=temperature,
+            t2=not no_t2,
+            kd_reduction=kd_reduction,
+            device=device,
+            batch_size=batch_size,
+            limit=limit,
+            seed=seed,
+            quick=quick,
+            save_logits=save_logits,
+        )
         if (data is None) == (data_dir is None):
             raise UserError("give exactly one of --data FACTORY or --data-dir DIR")
         for p in (policy, baseline):
             if p is not None and not p.is_file():
                 raise UserError(f"{p} not found")
-        diag = diagnose_specs(teacher, student, teacher_ckpt=teacher_ckpt, student_ckpt=student_ckpt,
-                              data=data, data_dir=data_dir, data_args=data_arg or [], num_classes=num_classes,
-                              config=cfg, teacher_ema=teacher_ema, student_ema=student_ema,
-                              trust=trust_checkpoint, show_progress=not quiet, debug=debug)
+        diag = diagnose_specs(
+            teacher,
+            student,
+            teacher_ckpt=teacher_ckpt,
+            student_ckpt=student_ckpt,
+            data=data,
+            data_dir=data_dir,
+            data_args=data_arg or [],
+            num_classes=num_classes,
+            config=cfg,
+            teacher_ema=teacher_ema,
+            student_ema=student_ema,
+            trust=trust_checkpoint,
+            show_progress=not quiet,
+            debug=debug,
+        )
         target = out or Path("reports") / run_name(student, teacher)
-        return _finish(diag, target, policy=policy, junit=junit, baseline=baseline, quiet=quiet, cdn=report_cdn)
+        return _finish(
+            diag, target, policy=policy, junit=junit, baseline=baseline, quiet=quiet, cdn=report_cdn
+        )
 
     raise typer.Exit(_guard(go, debug))
 
@@ -170,7 +211,9 @@ def gate(
 
     def go() -> int:
         doc = load_results(results)
-        verdict = evaluate(doc, load_policy(policy), load_results(baseline, "--baseline") if baseline else None)
+        verdict = evaluate(
+            doc, load_policy(policy), load_results(baseline, "--baseline") if baseline else None
+        )
         doc["gate"] = {k: verdict[k] for k in ("passed", "failures", "warnings", "policy")}
         if junit:
             _write_text(junit, render_junit(doc, verdict))
@@ -178,8 +221,12 @@ def gate(
             con = Console()
             for r in verdict["rules"]:
                 mark = "[green]✓[/]" if r["ok"] else ("[red]✗[/]" if r["level"] == "fail" else "[yellow]![/]")
-                con.print(f"{mark} {r['rule']:<34} {r['value']!s:>10}  (threshold {r['threshold']}, {r['level']})")
-            con.print(f"gate {policy}: " + ("[green]passed[/]" if verdict["passed"] else "[bold red]FAILED[/]"))
+                con.print(
+                    f"{mark} {r['rule']:<34} {r['value']!s:>10}  (threshold {r['threshold']}, {r['level']})"
+                )
+            con.print(
+                f"gate {policy}: " + ("[green]passed[/]" if verdict["passed"] else "[bold red]FAILED[/]")
+            )
         github_outputs(verdict, render_markdown(doc))
         return 0 if verdict["passed"] else EXIT_GATE_FAILED
 
@@ -204,12 +251,22 @@ def demo(
         if not quiet:
             con.print("[dim]building the demo pair (cached after the first run)...[/]")
         t_path, s_path = demo_mod.build_demo_pair()
-        cfg = DiagnoseConfig(alpha=demo_mod.DEMO_RECIPE["alpha"], temperature=demo_mod.DEMO_RECIPE["temperature"],
-                             quick=quick)
-        diag = diagnose_specs("kddoctor.demo:teacher_cnn", "kddoctor.demo:student_cnn", teacher_ckpt=t_path,
-                              student_ckpt=s_path, data="kddoctor.demo:digits_loaders", data_dir=None,
-                              data_args=[f"train_subset={demo_mod.DEMO_STUDENT_SUBSET}"], num_classes=None,
-                              config=cfg, show_progress=not quiet, debug=debug)
+        cfg = DiagnoseConfig(
+            alpha=demo_mod.DEMO_RECIPE["alpha"], temperature=demo_mod.DEMO_RECIPE["temperature"], quick=quick
+        )
+        diag = diagnose_specs(
+            "kddoctor.demo:teacher_cnn",
+            "kddoctor.demo:student_cnn",
+            teacher_ckpt=t_path,
+            student_ckpt=s_path,
+            data="kddoctor.demo:digits_loaders",
+            data_dir=None,
+            data_args=[f"train_subset={demo_mod.DEMO_STUDENT_SUBSET}"],
+            num_classes=None,
+            config=cfg,
+            show_progress=not quiet,
+            debug=debug,
+        )
         return _finish(diag, out, policy=policy, junit=None, baseline=None, quiet=quiet, cdn=False)
 
     raise typer.Exit(_guard(go, debug))

@@ -27,8 +27,15 @@ class Budgets:
 
     @classmethod
     def quick(cls) -> Budgets:
-        return cls(feature_rows=512, probe_samples=256, fit_steps=60, sweep_steps=25,
-                   grad_batches=2, bn_batches=8, probe_batch=64)
+        return cls(
+            feature_rows=512,
+            probe_samples=256,
+            fit_steps=60,
+            sweep_steps=25,
+            grad_batches=2,
+            bn_batches=8,
+            probe_batch=64,
+        )
 
 
 @dataclass
@@ -58,7 +65,8 @@ class DiagnoseConfig:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.kd_reduction not in KD_REDUCTIONS:
             raise UserError(
-                f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.kd_reduction!r}")
+                f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.kd_reduction!r}"
+            )
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:

@@ -46,18 +46,24 @@ def parse_data_args(pairs: Iterable[str]) -> dict:
 def from_mapping(obj: object, source: str) -> DataBundle:
     """Validate what a factory returned: a mapping with at least train and val."""
     if not isinstance(obj, Mapping):
-        raise UserError(f"data factory {source} returned {type(obj).__name__}; "
-                        "return a dict with 'train' and 'val' loaders")
+        raise UserError(
+            f"data factory {source} returned {type(obj).__name__}; "
+            "return a dict with 'train' and 'val' loaders"
+        )
     missing = [k for k in ("train", "val") if k not in obj]
     if missing:
-        raise UserError(f"data factory {source} returned no {' or '.join(missing)!s} loader "
-                        f"(keys: {', '.join(map(str, obj)) or 'none'}); return {{'train': ..., 'val': ...}}")
+        raise UserError(
+            f"data factory {source} returned no {' or '.join(missing)!s} loader "
+            f"(keys: {', '.join(map(str, obj)) or 'none'}); return {{'train': ..., 'val': ...}}"
+        )
     splits = {}
     for k in SPLITS:
         if k in obj and obj[k] is not None:
             if not isinstance(obj[k], Iterable) or isinstance(obj[k], str | bytes | Mapping):
-                raise UserError(f"data factory {source}: '{k}' is a {type(obj[k]).__name__}, "
-                                "not a DataLoader or iterable of batches")
+                raise UserError(
+                    f"data factory {source}: '{k}' is a {type(obj[k]).__name__}, "
+                    "not a DataLoader or iterable of batches"
+                )
             splits[k] = obj[k]
     names = obj.get("class_names")
     nc = obj.get("num_classes")
@@ -85,8 +91,9 @@ def load_factory(ref: str, data_args: dict | None = None) -> DataBundle:
     return from_mapping(obj, repr(ref))
 
 
-def image_folder(root: str | Path, student: torch.nn.Module, *, batch_size: int, workers: int = 2,
-                 pin_memory: bool = False) -> DataBundle:
+def image_folder(
+    root: str | Path, student: torch.nn.Module, *, batch_size: int, workers: int = 2, pin_memory: bool = False
+) -> DataBundle:
     """DIR/train/<class>/... and DIR/val/<class>/..., both under the student's eval transforms."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
@@ -94,8 +101,10 @@ def image_folder(root: str | Path, student: torch.nn.Module, *, batch_size: int,
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise UserError(f"--data-dir {root}: no {split}/ folder; expected {root}/train/<class>/... "
-                            f"and {root}/val/<class>/...")
+            raise UserError(
+                f"--data-dir {root}: no {split}/ folder; expected {root}/train/<class>/... "
+                f"and {root}/val/<class>/..."
+            )
     cfg = resolve_data_config({}, model=student)
     tf = create_transform(**cfg, is_training=False)
     try:
@@ -106,10 +115,14 @@ def image_folder(root: str | Path, student: torch.nn.Module, *, batch_size: int,
     if train.classes != val.classes:
         raise UserError(f"--data-dir {root}: train/ and val/ have different class folders")
     mk = lambda ds: torch.utils.data.DataLoader(  # noqa: E731
-        ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
-    return DataBundle({"train": mk(train), "val": mk(val)}, num_classes=len(train.classes),
-                      class_names=list(train.classes),
-                      notes=[f"ImageFolder with the student's eval transform: {cfg}"])
+        ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory
+    )
+    return DataBundle(
+        {"train": mk(train), "val": mk(val)},
+        num_classes=len(train.classes),
+        class_names=list(train.classes),
+        notes=[f"ImageFolder with the student's eval transform: {cfg}"],
+    )
 
 
 def split_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,13 +131,17 @@ def split_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, to
         x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
         y = next((batch[k] for k in TARGET_KEYS if k in batch), None)
         if x is None or y is None:
-            raise UserError(f"{split} batch {index} is a mapping with keys {sorted(map(str, batch))}; "
-                            f"expected one of {INPUT_KEYS} and one of {TARGET_KEYS}")
+            raise UserError(
+                f"{split} batch {index} is a mapping with keys {sorted(map(str, batch))}; "
+                f"expected one of {INPUT_KEYS} and one of {TARGET_KEYS}"
+            )
     elif isinstance(batch, list | tuple) and len(batch) >= 2:
         x, y = batch[0], batch[1]
     else:
-        raise UserError(f"{split} batch {index} is a {type(batch).__name__}; "
-                        "yield (inputs, targets) tuples or dicts with image/label keys")
+        raise UserError(
+            f"{split} batch {index} is a {type(batch).__name__}; "
+            "yield (inputs, targets) tuples or dicts with image/label keys"
+        )
     if not isinstance(x, torch.Tensor):
         raise UserError(f"{split} batch {index}: inputs are {type(x).__name__}, not a tensor")
     if not isinstance(y, torch.Tensor):
@@ -132,15 +149,18 @@ def split_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, to
     if y.ndim == 2 and y.shape[0] == x.shape[0] and y.is_floating_point():
         y = y.argmax(1)  # one-hot or soft labels: the class with the most mass
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise UserError(f"{split} batch {index}: targets of shape {list(y.shape)} do not match "
-                        f"{x.shape[0]} inputs; use class indices of shape [B]")
+        raise UserError(
+            f"{split} batch {index}: targets of shape {list(y.shape)} do not match "
+            f"{x.shape[0]} inputs; use class indices of shape [B]"
+        )
     if y.is_floating_point():
         y = y.long()
     return x, y
 
 
-def iter_batches(loader: Iterable, split: str, limit: int | None = None,
-                 rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_batches(
+    loader: Iterable, split: str, limit: int | None = None, rank: int = 0, world: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Adapted batches of one split, trimmed to `limit` samples; rank r of `world` takes batches i%world==r.
 
     A loader that raises mid-way becomes a UserError naming the split and batch.

@@ -18,8 +18,15 @@ from torch import nn
 from . import _train
 
 DEMO_STUDENT_SUBSET = 240  # distillation set of the demo student: too few samples for its size
-DEMO_RECIPE = {"teacher_epochs": 30, "student_epochs": 150, "subset": DEMO_STUDENT_SUBSET, "alpha": 0.7,
-               "temperature": 4.0, "student_wd": 0.0, "version": 1}
+DEMO_RECIPE = {
+    "teacher_epochs": 30,
+    "student_epochs": 150,
+    "subset": DEMO_STUDENT_SUBSET,
+    "alpha": 0.7,
+    "temperature": 4.0,
+    "student_wd": 0.0,
+    "version": 1,
+}
 
 
 class _ConvNet(nn.Module):
@@ -59,8 +66,13 @@ def _tensors(x, y) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
 
-def digits_loaders(train_subset: int | None = None, batch_size: int = 128, val_normalization: str = "standard",
-                   label_noise: float = 0.0, seed: int = 0) -> dict:
+def digits_loaders(
+    train_subset: int | None = None,
+    batch_size: int = 128,
+    val_normalization: str = "standard",
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> dict:
     """Data factory for the digits pair: train (the student's distillation set) and val.
 
     `val_normalization="none"` plants a preprocessing mismatch: val pixels stay in [0, 1].
@@ -73,8 +85,12 @@ def digits_loaders(train_subset: int | None = None, batch_size: int = 128, val_n
     x_tr = _train.normalize(x_tr)
     x_va = _train.normalize(x_va) if val_normalization == "standard" else x_va
     mk = lambda x, y: torch.utils.data.DataLoader(_tensors(x, y), batch_size=batch_size)  # noqa: E731
-    return {"train": mk(x_tr, y_tr), "val": mk(x_va, y_va), "num_classes": 10,
-            "class_names": [str(i) for i in range(10)]}
+    return {
+        "train": mk(x_tr, y_tr),
+        "val": mk(x_va, y_va),
+        "num_classes": 10,
+        "class_names": [str(i) for i in range(10)],
+    }
 
 
 def cache_dir() -> Path:
@@ -121,16 +137,38 @@ def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
     s_path.parent.mkdir(parents=True, exist_ok=True)
     x, y = digits_train_tensors()
     n = DEMO_RECIPE["subset"]
-    student = _train.distill(student_cnn(), teacher, x[:n], y[:n], epochs=DEMO_RECIPE["student_epochs"],
-                             alpha=DEMO_RECIPE["alpha"], temperature=DEMO_RECIPE["temperature"],
-                             weight_decay=DEMO_RECIPE["student_wd"], seed=1)
+    student = _train.distill(
+        student_cnn(),
+        teacher,
+        x[:n],
+        y[:n],
+        epochs=DEMO_RECIPE["student_epochs"],
+        alpha=DEMO_RECIPE["alpha"],
+        temperature=DEMO_RECIPE["temperature"],
+        weight_decay=DEMO_RECIPE["student_wd"],
+        seed=1,
+    )
     _atomic_save({"model": student.state_dict(), "epoch": DEMO_RECIPE["student_epochs"]}, s_path)
     return t_path, s_path
 
 
 def demo_command(t_path: Path, s_path: Path) -> list[str]:
     """The `kddoctor diagnose` arguments the demo runs (shown in the README and the report)."""
-    return ["--teacher", "kddoctor.demo:teacher_cnn", "--teacher-ckpt", str(t_path),
-            "--student", "kddoctor.demo:student_cnn", "--student-ckpt", str(s_path),
-            "--data", "kddoctor.demo:digits_loaders", "--data-arg", f"train_subset={DEMO_STUDENT_SUBSET}",
-            "--alpha", str(DEMO_RECIPE["alpha"]), "--temperature", str(DEMO_RECIPE["temperature"])]
+    return [
+        "--teacher",
+        "kddoctor.demo:teacher_cnn",
+        "--teacher-ckpt",
+        str(t_path),
+        "--student",
+        "kddoctor.demo:student_cnn",
+        "--student-ckpt",
+        str(s_path),
+        "--data",
+        "kddoctor.demo:digits_loaders",
+        "--data-arg",
+        f"train_subset={DEMO_STUDENT_SUBSET}",
+        "--alpha",
+        str(DEMO_RECIPE["alpha"]),
+        "--temperature",
+        str(DEMO_RECIPE["temperature"]),
+    ]

@@ -107,10 +107,14 @@ class InputStats:
         finite = torch.isfinite(flat)
         clean = torch.where(finite, flat, torch.zeros_like(flat))
         big = torch.finfo(torch.float64).max
-        upd = {"count": finite.sum(1).double(), "sum": clean.sum(1), "sumsq": (clean * clean).sum(1),
-               "min": torch.where(finite, flat, torch.full_like(flat, big)).amin(1),
-               "max": torch.where(finite, flat, torch.full_like(flat, -big)).amax(1),
-               "nonfinite": (~finite).sum(1).double()}
+        upd = {
+            "count": finite.sum(1).double(),
+            "sum": clean.sum(1),
+            "sumsq": (clean * clean).sum(1),
+            "min": torch.where(finite, flat, torch.full_like(flat, big)).amin(1),
+            "max": torch.where(finite, flat, torch.full_like(flat, -big)).amax(1),
+            "nonfinite": (~finite).sum(1).double(),
+        }
         if self.state is None or self.state["sum"].shape != upd["sum"].shape:
             if self.state is not None:
                 return  # channel count changed mid-stream: recorded in shapes, stats keep the first
@@ -128,9 +132,15 @@ class InputStats:
         n = np.maximum(s["count"], 1)
         mean = s["sum"] / n
         std = np.sqrt(np.maximum(s["sumsq"] / n - mean**2, 0.0))
-        return {"mean": mean.tolist(), "std": std.tolist(), "min": s["min"].tolist(),
-                "max": s["max"].tolist(), "nonfinite": int(s["nonfinite"].sum()),
-                "shapes": sorted(list(sh) for sh in self.shapes), "dtypes": sorted(self.dtypes)}
+        return {
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "min": s["min"].tolist(),
+            "max": s["max"].tolist(),
+            "nonfinite": int(s["nonfinite"].sum()),
+            "shapes": sorted(list(sh) for sh in self.shapes),
+            "dtypes": sorted(self.dtypes),
+        }
 
 
 @dataclass
@@ -154,10 +164,23 @@ class SplitResult:
         return int(self.stats["n"])
 
 
-def evaluate_split(teacher: nn.Module, student: nn.Module, loader: Iterable, *, name: str,
-                   num_classes: int | None, device: torch.device, limit: int | None = None,
-                   feature_rows: int = 0, cache_rows: int = 0, save_logits: bool = False,
-                   channels_last: bool = False, bar=None, rank: int = 0, world: int = 1) -> SplitResult:
+def evaluate_split(
+    teacher: nn.Module,
+    student: nn.Module,
+    loader: Iterable,
+    *,
+    name: str,
+    num_classes: int | None,
+    device: torch.device,
+    limit: int | None = None,
+    feature_rows: int = 0,
+    cache_rows: int = 0,
+    save_logits: bool = False,
+    channels_last: bool = False,
+    bar=None,
+    rank: int = 0,
+    world: int = 1,
+) -> SplitResult:
     """Run both models over one split in a single streaming pass."""
     start = time.perf_counter()
     cuda = device.type == "cuda"
@@ -212,14 +235,22 @@ def evaluate_split(teacher: nn.Module, student: nn.Module, loader: Iterable, *, 
         metrics.all_reduce()
     stats = metrics.state()
     if stats["bad_target"] > 0:
-        raise UserError(f"{int(stats['bad_target'])} {name} labels lie outside [0, {num_classes}); "
-                        "check --num-classes and the label encoding")
+        raise UserError(
+            f"{int(stats['bad_target'])} {name} labels lie outside [0, {num_classes}); "
+            "check --num-classes and the label encoding"
+        )
     result = SplitResult(
-        name=name, metrics=metrics.compute(), stats=stats, samples=columns.finish(),
-        inputs=inputs.compute(), features=feats,
+        name=name,
+        metrics=metrics.compute(),
+        stats=stats,
+        samples=columns.finish(),
+        inputs=inputs.compute(),
+        features=feats,
         logits_subset={k: torch.cat(v).cpu().numpy() for k, v in logit_chunks.items() if v},
-        cache_x=torch.cat(cache_x) if cache_x else None, cache_y=torch.cat(cache_y) if cache_y else None,
-        seconds=time.perf_counter() - start)
+        cache_x=torch.cat(cache_x) if cache_x else None,
+        cache_y=torch.cat(cache_y) if cache_y else None,
+        seconds=time.perf_counter() - start,
+    )
     result.metrics["n"] = int(stats["n"])
     result.metrics["excluded_nonfinite"] = int(stats["nonfinite"])
     if save_logits:
@@ -229,11 +260,16 @@ def evaluate_split(teacher: nn.Module, student: nn.Module, loader: Iterable, *, 
 
 def _check_shapes(t: torch.Tensor, s: torch.Tensor, x: torch.Tensor, num_classes: int | None) -> None:
     if t.ndim != 2 or s.ndim != 2:
-        raise UserError(f"models must return [B, classes] logits; teacher gave {list(t.shape)}, "
-                        f"student {list(s.shape)} for inputs {list(x.shape)}")
+        raise UserError(
+            f"models must return [B, classes] logits; teacher gave {list(t.shape)}, "
+            f"student {list(s.shape)} for inputs {list(x.shape)}"
+        )
     if t.shape[1] != s.shape[1]:
-        raise UserError(f"teacher predicts {t.shape[1]} classes but student {s.shape[1]}; "
-                        "they must share one label space (check --num-classes and the checkpoints)")
+        raise UserError(
+            f"teacher predicts {t.shape[1]} classes but student {s.shape[1]}; "
+            "they must share one label space (check --num-classes and the checkpoints)"
+        )
     if num_classes is not None and t.shape[1] != num_classes:
-        raise UserError(f"models predict {t.shape[1]} classes but the data has {num_classes}; "
-                        "check --num-classes")
+        raise UserError(
+            f"models predict {t.shape[1]} classes but the data has {num_classes}; check --num-classes"
+        )

@@ -42,14 +42,18 @@ class Evaluation:
     @property
     def capabilities(self) -> set[str]:
         caps = set(self.splits)
-        if all(self.splits[s].features.get(m) is not None for s in ("train", "val")
-               for m in ("teacher", "student")):
+        if all(
+            self.splits[s].features.get(m) is not None
+            for s in ("train", "val")
+            for m in ("teacher", "student")
+        ):
             caps.add("features")
         if self.train.cache_x is not None and self.val.cache_x is not None:
             caps.add("cache")
         if has_mode_layers(self.student) or has_mode_layers(self.teacher):
             caps.add("norm_layers")
         if any(p.requires_grad for p in self.student.parameters()) or any(
-                True for _ in self.student.parameters()):
+            True for _ in self.student.parameters()
+        ):
             caps.add("trainable")
         return caps

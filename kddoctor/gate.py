@@ -22,19 +22,26 @@ def _m(d: dict, *path: str) -> float:
 # rule -> (description, how to read the value, comparison): value must be >= (min_) or <= (max_) threshold
 METRIC_RULES = {
     "min_val_agreement": ("val top-1 agreement", lambda r, b: _m(r, "metrics", "val", "agreement")),
-    "max_agreement_gap": ("train agreement minus val agreement",
-                          lambda r, b: _m(r, "metrics", "train", "agreement") - _m(r, "metrics", "val", "agreement")),
+    "max_agreement_gap": (
+        "train agreement minus val agreement",
+        lambda r, b: _m(r, "metrics", "train", "agreement") - _m(r, "metrics", "val", "agreement"),
+    ),
     "max_val_kl": ("val KL(teacher||student)", lambda r, b: _m(r, "metrics", "val", "kl")),
     "max_student_val_ece": ("student val ECE", lambda r, b: _m(r, "metrics", "val", "student", "ece")),
     "min_student_val_acc": ("student val accuracy", lambda r, b: _m(r, "metrics", "val", "student", "acc")),
-    "max_val_acc_drop": ("teacher val accuracy minus student val accuracy",
-                         lambda r, b: _m(r, "metrics", "val", "teacher", "acc") - _m(r, "metrics", "val", "student", "acc")),
+    "max_val_acc_drop": (
+        "teacher val accuracy minus student val accuracy",
+        lambda r, b: _m(r, "metrics", "val", "teacher", "acc") - _m(r, "metrics", "val", "student", "acc"),
+    ),
     "max_student_val_loss": ("student val loss", lambda r, b: _m(r, "metrics", "val", "student", "loss")),
-    "max_val_agreement_regression": ("val agreement lost against the baseline run",
-                                     lambda r, b: _m(b, "metrics", "val", "agreement") - _m(r, "metrics", "val", "agreement")),
-    "max_student_val_acc_regression": ("student val accuracy lost against the baseline run",
-                                       lambda r, b: _m(b, "metrics", "val", "student", "acc")
-                                       - _m(r, "metrics", "val", "student", "acc")),
+    "max_val_agreement_regression": (
+        "val agreement lost against the baseline run",
+        lambda r, b: _m(b, "metrics", "val", "agreement") - _m(r, "metrics", "val", "agreement"),
+    ),
+    "max_student_val_acc_regression": (
+        "student val accuracy lost against the baseline run",
+        lambda r, b: _m(b, "metrics", "val", "student", "acc") - _m(r, "metrics", "val", "student", "acc"),
+    ),
 }
 BASELINE_RULES = ("max_val_agreement_regression", "max_student_val_acc_regression")
 DEFAULT_REGRESSION_MARGIN = 0.02  # used for baseline rules a policy leaves unset when --baseline is given
@@ -91,14 +98,21 @@ def parse_policy(text: str, name: str = "policy") -> Policy:
         raise UserError(f"policy {name} is not valid TOML: {e}") from e
     unknown = [k for k in doc if k not in ("gate", "warn")]
     if unknown:
-        raise UserError(f"policy {name}: unknown table(s) {', '.join(unknown)}; use [gate] and optionally [warn]")
+        raise UserError(
+            f"policy {name}: unknown table(s) {', '.join(unknown)}; use [gate] and optionally [warn]"
+        )
     if "gate" not in doc:
         raise UserError(f"policy {name} has no [gate] table")
     gate = _validate_table(doc["gate"], f"{name} [gate]", allow_lists=True)
     warn = _validate_table(doc.get("warn", {}), f"{name} [warn]", allow_lists=False)
-    return Policy(name=name, fail={k: v for k, v in gate.items() if k in METRIC_RULES}, warn=warn,
-                  fail_on_likely=gate.get("fail_on_likely", []), fail_on_check=gate.get("fail_on_check", []),
-                  fail_on_warn=gate.get("fail_on_warn", False))
+    return Policy(
+        name=name,
+        fail={k: v for k, v in gate.items() if k in METRIC_RULES},
+        warn=warn,
+        fail_on_likely=gate.get("fail_on_likely", []),
+        fail_on_check=gate.get("fail_on_check", []),
+        fail_on_warn=gate.get("fail_on_warn", False),
+    )
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -148,22 +162,51 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
                 continue
             value = METRIC_RULES[rule][1](results, baseline)
             ok = _compare(rule, value, threshold)
-            rules.append({"rule": rule, "level": level, "value": round(value, 6), "threshold": threshold,
-                          "ok": ok, "what": METRIC_RULES[rule][0]})
+            rules.append(
+                {
+                    "rule": rule,
+                    "level": level,
+                    "value": round(value, 6),
+                    "threshold": threshold,
+                    "ok": ok,
+                    "what": METRIC_RULES[rule][0],
+                }
+            )
     likely = {c["id"] for c in results.get("causes", []) if c.get("likely")}
     for cause in policy.fail_on_likely:
-        rules.append({"rule": f"fail_on_likely:{cause}", "level": "fail", "value": cause in likely,
-                      "threshold": False, "ok": cause not in likely, "what": f"cause {cause} is likely"})
+        rules.append(
+            {
+                "rule": f"fail_on_likely:{cause}",
+                "level": "fail",
+                "value": cause in likely,
+                "threshold": False,
+                "ok": cause not in likely,
+                "what": f"cause {cause} is likely",
+            }
+        )
     statuses = {c["id"]: c["status"] for c in results.get("checks", [])}
     for check in policy.fail_on_check:
         st = statuses.get(check, "missing")
-        rules.append({"rule": f"fail_on_check:{check}", "level": "fail", "value": st, "threshold": "fail",
-                      "ok": st not in ("fail", "error"), "what": f"check {check} fails"})
+        rules.append(
+            {
+                "rule": f"fail_on_check:{check}",
+                "level": "fail",
+                "value": st,
+                "threshold": "fail",
+                "ok": st not in ("fail", "error"),
+                "what": f"check {check} fails",
+            }
+        )
     failures = [r for r in rules if not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)]
     warnings = [r for r in rules if not r["ok"] and r["level"] == "warn" and not policy.fail_on_warn]
     strip = lambda r: {k: r[k] for k in ("rule", "value", "threshold", "level", "what")}  # noqa: E731
-    return {"passed": not failures, "policy": policy.name, "failures": [strip(r) for r in failures],
-            "warnings": [strip(r) for r in warnings], "rules": rules}
+    return {
+        "passed": not failures,
+        "policy": policy.name,
+        "failures": [strip(r) for r in failures],
+        "warnings": [strip(r) for r in warnings],
+        "rules": rules,
+    }
 
 
 def github_outputs(gate: dict, markdown: str) -> None:

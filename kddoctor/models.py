@@ -29,11 +29,11 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
-    """'timm:resnet18?in_chans=1' -> ('timm', 'resnet18', {'in_chans': 1}); others -> ('callable', ref, {})."""
+    """'timm:resnet18?in_chans=1' -> ('timm', 'resnet18', {'in_chans': 1}); else ('callable', ref, {})."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError("model SPEC is empty; use timm:ARCH, path/to/file.py:FUNC or package.module:FUNC")
     if spec.startswith("timm:"):
-        body = spec[len("timm:"):]
+        body = spec[len("timm:") :]
         arch, _, query = body.partition("?")
         if not arch or not all(c.isalnum() or c in "_.-" for c in arch):
             raise UserError(f"model SPEC {spec!r}: {arch!r} is not a timm architecture name")
@@ -90,30 +90,86 @@ def _read_file(path: Path, trust: bool) -> object:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"checkpoint {path} is not a valid .safetensors file ({e}); "
-                            "re-export it or check the download") from e
+            raise UserError(
+                f"checkpoint {path} is not a valid .safetensors file ({e}); "
+                "re-export it or check the download"
+            ) from e
     try:
         if trust:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if trust:
-            raise UserError(f"checkpoint {path} cannot be unpickled ({e})") from e
-        detail = next((ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()), "")
-        detail = f" ({detail[:160]})" if detail else ""
-        raise UserError(f"checkpoint {path} needs to unpickle code, refused under weights_only{detail}; "
-                        "pass --trust-checkpoint only if you trust where it came from") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            ModuleNotFoundError, ImportError) as e:
+        names = None if trust else pickle_globals(path)
+        if not names:
+            raise UserError(
+                f"checkpoint {path} is corrupt or truncated (unreadable pickle: "
+                f"{_last_line(e)}); check the file or save it again"
+            ) from e
+        raise UserError(
+            f"checkpoint {path} needs to unpickle code ({', '.join(names[:3])}), refused under "
+            "weights_only; pass --trust-checkpoint only if you trust where it came from"
+        ) from e
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        AttributeError,
+        ModuleNotFoundError,
+        ImportError,
+    ) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({msg[:200]}); "
-                        "check the file or save it again") from e
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({msg[:200]}); check the file or save it again"
+        ) from e
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return next(
+        (ln for ln in lines if "operand" in ln.lower() or "global" in ln.lower()),
+        lines[0] if lines else type(e).__name__,
+    )[:160]
+
+
+def pickle_globals(path: Path) -> list[str] | None:
+    """Names of the callables a pickle would import, read without executing it; None if unparsable."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                data = zf.read(member)
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:
+        return None
+    safe = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    unsafe = [
+        n for n in dict.fromkeys(names) if n not in safe and not n.startswith(("torch.", "collections."))
+    ]
+    return unsafe
 
 
 def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def unwrap_checkpoint(obj: object, *, role: str, ema: bool, path: str = "checkpoint") -> dict:
@@ -128,8 +184,7 @@ def unwrap_checkpoint(obj: object, *, role: str, ema: bool, path: str = "checkpo
                 return dict(obj[key])
             if isinstance(obj.get(key), dict):
                 return unwrap_checkpoint(obj[key], role=role, ema=False, path=path)
-        raise UserError(f"{path} has no EMA weights (looked for {', '.join(EMA_KEYS)}); "
-                        f"drop --{role}-ema")
+        raise UserError(f"{path} has no EMA weights (looked for {', '.join(EMA_KEYS)}); drop --{role}-ema")
     if _is_state_dict(obj):
         return dict(obj)
     keys = ((role,) if role in ("student", "teacher") else ()) + WRAPPER_KEYS
@@ -144,7 +199,9 @@ def unwrap_checkpoint(obj: object, *, role: str, ema: bool, path: str = "checkpo
         return tensors
     has_ema = [k for k in EMA_KEYS if k in obj]
     hint = f"; it holds EMA weights under {has_ema[0]!r}: pass --{role}-ema" if has_ema else ""
-    raise UserError(f"{path} holds no state dict (top-level keys: {', '.join(map(str, list(obj)[:8]))}){hint}")
+    raise UserError(
+        f"{path} holds no state dict (top-level keys: {', '.join(map(str, list(obj)[:8]))}){hint}"
+    )
 
 
 def normalize_keys(sd: dict) -> dict:
@@ -153,13 +210,14 @@ def normalize_keys(sd: dict) -> dict:
     for k, v in sd.items():
         k = k.replace("_orig_mod.", "")
         while k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         out[k] = v
     return out
 
 
-def load_state_dict(path: str | Path, *, role: str = "model", ema: bool = False,
-                    trust: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, *, role: str = "model", ema: bool = False, trust: bool = False
+) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat, prefix-free state dict."""
     p = Path(path)
     if p.is_dir():
@@ -183,7 +241,7 @@ def _select_prefix(sd: dict, model_keys: set[str], role: str) -> dict:
     """KD wrappers save `student.`/`teacher.` keys; pick the sub-dict that fits the model best."""
     best, best_hits = sd, len(model_keys & sd.keys())
     for prefix in (f"{role}.", "model.", "backbone.", "student.", "teacher."):
-        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         hits = len(model_keys & sub.keys())
         if hits > best_hits:
             best, best_hits = sub, hits
@@ -201,8 +259,11 @@ def fit_state_dict(model: nn.Module, sd: dict, *, role: str, source: str) -> Non
     sd = _select_prefix(sd, set(target), role)
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in target]
-    shapes = [f"{k} {list(sd[k].shape)} vs model {list(target[k].shape)}"
-              for k in target if k in sd and sd[k].shape != target[k].shape]
+    shapes = [
+        f"{k} {list(sd[k].shape)} vs model {list(target[k].shape)}"
+        for k in target
+        if k in sd and sd[k].shape != target[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -229,9 +290,16 @@ def _mismatch_hint(missing: list[str], unexpected: list[str], shapes: list[str],
     return ""
 
 
-def load_model(spec: str, ckpt: str | None, *, role: str, num_classes: int | None,
-               ema: bool = False, trust: bool = False,
-               state_dict: dict | None = None) -> nn.Module:
+def load_model(
+    spec: str,
+    ckpt: str | None,
+    *,
+    role: str,
+    num_classes: int | None,
+    ema: bool = False,
+    trust: bool = False,
+    state_dict: dict | None = None,
+) -> nn.Module:
     """Build the SPEC's model and load its checkpoint (if any)."""
     model = build_model(spec, num_classes)
     if ckpt is not None:

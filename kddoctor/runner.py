@@ -20,40 +20,90 @@ def resolve_num_classes(explicit: int | None, sds: dict[str, dict | None], data_
             raise UserError(f"--num-classes must be >= 1, got {explicit}")
         return explicit
     if len(set(inferred.values())) > 1:
-        raise UserError("teacher and student checkpoints disagree on the class count ("
-                        + ", ".join(f"{k}: {v}" for k, v in inferred.items()) + "); pass --num-classes")
+        raise UserError(
+            "teacher and student checkpoints disagree on the class count ("
+            + ", ".join(f"{k}: {v}" for k, v in inferred.items())
+            + "); pass --num-classes"
+        )
     if inferred:
         n = next(iter(inferred.values()))
         if data_nc is not None and data_nc != n:
-            raise UserError(f"the checkpoints have {n} classes but the data factory says {data_nc}; "
-                            "check the data or pass --num-classes")
+            raise UserError(
+                f"the checkpoints have {n} classes but the data factory says {data_nc}; "
+                "check the data or pass --num-classes"
+            )
         return n
     return data_nc
 
 
-def diagnose_specs(teacher: str, student: str, *, teacher_ckpt: Path | None, student_ckpt: Path | None,
-                   data: str | None, data_dir: Path | None, data_args: list[str], num_classes: int | None,
-                   config: DiagnoseConfig, teacher_ema: bool = False, student_ema: bool = False,
-                   trust: bool = False, show_progress: bool = True, debug: bool = False) -> Diagnosis:
-    sds = {"teacher": load_state_dict(teacher_ckpt, role="teacher", ema=teacher_ema, trust=trust)
-           if teacher_ckpt else None,
-           "student": load_state_dict(student_ckpt, role="student", ema=student_ema, trust=trust)
-           if student_ckpt else None}
+def diagnose_specs(
+    teacher: str,
+    student: str,
+    *,
+    teacher_ckpt: Path | None,
+    student_ckpt: Path | None,
+    data: str | None,
+    data_dir: Path | None,
+    data_args: list[str],
+    num_classes: int | None,
+    config: DiagnoseConfig,
+    teacher_ema: bool = False,
+    student_ema: bool = False,
+    trust: bool = False,
+    show_progress: bool = True,
+    debug: bool = False,
+) -> Diagnosis:
+    sds = {
+        "teacher": load_state_dict(teacher_ckpt, role="teacher", ema=teacher_ema, trust=trust)
+        if teacher_ckpt
+        else None,
+        "student": load_state_dict(student_ckpt, role="student", ema=student_ema, trust=trust)
+        if student_ckpt
+        else None,
+    }
     bundle = load_factory(data, parse_data_args(data_args)) if data else None
     nc = resolve_num_classes(num_classes, sds, bundle.num_classes if bundle else None)
     if nc is None and data_dir is None:
         raise UserError("cannot tell the number of classes: pass --num-classes N (or a checkpoint)")
     if nc is None and data_dir is not None:
-        nc = sum(1 for p in (Path(data_dir) / "train").iterdir() if p.is_dir()) if (Path(data_dir) / "train").is_dir() \
+        nc = (
+            sum(1 for p in (Path(data_dir) / "train").iterdir() if p.is_dir())
+            if (Path(data_dir) / "train").is_dir()
             else None
-    t_model = load_model(teacher, str(teacher_ckpt) if teacher_ckpt else None, role="teacher", num_classes=nc,
-                         state_dict=sds["teacher"])
-    s_model = load_model(student, str(student_ckpt) if student_ckpt else None, role="student", num_classes=nc,
-                         state_dict=sds["student"])
+        )
+    t_model = load_model(
+        teacher,
+        str(teacher_ckpt) if teacher_ckpt else None,
+        role="teacher",
+        num_classes=nc,
+        state_dict=sds["teacher"],
+    )
+    s_model = load_model(
+        student,
+        str(student_ckpt) if student_ckpt else None,
+        role="student",
+        num_classes=nc,
+        state_dict=sds["student"],
+    )
     if bundle is None:
-        bundle = image_folder(data_dir, s_model, batch_size=config.batch_size,
-                              pin_memory=config.device.startswith("cuda") or config.device == "auto")
+        bundle = image_folder(
+            data_dir,
+            s_model,
+            batch_size=config.batch_size,
+            pin_memory=config.device.startswith("cuda") or config.device == "auto",
+        )
         if nc is not None and bundle.num_classes != nc:
-            raise UserError(f"--data-dir has {bundle.num_classes} class folders but the models have {nc} classes")
-    return diagnose_bundle(t_model, s_model, bundle, config=config, num_classes=nc, teacher_spec=teacher,
-                           student_spec=student, show_progress=show_progress, debug=debug)
+            raise UserError(
+                f"--data-dir has {bundle.num_classes} class folders but the models have {nc} classes"
+            )
+    return diagnose_bundle(
+        t_model,
+        s_model,
+        bundle,
+        config=config,
+        num_classes=nc,
+        teacher_spec=teacher,
+        student_spec=student,
+        show_progress=show_progress,
+        debug=debug,
+    )

@@ -39,7 +39,9 @@ class Recipe:
     augment: bool = False
 
     def model(self) -> nn.Module:
-        return demo.student_cnn(width=self.size) if self.student == "cnn" else demo.student_mlp(hidden=self.size)
+        return (
+            demo.student_cnn(width=self.size) if self.student == "cnn" else demo.student_mlp(hidden=self.size)
+        )
 
 
 @dataclass(frozen=True)
@@ -51,40 +53,95 @@ class Scenario:
     fix: dict = field(default_factory=dict)  # recipe fields that undo only the planted factor
 
     def fixed(self) -> Scenario:
-        return dataclasses.replace(self, name=f"{self.name}+fix", expected=None,
-                                   recipe=dataclasses.replace(self.recipe, **self.fix), fix={})
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}+fix",
+            expected=None,
+            recipe=dataclasses.replace(self.recipe, **self.fix),
+            fix={},
+        )
 
 
 R = Recipe
 NOISY = dict(subset=600, label_noise=0.3, epochs=60)  # noisy labels: where the KD weight matters most
 SCENARIOS: list[Scenario] = [
-    Scenario("healthy_cnn", None, "CNN student distilled on all training digits with weight decay",
-             R()),
-    Scenario("healthy_mlp", None, "MLP student distilled on all training digits with shift augmentation",
-             R(student="mlp", size=256, augment=True, epochs=60)),
-    Scenario("overfit_small_subset", "overfitting", "CNN student distilled on 240 digits for 150 epochs, no weight decay",
-             R(subset=240, epochs=150, weight_decay=0.0), fix=dict(subset=None, epochs=40)),
-    Scenario("overfit_mlp_labels", "overfitting", "wide MLP on 200 digits, label-heavy loss, no regularization",
-             R(student="mlp", size=512, subset=200, epochs=250, alpha=0.3, weight_decay=0.0),
-             fix=dict(subset=None, epochs=40)),
-    Scenario("mismatch_val_unnormalized", "distribution_mismatch", "val inputs skip the normalization train used",
-             R(val_normalization="none"), fix=dict(val_normalization="standard")),
-    Scenario("mismatch_frozen_bn_stats", "distribution_mismatch",
-             "BatchNorm running statistics never updated during training (momentum 0)",
-             R(bn_momentum=0.0), fix=dict(bn_momentum=0.1)),
-    Scenario("alpha_mean_reduction_no_t2", "alpha_imbalance",
-             "kl_div(reduction='mean') and no T²: the KD term shrinks 160x; labels are 30% noisy",
-             R(alpha=0.9, reduction="mean", t2=False, **NOISY), fix=dict(reduction="batchmean", t2=True)),
-    Scenario("alpha_on_ce_heavy", "alpha_imbalance", "alpha=0.9 on the CE term (KD weight 0.1); labels are 30% noisy",
-             R(alpha=0.9, alpha_on="ce", **NOISY), fix=dict(alpha=0.1)),
-    Scenario("capacity_tiny_mlp", "insufficient_capacity", "MLP student with 4 hidden units",
-             R(student="mlp", size=4, epochs=60), fix=dict(size=256)),
-    Scenario("capacity_tiny_cnn", "insufficient_capacity", "CNN student 2 channels wide",
-             R(size=1, epochs=60), fix=dict(size=24)),
-    Scenario("undertrained_one_epoch", "optimization", "CNN student stopped after one epoch",
-             R(epochs=1), fix=dict(epochs=40)),
-    Scenario("undertrained_low_lr", "optimization", "CNN student trained with a learning rate 300x too small",
-             R(lr=1e-5, epochs=15), fix=dict(lr=3e-3)),
+    Scenario("healthy_cnn", None, "CNN student distilled on all training digits with weight decay", R()),
+    Scenario(
+        "healthy_mlp",
+        None,
+        "MLP student distilled on all training digits with shift augmentation",
+        R(student="mlp", size=256, augment=True, epochs=60),
+    ),
+    Scenario(
+        "overfit_small_subset",
+        "overfitting",
+        "CNN student distilled on 240 digits for 150 epochs, no weight decay",
+        R(subset=240, epochs=150, weight_decay=0.0),
+        fix=dict(subset=None, epochs=40),
+    ),
+    Scenario(
+        "overfit_mlp_labels",
+        "overfitting",
+        "wide MLP on 200 digits, label-heavy loss, no regularization",
+        R(student="mlp", size=512, subset=200, epochs=250, alpha=0.3, weight_decay=0.0),
+        fix=dict(subset=None, epochs=40),
+    ),
+    Scenario(
+        "mismatch_val_unnormalized",
+        "distribution_mismatch",
+        "val inputs skip the normalization train used",
+        R(val_normalization="none"),
+        fix=dict(val_normalization="standard"),
+    ),
+    Scenario(
+        "mismatch_frozen_bn_stats",
+        "distribution_mismatch",
+        "BatchNorm running statistics never updated during training (momentum 0)",
+        R(bn_momentum=0.0),
+        fix=dict(bn_momentum=0.1),
+    ),
+    Scenario(
+        "alpha_mean_reduction_no_t2",
+        "alpha_imbalance",
+        "kl_div(reduction='mean') and no T²: the KD term shrinks 160x; labels are 30% noisy",
+        R(alpha=0.9, reduction="mean", t2=False, **NOISY),
+        fix=dict(reduction="batchmean", t2=True),
+    ),
+    Scenario(
+        "alpha_on_ce_heavy",
+        "alpha_imbalance",
+        "alpha=0.9 on the CE term (KD weight 0.1); labels are 30% noisy",
+        R(alpha=0.9, alpha_on="ce", **NOISY),
+        fix=dict(alpha=0.1),
+    ),
+    Scenario(
+        "capacity_tiny_mlp",
+        "insufficient_capacity",
+        "MLP student with 4 hidden units",
+        R(student="mlp", size=4, epochs=60),
+        fix=dict(size=256),
+    ),
+    Scenario(
+        "capacity_tiny_cnn",
+        "insufficient_capacity",
+        "CNN student 2 channels wide",
+        R(size=1, epochs=60),
+        fix=dict(size=24),
+    ),
+    Scenario(
+        "undertrained_one_epoch",
+        "optimization",
+        "CNN student stopped after one epoch",
+        R(epochs=1),
+        fix=dict(epochs=40),
+    ),
+    Scenario(
+        "undertrained_low_lr",
+        "optimization",
+        "CNN student trained with a learning rate 300x too small",
+        R(lr=1e-5, epochs=15),
+        fix=dict(lr=3e-3),
+    ),
 ]
 
 
@@ -114,9 +171,22 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
     y = torch.from_numpy(_train.noisy_labels(y.numpy(), recipe.label_noise))
     torch.manual_seed(1)
     model = recipe.model() if recipe.bn_momentum == 0.1 else model
-    _train.distill(model, teacher, x, y, epochs=recipe.epochs, alpha=recipe.alpha, alpha_on=recipe.alpha_on,
-                   temperature=recipe.temperature, t2=recipe.t2, reduction=recipe.reduction, lr=recipe.lr,
-                   weight_decay=recipe.weight_decay, augment=recipe.augment, seed=1)
+    _train.distill(
+        model,
+        teacher,
+        x,
+        y,
+        epochs=recipe.epochs,
+        alpha=recipe.alpha,
+        alpha_on=recipe.alpha_on,
+        temperature=recipe.temperature,
+        t2=recipe.t2,
+        reduction=recipe.reduction,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        augment=recipe.augment,
+        seed=1,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
@@ -125,14 +195,27 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
 
 
 def run(scenario: Scenario | str, *, quick: bool = True, root: Path | None = None, **kw) -> Diagnosis:
-    """Build the scenario's pair and diagnose it as its user would (stating the convention they trained with)."""
+    """Build the scenario's pair and diagnose it as its user would (stating their training convention)."""
     scn = get(scenario) if isinstance(scenario, str) else scenario
     r = scn.recipe
     _, teacher = demo.build_teacher(root)
     student = build_student(r, teacher, root)
-    data = demo.digits_loaders(train_subset=r.subset, val_normalization=r.val_normalization,
-                               label_noise=r.label_noise)
-    return diagnose(teacher, student, data["train"], data["val"], alpha=r.alpha, alpha_on=r.alpha_on,
-                    temperature=r.temperature, t2=r.t2, kd_reduction=r.reduction, quick=quick,
-                    class_names=data["class_names"], teacher_spec="kddoctor.demo:teacher_cnn",
-                    student_spec=f"scenario:{scn.name}", **kw)
+    data = demo.digits_loaders(
+        train_subset=r.subset, val_normalization=r.val_normalization, label_noise=r.label_noise
+    )
+    return diagnose(
+        teacher,
+        student,
+        data["train"],
+        data["val"],
+        alpha=r.alpha,
+        alpha_on=r.alpha_on,
+        temperature=r.temperature,
+        t2=r.t2,
+        kd_reduction=r.reduction,
+        quick=quick,
+        class_names=data["class_names"],
+        teacher_spec="kddoctor.demo:teacher_cnn",
+        student_spec=f"scenario:{scn.name}",
+        **kw,
+    )

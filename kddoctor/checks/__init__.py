@@ -1,13 +1,13 @@
 """The diagnostic battery. Importing this package registers every check, in run order."""
 
 from . import (  # noqa: F401  (registration side effects, in run order)
-    preprocessing_parity,
-    mode_parity,
-    generalization_gap,
+    alpha_sensitivity,
     calibration,
     capacity_probe,
-    alpha_sensitivity,
     covariate_shift,
+    generalization_gap,
+    mode_parity,
+    preprocessing_parity,
 )
 from .base import Finding, Status, list_checks, register_check, run_check
 

@@ -27,7 +27,7 @@ def forward(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     outs = []
     for i in range(0, len(x), batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            outs.append(as_logits(model(x[i:i + batch])).float())
+            outs.append(as_logits(model(x[i : i + batch])).float())
     return torch.cat(outs)
 
 
@@ -44,14 +44,26 @@ def teacher_logits(ev, split: str) -> torch.Tensor:
 def score(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> dict:
     """loss / acc / agreement / kl of student logits against labels and teacher logits."""
     t_logp, s_logp = F.log_softmax(t, 1), F.log_softmax(s, 1)
-    return {"loss": float(F.nll_loss(s_logp, y)), "acc": float((s.argmax(1) == y).float().mean()),
-            "agreement": float((s.argmax(1) == t.argmax(1)).float().mean()),
-            "kl": float((t_logp.exp() * (t_logp - s_logp)).sum(1).mean())}
+    return {
+        "loss": float(F.nll_loss(s_logp, y)),
+        "acc": float((s.argmax(1) == y).float().mean()),
+        "agreement": float((s.argmax(1) == t.argmax(1)).float().mean()),
+        "kl": float((t_logp.exp() * (t_logp - s_logp)).sum(1).mean()),
+    }
 
 
-def finetune(ev, *, alpha: float, alpha_on: str = "kd", temperature: float = 1.0, t2: bool = True,
-             reduction: str = "batchmean", steps: int, seed: int = 0,
-             eval_every: int = 0) -> tuple[nn.Module, list[tuple[int, float]]]:
+def finetune(
+    ev,
+    *,
+    alpha: float,
+    alpha_on: str = "kd",
+    temperature: float = 1.0,
+    t2: bool = True,
+    reduction: str = "batchmean",
+    steps: int,
+    seed: int = 0,
+    eval_every: int = 0,
+) -> tuple[nn.Module, list[tuple[int, float]]]:
     """A copy of the student fine-tuned on the cached train inputs with the given KD objective.
 
     Returns the copy (in eval mode) and, if eval_every > 0, its train-cache agreement curve.
@@ -72,8 +84,16 @@ def finetune(ev, *, alpha: float, alpha_on: str = "kd", temperature: float = 1.0
             idx = torch.randint(0, len(x), (bs,), generator=gen).to(x.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 s = as_logits(model(x[idx])).float()
-            loss = kd_loss(s, t[idx], y[idx], alpha=alpha, alpha_on=alpha_on, temperature=temperature,
-                           t2=t2, reduction=reduction)
+            loss = kd_loss(
+                s,
+                t[idx],
+                y[idx],
+                alpha=alpha,
+                alpha_on=alpha_on,
+                temperature=temperature,
+                t2=t2,
+                reduction=reduction,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

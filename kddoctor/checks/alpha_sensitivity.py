@@ -18,6 +18,12 @@ SHARE_WARN = 0.2  # effective KD share of the loss below which the teacher barel
 GAIN_WARN, GAIN_FAIL = 0.03, 0.08  # val agreement gained over continuing with the user's setting
 
 
+def _flat(grads: tuple, params: list) -> torch.Tensor:
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+    )
+
+
 def gradient_balance(ev) -> dict:
     """Norms and cosine of the weighted CE and KD gradients under the user's stated convention."""
     cfg = ev.config
@@ -39,14 +45,16 @@ def gradient_balance(ev) -> dict:
             kd = w_kd * kd_term(s, t[sl], cfg.temperature, t2=cfg.t2, reduction=cfg.kd_reduction)
             g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
             g_kd = torch.autograd.grad(kd, params, allow_unused=True)
-            flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()  # noqa: E731
-                                         for g, p in zip(gs, params, strict=True)])
-            a, b = flat(g_ce), flat(g_kd)
+            a, b = _flat(g_ce, params), _flat(g_kd, params)
             n_ce += float(a.norm()) / batches
             n_kd += float(b.norm()) / batches
             cos += float(F.cosine_similarity(a, b, dim=0)) / batches
-    return {"grad_norm_ce": n_ce, "grad_norm_kd": n_kd, "grad_ratio_kd_ce": n_kd / max(n_ce, 1e-12),
-            "grad_cosine": cos}
+    return {
+        "grad_norm_ce": n_ce,
+        "grad_norm_kd": n_kd,
+        "grad_ratio_kd_ce": n_kd / max(n_ce, 1e-12),
+        "grad_cosine": cos,
+    }
 
 
 def sweep(ev) -> dict:
@@ -61,65 +69,106 @@ def sweep(ev) -> dict:
             runs[key] = val_score(ev, model)
         return runs[key]
 
-    baseline = run("user", alpha=cfg.alpha, alpha_on=cfg.alpha_on, temperature=cfg.temperature, t2=cfg.t2,
-                   reduction=cfg.kd_reduction)
+    baseline = run(
+        "user",
+        alpha=cfg.alpha,
+        alpha_on=cfg.alpha_on,
+        temperature=cfg.temperature,
+        t2=cfg.t2,
+        reduction=cfg.kd_reduction,
+    )
     # The sweep states alpha in the KD-weight convention, with T² and batchmean (the textbook objective).
-    alpha_curve = [dict(alpha=a, temperature=cfg.temperature,
-                        **run(f"a{a}_T{cfg.temperature}", alpha=a, temperature=cfg.temperature))
-                   for a in ALPHAS]
+    alpha_curve = [
+        dict(
+            alpha=a,
+            temperature=cfg.temperature,
+            **run(f"a{a}_T{cfg.temperature}", alpha=a, temperature=cfg.temperature),
+        )
+        for a in ALPHAS
+    ]
     rank = lambda r: (r["agreement"], -r["loss"])  # noqa: E731
     best_alpha = max(alpha_curve, key=rank)["alpha"]
-    temp_curve = [dict(alpha=best_alpha, temperature=T,
-                       **run(f"a{best_alpha}_T{T}", alpha=best_alpha, temperature=T)) for T in TEMPERATURES]
+    temp_curve = [
+        dict(alpha=best_alpha, temperature=T, **run(f"a{best_alpha}_T{T}", alpha=best_alpha, temperature=T))
+        for T in TEMPERATURES
+    ]
     best = max(alpha_curve + temp_curve, key=rank)
-    return {"baseline": baseline, "alpha_curve": alpha_curve, "temperature_curve": temp_curve,
-            "best": best, "steps": steps}
+    return {
+        "baseline": baseline,
+        "alpha_curve": alpha_curve,
+        "temperature_curve": temp_curve,
+        "best": best,
+        "steps": steps,
+    }
 
 
 @register_check("alpha_sensitivity", needs=("cache", "trainable"), title="Loss weighting (alpha, T)")
 def alpha_sensitivity(ev) -> Finding:
     """Effective weight of each term, gradient balance, and what other (alpha, T) would have given."""
     cfg = ev.config
-    eff = effective_weights(cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction,
-                            ev.num_classes, cfg.batch_size)
-    alt = {"without_t2": effective_weights(cfg.alpha, cfg.alpha_on, cfg.temperature, False, "batchmean",
-                                           ev.num_classes, cfg.batch_size)["kd_share"],
-           "with_mean_reduction": effective_weights(cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, "mean",
-                                                    ev.num_classes, cfg.batch_size)["kd_share"],
-           "textbook": effective_weights(cfg.alpha, cfg.alpha_on, cfg.temperature, True, "batchmean",
-                                         ev.num_classes, cfg.batch_size)["kd_share"]}
+    eff = effective_weights(
+        cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction, ev.num_classes, cfg.batch_size
+    )
+    alt = {
+        "without_t2": effective_weights(
+            cfg.alpha, cfg.alpha_on, cfg.temperature, False, "batchmean", ev.num_classes, cfg.batch_size
+        )["kd_share"],
+        "with_mean_reduction": effective_weights(
+            cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, "mean", ev.num_classes, cfg.batch_size
+        )["kd_share"],
+        "textbook": effective_weights(
+            cfg.alpha, cfg.alpha_on, cfg.temperature, True, "batchmean", ev.num_classes, cfg.batch_size
+        )["kd_share"],
+    }
     grads = gradient_balance(ev)
     sw = sweep(ev)
     start = checkpoint_val_score(ev)
     base, best = sw["baseline"], sw["best"]
     gain = best["agreement"] - base["agreement"]
-    evidence = {"convention": {"alpha": cfg.alpha, "alpha_on": cfg.alpha_on, "temperature": cfg.temperature,
-                               "t2": cfg.t2, "kd_reduction": cfg.kd_reduction},
-                "effective_weights": eff, "kd_share": eff["kd_share"], "kd_share_if": alt, **grads,
-                "checkpoint_val": start, "continue_val": base,
-                "continue_gain_agreement": base["agreement"] - start["agreement"],
-                "gain_agreement": gain,
-                "gain_loss": base["loss"] - best["loss"],
-                "gain_kl_rel": 1 - best["kl"] / base["kl"] if base["kl"] > 0 else 0.0,
-                "recommended": {"alpha": best["alpha"], "alpha_on": "kd", "temperature": best["temperature"]},
-                "reduction_is_mean": float(cfg.kd_reduction == "mean"),
-                "t2_missing": float(not cfg.t2 and cfg.temperature > 1),
-                "sweep_steps": sw["steps"]}
+    evidence = {
+        "convention": {
+            "alpha": cfg.alpha,
+            "alpha_on": cfg.alpha_on,
+            "temperature": cfg.temperature,
+            "t2": cfg.t2,
+            "kd_reduction": cfg.kd_reduction,
+        },
+        "effective_weights": eff,
+        "kd_share": eff["kd_share"],
+        "kd_share_if": alt,
+        **grads,
+        "checkpoint_val": start,
+        "continue_val": base,
+        "continue_gain_agreement": base["agreement"] - start["agreement"],
+        "gain_agreement": gain,
+        "gain_loss": base["loss"] - best["loss"],
+        "gain_kl_rel": 1 - best["kl"] / base["kl"] if base["kl"] > 0 else 0.0,
+        "recommended": {"alpha": best["alpha"], "alpha_on": "kd", "temperature": best["temperature"]},
+        "reduction_is_mean": float(cfg.kd_reduction == "mean"),
+        "t2_missing": float(not cfg.t2 and cfg.temperature > 1),
+        "sweep_steps": sw["steps"],
+    }
     details = {"alpha_curve": sw["alpha_curve"], "temperature_curve": sw["temperature_curve"]}
     status = worst(
-        Status.FAIL if gain > GAIN_FAIL or (eff["kd_share"] < SHARE_WARN and gain > GAIN_WARN)
-        else Status.WARN if gain > GAIN_WARN or eff["kd_share"] < SHARE_WARN else Status.PASS,
-        Status.WARN if cfg.kd_reduction == "mean" or evidence["t2_missing"] else Status.PASS)
+        Status.FAIL
+        if gain > GAIN_FAIL or (eff["kd_share"] < SHARE_WARN and gain > GAIN_WARN)
+        else Status.WARN
+        if gain > GAIN_WARN or eff["kd_share"] < SHARE_WARN
+        else Status.PASS,
+        Status.WARN if cfg.kd_reduction == "mean" or evidence["t2_missing"] else Status.PASS,
+    )
     bugs = []
     if cfg.kd_reduction == "mean":
         bugs.append(f"reduction='mean' divides the KD term by {ev.num_classes} classes")
     if evidence["t2_missing"]:
-        bugs.append(f"without T² the KD gradients shrink by {cfg.temperature ** 2:g}x")
-    summary = (f"KD carries {eff['kd_share']:.0%} of the effective loss weight "
-               f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); "
-               f"{sw['steps']} fine-tuning steps with alpha={best['alpha']:g} T={best['temperature']:g} reach "
-               f"val agreement {best['agreement']:.1%} vs {base['agreement']:.1%} continuing with the "
-               f"stated setting")
+        bugs.append(f"without T² the KD gradients shrink by {cfg.temperature**2:g}x")
+    summary = (
+        f"KD carries {eff['kd_share']:.0%} of the effective loss weight "
+        f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); "
+        f"{sw['steps']} fine-tuning steps with alpha={best['alpha']:g} T={best['temperature']:g} reach "
+        f"val agreement {best['agreement']:.1%} vs {base['agreement']:.1%} continuing with the "
+        f"stated setting"
+    )
     if bugs:
         summary += "; " + "; ".join(bugs)
     return Finding("alpha_sensitivity", status, summary, evidence, details)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
@@ -32,8 +32,12 @@ class Finding:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "status": self.status.value, "summary": self.summary,
-                "evidence": jsonable(self.evidence)}
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "summary": self.summary,
+            "evidence": jsonable(self.evidence),
+        }
 
 
 def jsonable(obj: object) -> object:
@@ -87,8 +91,13 @@ def register_check(check_id: str, *, needs: tuple[str, ...] = (), title: str = "
     """
 
     def deco(fn: Callable) -> Callable:
-        _REGISTRY[check_id] = CheckSpec(check_id, fn, tuple(needs), title or check_id.replace("_", " "),
-                                        (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        _REGISTRY[check_id] = CheckSpec(
+            check_id,
+            fn,
+            tuple(needs),
+            title or check_id.replace("_", " "),
+            (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+        )
         return fn
 
     return deco

@@ -9,12 +9,13 @@ from .base import Finding, Status, register_check, worst
 
 FIT_TARGET = 0.99  # agreement a capable student reaches on a small train subset with pure KD
 FIT_FAIL = 0.95
-PROBE_GAP_WARN = 0.10
-RISING = 0.05  # agreement gained over the fit probe's last half that counts as "still improving"  # teacher-feature probe accuracy minus student-feature probe accuracy
+PROBE_GAP_WARN = 0.10  # teacher-feature probe accuracy minus student-feature probe accuracy
+RISING = 0.05  # agreement gained over the fit probe's last half that counts as "still improving"
 
 
-def linear_probe(feats_tr: np.ndarray, y_tr: np.ndarray, feats_va: np.ndarray, y_va: np.ndarray,
-                 seed: int) -> float | None:
+def linear_probe(
+    feats_tr: np.ndarray, y_tr: np.ndarray, feats_va: np.ndarray, y_va: np.ndarray, seed: int
+) -> float | None:
     """Logistic regression on standardized features, fitted on train, accuracy on val."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -35,9 +36,12 @@ def capacity_probe(ev) -> Finding:
     probes = {}
     for m in ("student", "teacher"):
         ftr, fva = ev.train.features[m], ev.val.features[m]
-        probes[m] = linear_probe(ftr, preds["train"][: len(ftr)], fva, preds["val"][: len(fva)], ev.config.seed)
-    model, curve = finetune(ev, alpha=1.0, temperature=1.0, t2=False, steps=b.fit_steps,
-                            eval_every=max(1, b.fit_steps // 6))
+        probes[m] = linear_probe(
+            ftr, preds["train"][: len(ftr)], fva, preds["val"][: len(fva)], ev.config.seed
+        )
+    model, curve = finetune(
+        ev, alpha=1.0, temperature=1.0, t2=False, steps=b.fit_steps, eval_every=max(1, b.fit_steps // 6)
+    )
     del model
     fit = curve[-1][1] if curve else float("nan")
     # Still climbing at the end of the budget means "trainable, not yet trained", not "too small".
@@ -46,21 +50,43 @@ def capacity_probe(ev) -> Finding:
     params = {m: n_params(getattr(ev, m)) for m in ("student", "teacher")}
     widths = {m: ev.train.features[m].shape[1] for m in ("student", "teacher")}
     gap = (probes["teacher"] - probes["student"]) if None not in probes.values() else 0.0
-    evidence = {"fit_agreement": fit, "fit_target": FIT_TARGET, "fit_rising": rising,
-                "fit_plateau_shortfall": plateau_shortfall, "fit_steps": b.fit_steps,
-                "fit_samples": len(ev.train.cache_x), "fit_curve": curve,
-                "linear_probe_student": probes["student"], "linear_probe_teacher": probes["teacher"],
-                "linear_probe_gap": gap, "student_params": params["student"],
-                "teacher_params": params["teacher"], "param_ratio": params["student"] / max(params["teacher"], 1),
-                "student_width": widths["student"], "teacher_width": widths["teacher"],
-                "width_ratio": widths["student"] / max(widths["teacher"], 1)}
-    status = worst(Status.FAIL if fit < FIT_FAIL and rising < RISING
-                   else Status.WARN if fit < FIT_TARGET else Status.PASS,
-                   Status.WARN if gap > PROBE_GAP_WARN else Status.PASS)
-    reach = ("reaches" if fit >= FIT_TARGET else "does not reach (still improving)" if rising >= RISING
-             else "does not reach")
-    summary = (f"fine-tuned with pure KD on {len(ev.train.cache_x)} train samples for {b.fit_steps} steps, "
-               f"the student {reach} {FIT_TARGET:.0%} agreement ({fit:.1%}); linear probe to the teacher's "
-               f"labels: student features {probes['student'] or 0:.1%}, teacher features "
-               f"{probes['teacher'] or 0:.1%}; {evidence['param_ratio']:.1%} of the teacher's parameters")
+    evidence = {
+        "fit_agreement": fit,
+        "fit_target": FIT_TARGET,
+        "fit_rising": rising,
+        "fit_plateau_shortfall": plateau_shortfall,
+        "fit_steps": b.fit_steps,
+        "fit_samples": len(ev.train.cache_x),
+        "fit_curve": curve,
+        "linear_probe_student": probes["student"],
+        "linear_probe_teacher": probes["teacher"],
+        "linear_probe_gap": gap,
+        "student_params": params["student"],
+        "teacher_params": params["teacher"],
+        "param_ratio": params["student"] / max(params["teacher"], 1),
+        "student_width": widths["student"],
+        "teacher_width": widths["teacher"],
+        "width_ratio": widths["student"] / max(widths["teacher"], 1),
+    }
+    status = worst(
+        Status.FAIL
+        if fit < FIT_FAIL and rising < RISING
+        else Status.WARN
+        if fit < FIT_TARGET
+        else Status.PASS,
+        Status.WARN if gap > PROBE_GAP_WARN else Status.PASS,
+    )
+    reach = (
+        "reaches"
+        if fit >= FIT_TARGET
+        else "does not reach (still improving)"
+        if rising >= RISING
+        else "does not reach"
+    )
+    summary = (
+        f"fine-tuned with pure KD on {len(ev.train.cache_x)} train samples for {b.fit_steps} steps, "
+        f"the student {reach} {FIT_TARGET:.0%} agreement ({fit:.1%}); linear probe to the teacher's "
+        f"labels: student features {probes['student'] or 0:.1%}, teacher features "
+        f"{probes['teacher'] or 0:.1%}; {evidence['param_ratio']:.1%} of the teacher's parameters"
+    )
     return Finding("capacity_probe", status, summary, evidence)

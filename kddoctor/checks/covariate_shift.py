@@ -33,14 +33,20 @@ def domain_auc(train: np.ndarray, val: np.ndarray, seed: int) -> float:
 
 @register_check("covariate_shift", needs=("features",), title="Covariate shift")
 def covariate_shift(ev) -> Finding:
-    """Train-vs-val separability of each model's features: both -> data shift; student only -> memorization."""
-    aucs = {m: domain_auc(ev.train.features[m], ev.val.features[m], ev.config.seed)
-            for m in ("teacher", "student")}
+    """Train-vs-val separability of each model's features: both -> data shift; student -> memorization."""
+    aucs = {
+        m: domain_auc(ev.train.features[m], ev.val.features[m], ev.config.seed)
+        for m in ("teacher", "student")
+    }
     excess = aucs["student"] - aucs["teacher"]
     both = min(aucs.values())
-    evidence = {"auc_teacher": aucs["teacher"], "auc_student": aucs["student"], "auc_excess": excess,
-                "auc_both": both, "rows_per_split": min(len(ev.train.features["student"]),
-                                                        len(ev.val.features["student"]), MAX_ROWS)}
+    evidence = {
+        "auc_teacher": aucs["teacher"],
+        "auc_student": aucs["student"],
+        "auc_excess": excess,
+        "auc_both": both,
+        "rows_per_split": min(len(ev.train.features["student"]), len(ev.val.features["student"]), MAX_ROWS),
+    }
     if both > SHIFT_FAIL:
         status, why = Status.FAIL, "both models separate train from val: the data itself shifted"
     elif both > SHIFT_WARN:
@@ -49,6 +55,8 @@ def covariate_shift(ev) -> Finding:
         status, why = Status.WARN, "only the student separates them: it memorized its training samples"
     else:
         status, why = Status.PASS, "neither model tells train from val"
-    summary = (f"domain classifier AUC on teacher features {aucs['teacher']:.2f}, "
-               f"on student features {aucs['student']:.2f}: {why}")
+    summary = (
+        f"domain classifier AUC on teacher features {aucs['teacher']:.2f}, "
+        f"on student features {aucs['student']:.2f}: {why}"
+    )
     return Finding("covariate_shift", status, summary, evidence)

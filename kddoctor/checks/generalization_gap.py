@@ -35,30 +35,61 @@ def generalization_gap(ev) -> Finding:
     excess_loss = s_loss_gap - max(0.0, t_loss_gap)
     # Membership inference by confidence (max softmax, label-free, so label noise cannot fake it),
     # and by per-sample loss against the labels.
-    mia = {m: auc(_valid(ev.train, f"{m[0]}_conf"), _valid(ev.val, f"{m[0]}_conf")) for m in ("student", "teacher")}
-    mia_loss = {m: auc(-_valid(ev.train, f"{m[0]}_loss"), -_valid(ev.val, f"{m[0]}_loss"))
-                for m in ("student", "teacher")}
+    mia = {
+        m: auc(_valid(ev.train, f"{m[0]}_conf"), _valid(ev.val, f"{m[0]}_conf"))
+        for m in ("student", "teacher")
+    }
+    mia_loss = {
+        m: auc(-_valid(ev.train, f"{m[0]}_loss"), -_valid(ev.val, f"{m[0]}_loss"))
+        for m in ("student", "teacher")
+    }
     mia_excess = mia["student"] - mia["teacher"]
     evidence = {
-        "student_loss_gap": s_loss_gap, "teacher_loss_gap": t_loss_gap, "excess_loss_gap": excess_loss,
-        "student_acc_gap": s_acc_gap, "teacher_acc_gap": t_acc_gap,
-        "agreement_gap": agree_gap, "excess_agreement_gap": excess_agree,
-        "kl_gap": va["kl"] - tr["kl"], "train_agreement": tr["agreement"], "val_agreement": va["agreement"],
+        "student_loss_gap": s_loss_gap,
+        "teacher_loss_gap": t_loss_gap,
+        "excess_loss_gap": excess_loss,
+        "student_acc_gap": s_acc_gap,
+        "teacher_acc_gap": t_acc_gap,
+        "agreement_gap": agree_gap,
+        "excess_agreement_gap": excess_agree,
+        "kl_gap": va["kl"] - tr["kl"],
+        "train_agreement": tr["agreement"],
+        "val_agreement": va["agreement"],
         "train_shortfall": 1 - tr["agreement"],
-        "mia_auc_student": mia["student"], "mia_auc_teacher": mia["teacher"], "mia_auc_excess": mia_excess,
-        "mia_loss_auc_student": mia_loss["student"], "mia_loss_auc_teacher": mia_loss["teacher"],
+        "mia_auc_student": mia["student"],
+        "mia_auc_teacher": mia["teacher"],
+        "mia_auc_excess": mia_excess,
+        "mia_loss_auc_student": mia_loss["student"],
+        "mia_loss_auc_teacher": mia_loss["teacher"],
     }
-    details = {"loss_bins": LOSS_BINS.tolist(),
-               "loss_hist": {f"{m}_{s.name}": _hist(_valid(s, f"{m[0]}_loss"))
-                             for m in ("teacher", "student") for s in (ev.train, ev.val)}}
+    details = {
+        "loss_bins": LOSS_BINS.tolist(),
+        "loss_hist": {
+            f"{m}_{s.name}": _hist(_valid(s, f"{m[0]}_loss"))
+            for m in ("teacher", "student")
+            for s in (ev.train, ev.val)
+        },
+    }
     status = worst(
-        Status.FAIL if excess_agree > AGREE_EXCESS_FAIL else Status.WARN if excess_agree > AGREE_EXCESS_WARN
+        Status.FAIL
+        if excess_agree > AGREE_EXCESS_FAIL
+        else Status.WARN
+        if excess_agree > AGREE_EXCESS_WARN
         else Status.PASS,
-        Status.FAIL if excess_loss > LOSS_EXCESS_FAIL else Status.WARN if excess_loss > LOSS_EXCESS_WARN
+        Status.FAIL
+        if excess_loss > LOSS_EXCESS_FAIL
+        else Status.WARN
+        if excess_loss > LOSS_EXCESS_WARN
         else Status.PASS,
-        Status.FAIL if mia_excess > MIA_EXCESS_FAIL else Status.WARN if mia_excess > MIA_EXCESS_WARN
-        else Status.PASS)
-    summary = (f"student loss rises {s_loss_gap:+.3f} from train to val (teacher {t_loss_gap:+.3f}); "
-               f"agreement falls {agree_gap:.1%} ({excess_agree:+.1%} beyond the teacher's own accuracy drop); "
-               f"membership AUC (confidence) student {mia['student']:.2f} vs teacher {mia['teacher']:.2f}")
+        Status.FAIL
+        if mia_excess > MIA_EXCESS_FAIL
+        else Status.WARN
+        if mia_excess > MIA_EXCESS_WARN
+        else Status.PASS,
+    )
+    summary = (
+        f"student loss rises {s_loss_gap:+.3f} from train to val (teacher {t_loss_gap:+.3f}); "
+        f"agreement falls {agree_gap:.1%} ({excess_agree:+.1%} beyond the teacher's own accuracy drop); "
+        f"membership AUC (confidence) student {mia['student']:.2f} vs teacher {mia['teacher']:.2f}"
+    )
     return Finding("generalization_gap", status, summary, evidence, details)

@@ -33,7 +33,7 @@ def recalibrated(ev) -> nn.Module:
     with torch.no_grad():
         for i in range(ev.config.budgets.bn_batches):
             start = (i * bs) % max(len(x), 1)
-            model(x[start:start + bs])
+            model(x[start : start + bs])
     return model.eval()
 
 
@@ -46,8 +46,10 @@ def _teacher_drift(ev) -> dict:
     t_train = forward(teacher, x, ev.config.budgets.probe_batch)
     p = F.log_softmax(t_eval, 1)
     q = F.log_softmax(t_train, 1)
-    return {"teacher_train_mode_agreement": float((t_eval.argmax(1) == t_train.argmax(1)).float().mean()),
-            "teacher_train_mode_kl": float((p.exp() * (p - q)).sum(1).mean())}
+    return {
+        "teacher_train_mode_agreement": float((t_eval.argmax(1) == t_train.argmax(1)).float().mean()),
+        "teacher_train_mode_kl": float((p.exp() * (p - q)).sum(1).mean()),
+    }
 
 
 @register_check("mode_parity", needs=("cache", "norm_layers"), title="BatchNorm / dropout mode parity")
@@ -66,16 +68,26 @@ def mode_parity(ev) -> Finding:
         rec_acc = recal["acc"] - ev_score["acc"]
         rec_loss = 1 - recal["loss"] / ev_score["loss"] if ev_score["loss"] > 0 else 0.0
         rec_agree = recal["agreement"] - ev_score["agreement"]
-        evidence.update(bn_recovery_acc=rec_acc, bn_recovery_loss_rel=rec_loss, bn_recovery_agreement=rec_agree,
-                        # the share of teacher-student disagreement that recalibration removes, and what is left
-                        bn_explained_fraction=max(0.0, rec_agree) / max(1e-9, 1 - ev_score["agreement"]),
-                        bn_residual_disagreement=1 - recal["agreement"])
-        status = worst(Status.FAIL if rec_acc > RECOVERY_FAIL or rec_loss > LOSS_DROP_FAIL
-                       else Status.WARN if rec_acc > RECOVERY_WARN or rec_loss > LOSS_DROP_WARN
-                       else Status.PASS)
-        notes.append(f"re-estimating the student's BN statistics on train data moves val accuracy "
-                     f"{ev_score['acc']:.1%} -> {recal['acc']:.1%} and val loss {ev_score['loss']:.3f} -> "
-                     f"{recal['loss']:.3f}")
+        evidence.update(
+            bn_recovery_acc=rec_acc,
+            bn_recovery_loss_rel=rec_loss,
+            bn_recovery_agreement=rec_agree,
+            # the share of teacher-student disagreement that recalibration removes, and what is left
+            bn_explained_fraction=max(0.0, rec_agree) / max(1e-9, 1 - ev_score["agreement"]),
+            bn_residual_disagreement=1 - recal["agreement"],
+        )
+        status = worst(
+            Status.FAIL
+            if rec_acc > RECOVERY_FAIL or rec_loss > LOSS_DROP_FAIL
+            else Status.WARN
+            if rec_acc > RECOVERY_WARN or rec_loss > LOSS_DROP_WARN
+            else Status.PASS
+        )
+        notes.append(
+            f"re-estimating the student's BN statistics on train data moves val accuracy "
+            f"{ev_score['acc']:.1%} -> {recal['acc']:.1%} and val loss {ev_score['loss']:.3f} -> "
+            f"{recal['loss']:.3f}"
+        )
     else:
         evidence.update(bn_recovery_acc=0.0, bn_recovery_loss_rel=0.0, bn_explained_fraction=0.0)
     drift = _teacher_drift(ev)
@@ -83,7 +95,9 @@ def mode_parity(ev) -> Finding:
     evidence["teacher_train_mode_disagreement"] = 1 - drift["teacher_train_mode_agreement"]
     if drift["teacher_train_mode_agreement"] < TEACHER_AGREE_WARN:
         status = worst(status, Status.WARN)
-    notes.append(f"a teacher left in train mode agrees with its eval-mode self on "
-                 f"{drift['teacher_train_mode_agreement']:.1%} of train samples "
-                 f"(KL {drift['teacher_train_mode_kl']:.3f})")
+    notes.append(
+        f"a teacher left in train mode agrees with its eval-mode self on "
+        f"{drift['teacher_train_mode_agreement']:.1%} of train samples "
+        f"(KL {drift['teacher_train_mode_kl']:.3f})"
+    )
     return Finding("mode_parity", status, "; ".join(notes), evidence)

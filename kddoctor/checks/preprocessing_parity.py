@@ -22,9 +22,13 @@ def compare_inputs(a: dict, b: dict) -> dict:
     pooled = np.sqrt((sa**2 + sb**2) / 2) + 1e-12
     smd = np.abs(ma - mb) / pooled
     log_ratio = np.abs(np.log((sb + 1e-12) / (sa + 1e-12)))
-    return {"smd": smd.tolist(), "log_std_ratio": log_ratio.tolist(),
-            "max_smd": float(smd.max()), "max_log_std_ratio": float(log_ratio.max()),
-            "worst_channel": int(np.argmax(np.maximum(smd / SMD_FAIL, log_ratio / LOG_STD_FAIL)))}
+    return {
+        "smd": smd.tolist(),
+        "log_std_ratio": log_ratio.tolist(),
+        "max_smd": float(smd.max()),
+        "max_log_std_ratio": float(log_ratio.max()),
+        "worst_channel": int(np.argmax(np.maximum(smd / SMD_FAIL, log_ratio / LOG_STD_FAIL))),
+    }
 
 
 def expected_normalization(model) -> dict | None:
@@ -55,14 +59,21 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
             continue
         mean, std = cfg["mean"], cfg["std"]
         if len(mean) == n_ch:
-            ious = [range_iou((val_inputs["min"][c], val_inputs["max"][c]),
-                              ((0 - mean[c]) / std[c], (1 - mean[c]) / std[c])) for c in range(n_ch)]
+            ious = [
+                range_iou(
+                    (val_inputs["min"][c], val_inputs["max"][c]),
+                    ((0 - mean[c]) / std[c], (1 - mean[c]) / std[c]),
+                )
+                for c in range(n_ch)
+            ]
             out[f"{role}_range_iou"] = min(ious)
             if min(ious) < RANGE_IOU_WARN:
                 status = worst(status, Status.WARN)
-                notes.append(f"val inputs span [{min(val_inputs['min']):.2f}, {max(val_inputs['max']):.2f}] "
-                             f"but the {role} expects mean={mean} std={std} "
-                             f"(range IoU {min(ious):.2f})")
+                notes.append(
+                    f"val inputs span [{min(val_inputs['min']):.2f}, {max(val_inputs['max']):.2f}] "
+                    f"but the {role} expects mean={mean} std={std} "
+                    f"(range IoU {min(ious):.2f})"
+                )
         size = cfg.get("input_size")
         if size and len(shape) == 3 and list(shape[1:]) != list(size[1:]):
             out[f"{role}_size_mismatch"] = 1.0
@@ -73,8 +84,10 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
         if not (np.allclose(t["mean"], s["mean"], atol=1e-3) and np.allclose(t["std"], s["std"], atol=1e-3)):
             out["norm_conflict"] = 1.0
             status = worst(status, Status.WARN)
-            notes.append(f"teacher expects mean={t['mean']} std={t['std']} but student mean={s['mean']} "
-                         f"std={s['std']}: one input tensor cannot suit both")
+            notes.append(
+                f"teacher expects mean={t['mean']} std={t['std']} but student mean={s['mean']} "
+                f"std={s['std']}: one input tensor cannot suit both"
+            )
     out["data_config"] = {k: v for k, v in cfgs.items() if v is not None}
     return out, notes, status
 
@@ -101,12 +114,19 @@ def preprocessing_parity(ev) -> Finding:
         max_smd, max_lsr = max(max_smd, cmp["max_smd"]), max(max_lsr, cmp["max_log_std_ratio"])
         c = cmp["worst_channel"]
         if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN:
-            notes.append(f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
-                         f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "
-                         f"(shift {cmp['smd'][c]:.2f} std, std ratio {math.exp(cmp['log_std_ratio'][c]):.2f}x)")
-        status = worst(status, Status.FAIL if cmp["max_smd"] > SMD_FAIL or cmp["max_log_std_ratio"] > LOG_STD_FAIL
-                       else Status.WARN if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN
-                       else Status.PASS)
+            notes.append(
+                f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
+                f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "
+                f"(shift {cmp['smd'][c]:.2f} std, std ratio {math.exp(cmp['log_std_ratio'][c]):.2f}x)"
+            )
+        status = worst(
+            status,
+            Status.FAIL
+            if cmp["max_smd"] > SMD_FAIL or cmp["max_log_std_ratio"] > LOG_STD_FAIL
+            else Status.WARN
+            if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN
+            else Status.PASS,
+        )
         if splits[ref]["dtypes"] != val["dtypes"]:
             status = worst(status, Status.WARN)
             notes.append(f"{ref} inputs are {splits[ref]['dtypes']} but val {val['dtypes']}")
@@ -121,11 +141,15 @@ def preprocessing_parity(ev) -> Finding:
     evidence.update(nonfinite_inputs=nonfinite, excluded_nonfinite_logits=excluded)
     if nonfinite or excluded:
         status = worst(status, Status.WARN)
-        notes.append(f"{nonfinite} non-finite input values; {excluded} samples with non-finite logits "
-                     "excluded from every metric")
+        notes.append(
+            f"{nonfinite} non-finite input values; {excluded} samples with non-finite logits "
+            "excluded from every metric"
+        )
     if not notes:
-        summary = (f"train and val inputs match (largest mean shift {max_smd:.2f} std, "
-                   f"std ratio {math.exp(max_lsr):.2f}x)")
+        summary = (
+            f"train and val inputs match (largest mean shift {max_smd:.2f} std, "
+            f"std ratio {math.exp(max_lsr):.2f}x)"
+        )
     else:
         summary = "; ".join(notes[:3])
     return Finding("preprocessing_parity", status, summary, evidence)

@@ -20,8 +20,21 @@ SAMPLE_COLUMNS = ("target", "t_pred", "s_pred", "t_loss", "s_loss", "t_conf", "s
 def empty_stats(num_classes: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Zeroed sufficient statistics (float64 so sums over millions of samples stay exact enough)."""
     z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-    stats = {k: z(()) for k in ("n", "rows", "nonfinite", "bad_target", "t_loss", "s_loss",
-                                 "t_correct", "s_correct", "agree", "kl")}
+    stats = {
+        k: z(())
+        for k in (
+            "n",
+            "rows",
+            "nonfinite",
+            "bad_target",
+            "t_loss",
+            "s_loss",
+            "t_correct",
+            "s_correct",
+            "agree",
+            "kl",
+        )
+    }
     for m in ("t", "s"):
         for k in ("bin_count", "bin_conf", "bin_correct"):
             stats[f"{m}_{k}"] = z(N_BINS)
@@ -35,8 +48,9 @@ def _bin_index(conf: torch.Tensor) -> torch.Tensor:
     return (conf * N_BINS).long().clamp_(0, N_BINS - 1)
 
 
-def pair_update(t_logits: torch.Tensor, s_logits: torch.Tensor, targets: torch.Tensor,
-                num_classes: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def pair_update(
+    t_logits: torch.Tensor, s_logits: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One batch -> (sufficient statistics, per-sample columns [B, len(SAMPLE_COLUMNS)]).
 
     Rows with a non-finite logit, or a target outside [0, num_classes), are counted and
@@ -85,8 +99,9 @@ def pair_update(t_logits: torch.Tensor, s_logits: torch.Tensor, targets: torch.T
     stats["cls_t_correct"].index_add_(0, y_safe, t_ok * w)
     stats["cls_s_correct"].index_add_(0, y_safe, s_ok * w)
 
-    columns = torch.stack([y.float(), t_pred.float(), s_pred.float(), t_loss, s_loss,
-                           t_conf, s_conf, kl, valid.float()], dim=1)
+    columns = torch.stack(
+        [y.float(), t_pred.float(), s_pred.float(), t_loss, s_loss, t_conf, s_conf, kl, valid.float()], dim=1
+    )
     return stats, columns
 
 
@@ -107,10 +122,16 @@ def compute_pair_stats(stats: dict[str, torch.Tensor]) -> dict:
     n = float(st["n"])
     div = (lambda x: float(x) / n) if n else (lambda x: float("nan"))
     out = {
-        "teacher": {"loss": div(st["t_loss"]), "acc": div(st["t_correct"]),
-                    "ece": ece_from_bins(st["t_bin_count"], st["t_bin_conf"], st["t_bin_correct"])},
-        "student": {"loss": div(st["s_loss"]), "acc": div(st["s_correct"]),
-                    "ece": ece_from_bins(st["s_bin_count"], st["s_bin_conf"], st["s_bin_correct"])},
+        "teacher": {
+            "loss": div(st["t_loss"]),
+            "acc": div(st["t_correct"]),
+            "ece": ece_from_bins(st["t_bin_count"], st["t_bin_conf"], st["t_bin_correct"]),
+        },
+        "student": {
+            "loss": div(st["s_loss"]),
+            "acc": div(st["s_correct"]),
+            "ece": ece_from_bins(st["s_bin_count"], st["s_bin_conf"], st["s_bin_correct"]),
+        },
         "agreement": div(st["agree"]),
         "kl": div(st["kl"]),
     }

@@ -21,21 +21,29 @@ def render_markdown(diag) -> str:
         lines.append("**Verdict:** " + ", ".join(f"**{c['id']}** ({c['score']:.2f})" for c in likely))
     else:
         top = d["causes"][0] if d["causes"] else None
-        lines.append("**Verdict:** no likely cause" + (f" (top: {top['id']} {top['score']:.2f})" if top else ""))
+        lines.append(
+            "**Verdict:** no likely cause" + (f" (top: {top['id']} {top['score']:.2f})" if top else "")
+        )
     gate = d.get("gate") or {}
     if gate.get("policy"):
         lines.append(f"**Gate:** {'passed' if gate['passed'] else 'FAILED'} ({md_escape(gate['policy'])})")
         for f in gate.get("failures", []):
             lines.append(f"- `{f['rule']}`: {f['value']} vs threshold {f['threshold']}")
-    lines += ["", f"Teacher `{md_escape(run['teacher'])}` · student `{md_escape(run['student'])}` · "
-              f"{md_escape(run['convention'])}", "",
-              "| split | teacher loss | teacher acc | student loss | student acc | agreement | KL |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Teacher `{md_escape(run['teacher'])}` · student `{md_escape(run['student'])}` · "
+        f"{md_escape(run['convention'])}",
+        "",
+        "| split | teacher loss | teacher acc | student loss | student acc | agreement | KL |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for split in ("train", "val"):
         s = m[split]
-        lines.append(f"| {split} | {s['teacher']['loss']:.3f} | {s['teacher']['acc']:.1%} | "
-                     f"{s['student']['loss']:.3f} | {s['student']['acc']:.1%} | {s['agreement']:.1%} | "
-                     f"{s['kl']:.3f} |")
+        lines.append(
+            f"| {split} | {s['teacher']['loss']:.3f} | {s['teacher']['acc']:.1%} | "
+            f"{s['student']['loss']:.3f} | {s['student']['acc']:.1%} | {s['agreement']:.1%} | "
+            f"{s['kl']:.3f} |"
+        )
     lines += ["", "| check | status | summary |", "|---|---|---|"]
     for c in d["checks"]:
         lines.append(f"| {c['id']} | {c['status']} | {md_escape(c['summary'])} |")

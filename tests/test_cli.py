@@ -1,0 +1,160 @@
+"""The command line: contract flags, results.json schema, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kddoctor import __version__
+from kddoctor.cli import app
+from kddoctor.demo import DEMO_STUDENT_SUBSET, demo_command
+
+runner = CliRunner()
+
+
+def diagnose_args(demo_paths, out, *extra):
+    return ["diagnose", *demo_command(*demo_paths), "--quick", "--quiet", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_paths, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_run")
+    res = runner.invoke(app, diagnose_args(demo_paths, out, "--save-logits"))
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"kddoctor {__version__}"
+    out = subprocess.run([sys.executable, "-m", "kddoctor", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_results_json_follows_the_contract(demo_run):
+    _, doc = demo_run
+    assert doc["schema"] == "kddoctor/results/v1"
+    assert {
+        "kddoctor_version",
+        "torch_version",
+        "device",
+        "teacher",
+        "student",
+        "alpha",
+        "alpha_on",
+        "temperature",
+        "t2",
+        "seconds",
+        "n",
+    } <= set(doc["run"])
+    assert doc["run"]["n"] == {"train": DEMO_STUDENT_SUBSET, "val": 360}
+    for split in ("train", "val"):
+        m = doc["metrics"][split]
+        for model in ("teacher", "student"):
+            assert set(m[model]) == {"loss", "acc", "ece"}
+        assert 0 <= m["agreement"] <= 1 and m["kl"] >= 0
+    assert [c["id"] for c in doc["checks"]] == [
+        "preprocessing_parity",
+        "mode_parity",
+        "generalization_gap",
+        "calibration",
+        "capacity_probe",
+        "alpha_sensitivity",
+        "covariate_shift",
+    ]
+    for c in doc["checks"]:
+        assert c["status"] in ("pass", "warn", "fail", "skipped", "error") and c["summary"] and c["evidence"]
+    ids = [c["id"] for c in doc["causes"]]
+    assert sorted(ids) == sorted(
+        ["overfitting", "distribution_mismatch", "alpha_imbalance", "insufficient_capacity", "optimization"]
+    )
+    scores = [c["score"] for c in doc["causes"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c["likely"] == (c["score"] >= 0.5) for c in doc["causes"])
+    assert doc["gate"] == {"passed": True, "failures": []}
+
+
+def test_demo_is_diagnosed_as_overfitting(demo_run):
+    _, doc = demo_run
+    assert doc["causes"][0]["id"] == "overfitting" and doc["causes"][0]["likely"]
+    assert doc["metrics"]["val"]["student"]["loss"] > 10 * doc["metrics"]["train"]["student"]["loss"]
+
+
+def test_save_logits(demo_run):
+    import numpy as np
+
+    out, doc = demo_run
+    z = np.load(out / "logits.npz")
+    assert z["val_teacher"].shape == (360, 10) and z["train_targets"].shape == (DEMO_STUDENT_SUBSET,)
+
+
+def test_report_files_written(demo_run):
+    out, _ = demo_run
+    assert (out / "report.html").stat().st_size > 0 and (out / "report.md").read_text().startswith(
+        "## kddoctor"
+    )
+
+
+def test_convention_flags_are_recorded(demo_paths, tmp_path):
+    res = runner.invoke(
+        app,
+        diagnose_args(
+            demo_paths,
+            tmp_path,
+            "--alpha",
+            "0.3",
+            "--alpha-on",
+            "ce",
+            "--no-t2",
+            "--kd-reduction",
+            "mean",
+            "--limit",
+            "100",
+        ),
+    )
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "results.json").read_text())["run"]
+    assert (run["alpha"], run["alpha_on"], run["t2"], run["kd_reduction"]) == (0.3, "ce", False, "mean")
+    assert "loss = 0.3*CE + (1-0.3)*KD" in run["convention"] and "not multiplied by T²" in run["convention"]
+    assert run["n"] == {"train": 100, "val": 100}
+
+
+def test_bad_input_is_one_line_exit_2_and_keeps_previous_report(demo_paths, tmp_path):
+    (tmp_path / "results.json").write_text("previous")
+    args = diagnose_args(demo_paths, tmp_path)
+    args[args.index("--student-ckpt") + 1] = str(tmp_path / "missing.pt")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert (
+        res.stderr.count("\n") == 1 and "missing.pt not found" in res.stderr and "Traceback" not in res.stderr
+    )
+    assert (tmp_path / "results.json").read_text() == "previous"
+
+
+@pytest.mark.parametrize(
+    "flag,value,match",
+    [
+        ("--alpha", "1.5", "--alpha must be in"),
+        ("--alpha-on", "both", "--alpha-on must be"),
+        ("--kd-reduction", "avg", "--kd-reduction must be"),
+        ("--device", "tpu", "--device"),
+        ("--temperature", "0", "--temperature must be"),
+    ],
+)
+def test_bad_option_values(demo_paths, tmp_path, flag, value, match):
+    res = runner.invoke(app, diagnose_args(demo_paths, tmp_path, flag, value))
+    assert res.exit_code == 2 and match in res.stderr
+
+
+def test_debug_shows_traceback(demo_paths, tmp_path):
+    args = diagnose_args(demo_paths, tmp_path, "--debug")
+    args[args.index("--teacher-ckpt") + 1] = str(tmp_path / "nope.pt")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "Traceback" in res.stderr
+
+
+def test_data_and_data_dir_are_exclusive(demo_paths, tmp_path):
+    res = runner.invoke(app, diagnose_args(demo_paths, tmp_path, "--data-dir", str(tmp_path)))
+    assert res.exit_code == 2 and "exactly one of --data" in res.stderr
