@@ -102,7 +102,9 @@ def sweep(ev) -> dict:
     }
 
 
-@register_check("alpha_sensitivity", needs=("cache", "trainable"), title="Loss weighting (alpha, T)")
+@register_check(
+    "alpha_sensitivity", needs=("cache", "trainable"), title="Loss weighting (alpha, T)", order=60
+)
 def alpha_sensitivity(ev) -> Finding:
     """Effective weight of each term, gradient balance, and what other (alpha, T) would have given."""
     cfg = ev.config
@@ -143,7 +145,14 @@ def alpha_sensitivity(ev) -> Finding:
         "gain_agreement": gain,
         "gain_loss": base["loss"] - best["loss"],
         "gain_kl_rel": 1 - best["kl"] / base["kl"] if base["kl"] > 0 else 0.0,
-        "recommended": {"alpha": best["alpha"], "alpha_on": "kd", "temperature": best["temperature"]},
+        # below the noise floor the advice is the stated setting (as a KD weight)
+        "recommended": {"alpha": best["alpha"], "alpha_on": "kd", "temperature": best["temperature"]}
+        if gain > GAIN_WARN
+        else {
+            "alpha": loss_weights(cfg.alpha, cfg.alpha_on)[1],
+            "alpha_on": "kd",
+            "temperature": cfg.temperature,
+        },
         "reduction_is_mean": float(cfg.kd_reduction == "mean"),
         "t2_missing": float(not cfg.t2 and cfg.temperature > 1),
         "sweep_steps": sw["steps"],

@@ -78,25 +78,29 @@ class CheckSpec:
     needs: tuple[str, ...]
     title: str
     doc: str
+    order: int = 100
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
 
 
-def register_check(check_id: str, *, needs: tuple[str, ...] = (), title: str = "") -> Callable:
+def register_check(
+    check_id: str, *, needs: tuple[str, ...] = (), title: str = "", order: int = 100
+) -> Callable:
     """Register a check function `fn(evaluation) -> Finding` under `check_id`.
 
     `needs` names capabilities of the evaluation (see Evaluation.capabilities); the runner skips
     the check, with the reason, when one is missing. The check never tests for that itself.
+    `order` places it in the run (cheap input checks first, fine-tuning probes later).
     """
 
+    if isinstance(needs, str):
+        raise TypeError(f"register_check({check_id!r}): needs must be a tuple of names, not a string")
+
     def deco(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[check_id] = CheckSpec(
-            check_id,
-            fn,
-            tuple(needs),
-            title or check_id.replace("_", " "),
-            (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+            check_id, fn, tuple(needs), title or check_id.replace("_", " "), doc[0] if doc else "", order
         )
         return fn
 
@@ -105,7 +109,7 @@ def register_check(check_id: str, *, needs: tuple[str, ...] = (), title: str = "
 
 def list_checks() -> list[str]:
     """Ids of every registered check, in run order."""
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda k: _REGISTRY[k].order)
 
 
 def get_check(check_id: str) -> CheckSpec:

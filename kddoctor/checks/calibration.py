@@ -37,7 +37,7 @@ def reliability(stats: dict, prefix: str) -> dict:
     }
 
 
-@register_check("calibration", needs=("train", "val"), title="Calibration")
+@register_check("calibration", needs=("train", "val"), title="Calibration", order=40)
 def calibration(ev) -> Finding:
     """Student and teacher ECE (15 bins) on both splits, and how far their optimal temperature is from 1."""
     va = ev.val.metrics

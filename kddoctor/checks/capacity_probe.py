@@ -28,7 +28,7 @@ def linear_probe(
     return float(clf.score(feats_va, y_va))
 
 
-@register_check("capacity_probe", needs=("features", "cache", "trainable"), title="Capacity probe")
+@register_check("capacity_probe", needs=("features", "cache", "trainable"), title="Capacity probe", order=50)
 def capacity_probe(ev) -> Finding:
     """Linear probes to the teacher's argmax, a pure-KD fit probe on a train subset, parameter ratio."""
     b = ev.config.budgets

@@ -31,7 +31,7 @@ def domain_auc(train: np.ndarray, val: np.ndarray, seed: int) -> float:
     return float(np.mean(cross_val_score(clf, x, y, cv=cv, scoring="roc_auc")))
 
 
-@register_check("covariate_shift", needs=("features",), title="Covariate shift")
+@register_check("covariate_shift", needs=("features",), title="Covariate shift", order=70)
 def covariate_shift(ev) -> Finding:
     """Train-vs-val separability of each model's features: both -> data shift; student -> memorization."""
     aucs = {

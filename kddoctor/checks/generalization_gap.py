@@ -22,7 +22,7 @@ def _hist(values: np.ndarray) -> list[int]:
     return np.histogram(np.clip(values, 0, LOSS_BINS[-1]), bins=LOSS_BINS)[0].tolist()
 
 
-@register_check("generalization_gap", needs=("train", "val"), title="Generalization gap")
+@register_check("generalization_gap", needs=("train", "val"), title="Generalization gap", order=30)
 def generalization_gap(ev) -> Finding:
     """Student train->val degradation beyond the teacher's, and loss-based membership inference."""
     tr, va = ev.train.metrics, ev.val.metrics

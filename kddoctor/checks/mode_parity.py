@@ -52,7 +52,9 @@ def _teacher_drift(ev) -> dict:
     }
 
 
-@register_check("mode_parity", needs=("cache", "norm_layers"), title="BatchNorm / dropout mode parity")
+@register_check(
+    "mode_parity", needs=("cache", "norm_layers"), title="BatchNorm / dropout mode parity", order=20
+)
 def mode_parity(ev) -> Finding:
     """Student val in eval mode vs batch statistics vs recalibrated BN; teacher train vs eval mode."""
     ev_score = checkpoint_val_score(ev)

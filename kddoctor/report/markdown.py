@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import re
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|!])")
 
 
 def md_escape(text: str) -> str:
-    """Escape Markdown/HTML-significant characters in user-controlled strings."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+    """Escape user-controlled strings: HTML entities for <, >, &, quotes; backslashes for Markdown syntax."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text)))
 
 
 def render_markdown(diag) -> str:
@@ -31,7 +32,7 @@ def render_markdown(diag) -> str:
             lines.append(f"- `{f['rule']}`: {f['value']} vs threshold {f['threshold']}")
     lines += [
         "",
-        f"Teacher `{md_escape(run['teacher'])}` · student `{md_escape(run['student'])}` · "
+        f"Teacher {md_escape(run['teacher'])} · student {md_escape(run['student'])} · "
         f"{md_escape(run['convention'])}",
         "",
         "| split | teacher loss | teacher acc | student loss | student acc | agreement | KL |",

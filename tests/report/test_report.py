@@ -1,0 +1,77 @@
+"""The HTML report stands alone, escapes user strings, and stays the same size as data grows."""
+
+import re
+
+import pytest
+import torch
+
+from kddoctor import demo, diagnose, scenarios
+from kddoctor.report import render_html, render_markdown
+from kddoctor.report.html import script_json
+
+HOSTILE = '</script><script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
+
+
+def _pair():
+    _, teacher = demo.build_teacher()
+    return teacher, scenarios.build_student(scenarios.get("healthy_cnn").recipe, teacher)
+
+
+def _repeat(loader, k):
+    ds = torch.utils.data.ConcatDataset([loader.dataset] * k)
+    return torch.utils.data.DataLoader(ds, batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def hostile_diag():
+    teacher, student = _pair()
+    data = demo.digits_loaders()
+    names = [f"{HOSTILE}{i}" for i in range(10)]
+    return diagnose(
+        teacher,
+        student,
+        data["train"],
+        data["val"],
+        quick=True,
+        class_names=names,
+        teacher_spec=f"timm:{HOSTILE}",
+        student_spec=f"evil.py:{HOSTILE}",
+    )
+
+
+def test_hostile_strings_are_escaped(hostile_diag):
+    html = render_html(hostile_diag)
+    assert "<script>window.__pwned" not in html and "<img src=x" not in html
+    assert "&lt;/script&gt;&lt;script&gt;window.__pwned=1" in html
+    # exactly the page's own scripts: figure data, plotly blob, the driver
+    n_figs = len(re.findall(r'<script type="application/json" id="fig-', html))
+    assert html.count("<script") == n_figs + 2
+
+
+def test_markdown_escapes_hostile_strings(hostile_diag):
+    md = render_markdown(hostile_diag)
+    assert "<script>" not in md and "<img" not in md
+
+
+def test_script_json_cannot_close_its_element():
+    text = str(script_json({"a": "</script><b>&"}))
+    assert "<" not in text and ">" not in text and "&" not in text
+
+
+def test_plotly_inlined_once_and_no_network(hostile_diag):
+    html = render_html(hostile_diag)
+    assert html.count('id="plotly-gz"') == 1
+    assert "cdn.plot.ly" not in html and not re.search(r'<(script|link|img)[^>]+(src|href)="https?:', html)
+    assert 'src="https://cdn.plot.ly/plotly-' in render_html(hostile_diag, cdn=True)
+
+
+def test_report_size_is_flat_when_data_grows_4x():
+    teacher, student = _pair()
+    data = demo.digits_loaders()
+    sizes = []
+    for k in (1, 4):
+        d = diagnose(teacher, student, _repeat(data["train"], k), _repeat(data["val"], k), quick=True)
+        assert d.run["n"]["val"] == 360 * k
+        sizes.append(len(render_html(d)))
+    assert abs(sizes[1] - sizes[0]) / sizes[0] < 0.01, sizes
+    assert sizes[0] < 2.5e6
