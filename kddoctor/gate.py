@@ -172,16 +172,17 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
                     "what": METRIC_RULES[rule][0],
                 }
             )
-    likely = {c["id"] for c in results.get("causes", []) if c.get("likely")}
+    scores = {c["id"]: c for c in results.get("causes", [])}
     for cause in policy.fail_on_likely:
+        c = scores.get(cause, {"score": 0.0, "likely": False})
         rules.append(
             {
                 "rule": f"fail_on_likely:{cause}",
                 "level": "fail",
-                "value": cause in likely,
-                "threshold": False,
-                "ok": cause not in likely,
-                "what": f"cause {cause} is likely",
+                "value": c["score"],
+                "threshold": 0.5,
+                "ok": not c["likely"],
+                "what": f"score of cause {cause} (likely at >= 0.5)",
             }
         )
     statuses = {c["id"]: c["status"] for c in results.get("checks", [])}

@@ -1,0 +1,245 @@
+"""Gate policies: every rule's pass and fail, exit codes, JUnit, step summary, baseline regression."""
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kddoctor.cli import app
+from kddoctor.errors import UserError
+from kddoctor.gate import METRIC_RULES, evaluate, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def results(**over) -> dict:
+    m = {
+        "train": {
+            "teacher": {"loss": 0.01, "acc": 1.0, "ece": 0.01},
+            "student": {"loss": 0.05, "acc": 0.98, "ece": 0.02},
+            "agreement": 0.98,
+            "kl": 0.05,
+        },
+        "val": {
+            "teacher": {"loss": 0.05, "acc": 0.97, "ece": 0.02},
+            "student": {"loss": 0.2, "acc": 0.94, "ece": 0.04},
+            "agreement": 0.95,
+            "kl": 0.12,
+        },
+    }
+    doc = {
+        "schema": "kddoctor/results/v1",
+        "run": {"teacher": "t", "student": "s", "convention": "c"},
+        "metrics": m,
+        "checks": [
+            {"id": "preprocessing_parity", "status": "pass", "summary": "ok", "evidence": {}},
+            {"id": "mode_parity", "status": "fail", "summary": "bn", "evidence": {}},
+        ],
+        "causes": [
+            {"id": "overfitting", "score": 0.7, "likely": True, "evidence": [], "remedies": ["r"]},
+            {"id": "alpha_imbalance", "score": 0.1, "likely": False, "evidence": [], "remedies": ["r"]},
+        ],
+        "gate": {"passed": True, "failures": []},
+    }
+    for path, value in over.items():
+        *keys, last = path.split("__")
+        d = doc
+        for k in keys:
+            d = d[k]
+        d[last] = value
+    return doc
+
+
+# rule -> (threshold that holds, threshold that fails) on results()
+CASES = {
+    "min_val_agreement": (0.95, 0.96),
+    "max_agreement_gap": (0.03, 0.02),
+    "max_val_kl": (0.12, 0.11),
+    "max_student_val_ece": (0.04, 0.03),
+    "min_student_val_acc": (0.94, 0.95),
+    "max_val_acc_drop": (0.03, 0.02),
+    "max_student_val_loss": (0.2, 0.19),
+    "max_val_agreement_regression": (0.02, 0.005),
+    "max_student_val_acc_regression": (0.02, 0.005),
+}
+
+
+def test_every_rule_has_a_case():
+    assert set(CASES) == set(METRIC_RULES)
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_each_rule_passes_and_fails(rule):
+    ok, bad = CASES[rule]
+    baseline = results(metrics__val__agreement=0.96, metrics__val__student__acc=0.95)
+    passed = evaluate(results(), parse_policy(f"[gate]\n{rule} = {ok}\n"), baseline)
+    failed = evaluate(results(), parse_policy(f"[gate]\n{rule} = {bad}\n"), baseline)
+    assert passed["passed"] and not passed["failures"]
+    assert not failed["passed"] and failed["failures"][0]["rule"] == rule
+    assert failed["failures"][0]["threshold"] == bad
+
+
+def test_fail_on_likely_and_fail_on_check():
+    assert not evaluate(results(), parse_policy('[gate]\nfail_on_likely = ["overfitting"]'))["passed"]
+    assert evaluate(results(), parse_policy('[gate]\nfail_on_likely = ["alpha_imbalance"]'))["passed"]
+    assert not evaluate(results(), parse_policy('[gate]\nfail_on_check = ["mode_parity"]'))["passed"]
+    assert evaluate(results(), parse_policy('[gate]\nfail_on_check = ["preprocessing_parity"]'))["passed"]
+
+
+def test_warn_rules_warn_unless_fail_on_warn():
+    v = evaluate(results(), parse_policy("[gate]\n[warn]\nmin_val_agreement = 0.99\n"))
+    assert v["passed"] and v["warnings"][0]["rule"] == "min_val_agreement"
+    v = evaluate(results(), parse_policy("[gate]\nfail_on_warn = true\n[warn]\nmin_val_agreement = 0.99\n"))
+    assert not v["passed"] and v["failures"][0]["level"] == "warn"
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[gate]\nmin_val_agreemnt = 0.9", "unknown key 'min_val_agreemnt'"),
+        ('[gate]\nmin_val_agreement = "high"', "must be a number"),
+        ("[gate]\nmin_val_agreement = true", "must be a number"),
+        ('[gate]\nfail_on_likely = "overfitting"', "must be a list of strings"),
+        ('[gate]\nfail_on_likely = ["overfit"]', "unknown id"),
+        ("[gate]\nfail_on_warn = 1", "must be true or false"),
+        ("[gates]\nmin_val_agreement = 0.9", "unknown table"),
+        ("[warn]\nmin_val_agreement = 0.9", "no \\[gate\\] table"),
+        ("[gate]\nmin_val_agreement = ", "not valid TOML"),
+        ('[gate]\n[warn]\nfail_on_likely = ["overfitting"]', "unknown key"),
+    ],
+)
+def test_malformed_policies(text, match):
+    with pytest.raises(UserError, match=match):
+        parse_policy(text)
+
+
+@pytest.mark.parametrize("name", ["default", "strict", "example"])
+def test_shipped_policies_are_valid(name):
+    assert load_policy(ROOT / "checks" / f"{name}.toml").name.endswith(f"{name}.toml")
+
+
+@pytest.fixture
+def results_file(tmp_path):
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps(results()))
+    return p
+
+
+def test_cli_exit_codes(results_file, tmp_path):
+    ok = tmp_path / "ok.toml"
+    ok.write_text("[gate]\nmin_val_agreement = 0.9\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gate]\nmin_val_agreement = 0.99\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[gate]\nnope = 1\n")
+    assert runner.invoke(app, ["gate", str(results_file), "--policy", str(ok)]).exit_code == 0
+    assert runner.invoke(app, ["gate", str(results_file), "--policy", str(bad)]).exit_code == 1
+    res = runner.invoke(app, ["gate", str(results_file), "--policy", str(broken)])
+    assert res.exit_code == 2 and "unknown key 'nope'" in res.stderr
+    res = runner.invoke(app, ["gate", str(tmp_path / "none.json"), "--policy", str(ok)])
+    assert res.exit_code == 2 and "not found" in res.stderr
+    (tmp_path / "x.json").write_text('{"schema": "other"}')
+    assert runner.invoke(app, ["gate", str(tmp_path / "x.json"), "--policy", str(ok)]).exit_code == 2
+
+
+def test_junit_has_real_failures(results_file, tmp_path):
+    pol = tmp_path / "p.toml"
+    pol.write_text("[gate]\nmin_val_agreement = 0.99\nmax_val_kl = 0.5\n[warn]\nmax_agreement_gap = 0.01\n")
+    junit = tmp_path / "out" / "gate.xml"
+    assert (
+        runner.invoke(app, ["gate", str(results_file), "--policy", str(pol), "--junit", str(junit)]).exit_code
+        == 1
+    )
+    root = ET.parse(junit).getroot()
+    gate = root.find("testsuite[@name='kddoctor.gate']")
+    cases = {c.get("name"): c for c in gate.findall("testcase")}
+    assert set(cases) == {"min_val_agreement", "max_val_kl", "max_agreement_gap"}
+    assert cases["min_val_agreement"].find("failure") is not None
+    assert cases["max_val_kl"].find("failure") is None and cases["max_agreement_gap"].find("failure") is None
+    assert gate.get("failures") == "1"
+    checks = {c.get("name"): c for c in root.find("testsuite[@name='kddoctor.checks']").findall("testcase")}
+    assert (
+        checks["mode_parity"].find("failure") is not None
+        and checks["preprocessing_parity"].find("failure") is None
+    )
+
+
+def test_github_summary_and_annotations(results_file, tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    pol = tmp_path / "p.toml"
+    pol.write_text("[gate]\nmin_val_agreement = 0.99\n[warn]\nmax_val_kl = 0.01\n")
+    res = runner.invoke(app, ["gate", str(results_file), "--policy", str(pol), "--quiet"])
+    assert res.exit_code == 1
+    assert "::error title=kddoctor gate::min_val_agreement" in res.stdout
+    assert "::warning title=kddoctor gate::max_val_kl" in res.stdout
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "## kddoctor" in text and "FAILED" in text
+
+
+def test_baseline_regression(results_file, tmp_path):
+    base = copy.deepcopy(results())
+    base["metrics"]["val"]["agreement"] = 0.99
+    bpath = tmp_path / "base.json"
+    bpath.write_text(json.dumps(base))
+    pol = tmp_path / "p.toml"
+    pol.write_text("[gate]\nmax_val_agreement_regression = 0.03\n")
+    res = runner.invoke(app, ["gate", str(results_file), "--policy", str(pol), "--baseline", str(bpath)])
+    assert res.exit_code == 1 and "max_val_agreement_regression" in res.stdout
+    base["metrics"]["val"]["agreement"] = 0.96
+    bpath.write_text(json.dumps(base))
+    assert (
+        runner.invoke(
+            app, ["gate", str(results_file), "--policy", str(pol), "--baseline", str(bpath)]
+        ).exit_code
+        == 0
+    )
+    # without --baseline the regression rules are not applied
+    assert runner.invoke(app, ["gate", str(results_file), "--policy", str(pol)]).exit_code == 0
+
+
+def test_diagnose_with_policy_records_the_gate(demo_paths, tmp_path):
+    from kddoctor.demo import demo_command
+
+    out = tmp_path / "run"
+    junit = tmp_path / "j.xml"
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            *demo_command(*demo_paths),
+            "--quick",
+            "--quiet",
+            "--out",
+            str(out),
+            "--policy",
+            str(ROOT / "checks" / "strict.toml"),
+            "--junit",
+            str(junit),
+        ],
+    )
+    assert res.exit_code == 1
+    gate = json.loads((out / "results.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["failures"]
+    assert {"rule", "value", "threshold"} <= set(gate["failures"][0])
+    assert ET.parse(junit).getroot().find("testsuite[@name='kddoctor.gate']") is not None
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            *demo_command(*demo_paths),
+            "--quick",
+            "--quiet",
+            "--out",
+            str(out),
+            "--policy",
+            str(ROOT / "checks" / "default.toml"),
+        ],
+    )
+    assert res.exit_code == 0
