@@ -50,7 +50,8 @@ def test_labels_out_of_range(demo_paths, tmp_path):
     fac.write_text(
         "import torch\nfrom kddoctor.demo import digits_loaders\n"
         "def make(**kw):\n    d = digits_loaders()\n"
-        "    ds = torch.utils.data.TensorDataset(d['val'].dataset.tensors[0], d['val'].dataset.tensors[1] + 5)\n"
+        "    x, y = d['val'].dataset.tensors\n"
+        "    ds = torch.utils.data.TensorDataset(x, y + 5)\n"
         "    return {'train': d['train'], 'val': torch.utils.data.DataLoader(ds, batch_size=64)}\n"
     )
     res = run_cli(demo_paths, tmp_path / "o", replace={"--data": f"{fac}:make"})
