@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from . import checks as _checks  # noqa: F401  (registers the battery)
+from ._cache import TeacherCache, model_fingerprint
+from ._dist import gather_ints, rank_world
 from ._progress import progress
 from ._version import __version__
 from .causes import rank
@@ -116,14 +118,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def diagnose(
     teacher: nn.Module,
     student: nn.Module,
@@ -146,6 +140,8 @@ def diagnose(
     checks: Iterable[str] | None = None,
     show_progress: bool = False,
     channels_last: bool = False,
+    compile: bool = False,
+    teacher_cache: str | Path | None = None,
     teacher_spec: str = "teacher",
     student_spec: str = "student",
     debug: bool = False,
@@ -161,6 +157,9 @@ def diagnose(
         device: "auto" picks CUDA when present.
         quick: shrink every probe budget (CPU-friendly smoke runs).
         checks: ids of the checks to run (default: all registered).
+        compile: torch.compile both models (worth it for long runs on GPU).
+        teacher_cache: a directory for cached teacher logits; a second diagnosis of another student
+            against the same teacher and data skips the teacher pass. None disables it.
 
     Returns:
         A Diagnosis; call `.save(out_dir)` to write results.json and the reports.
@@ -180,53 +179,26 @@ def diagnose(
     start = time.perf_counter()
     _seed_everything(cfg.seed)
     dev = pick_device(cfg.device)
-    rank_, world = _world()
+    teacher_id = model_fingerprint(teacher, teacher_spec) if teacher_cache is not None else None
     modes = (teacher.training, student.training)
     teacher.to(dev).eval()
     student.to(dev).eval()
     if channels_last and dev.type == "cuda":
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
+    run_t, run_s = (torch.compile(teacher), torch.compile(student)) if compile else (teacher, student)
     loaders = {"train": train, "val": val, **({"train_eval": train_eval} if train_eval is not None else {})}
-    timings: dict = {}
-    splits = {}
     try:
         with progress(show_progress) as bar:
-            for name, loader in loaders.items():
-                r = evaluate_split(
-                    teacher,
-                    student,
-                    loader,
-                    name=name,
-                    num_classes=num_classes,
-                    device=dev,
-                    limit=cfg.limit,
-                    feature_rows=cfg.budgets.feature_rows,
-                    cache_rows=cfg.budgets.probe_samples,
-                    save_logits=cfg.save_logits,
-                    channels_last=channels_last,
-                    bar=bar,
-                    rank=rank_,
-                    world=world,
-                )
-                num_classes = num_classes or r.metrics and len(r.stats["cls_count"])
-                splits[name] = r
-                timings[f"eval_{name}"] = r.seconds
+            splits = _evaluate_splits(
+                run_t, run_s, loaders, cfg, dev, num_classes, bar, channels_last, (teacher_cache, teacher_id)
+            )
+            num_classes = num_classes or len(splits["train"].stats["cls_count"])
             ev = Evaluation(
                 teacher, student, cfg, dev, int(num_classes), splits, class_names, teacher_spec, student_spec
             )
-            wanted = list(checks) if checks is not None else list_checks()
-            unknown = [c for c in wanted if c not in list_checks()]
-            if unknown:
-                raise UserError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(list_checks())}")
-            findings = []
-            task = bar.add_task("running checks", total=len(wanted))
-            for cid in wanted:
-                bar.update(task, description=f"check {cid}")
-                _seed_everything(cfg.seed)
-                findings.append(run_check(get_check(cid), ev, debug=debug))
-                timings[f"check_{cid}"] = findings[-1].seconds
-                bar.advance(task)
+            # Probes run once: on rank 0 under torchrun.
+            findings = _run_checks(ev, checks, bar, debug) if rank_world()[0] == 0 else []
     finally:
         teacher.train(modes[0])
         student.train(modes[1])
@@ -234,13 +206,80 @@ def diagnose(
         name: {k: r.metrics[k] for k in ("teacher", "student", "agreement", "kl", "n", "excluded_nonfinite")}
         for name, r in splits.items()
     }
+    run = _run_metadata(ev, teacher_spec, student_spec, class_names)
+    causes = rank([f.to_dict() for f in findings], remedy_context(ev, findings))
+    timings = {f"eval_{name}": r.seconds for name, r in splits.items()}
+    timings.update({f"check_{f.id}": f.seconds for f in findings})
+    run["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    caches = {name: r.teacher_cache for name, r in splits.items() if r.teacher_cache is not None}
+    if caches:  # how the teacher pass went, like a timing: differs between a first and a second run
+        run["timings"]["teacher_cache"] = caches
+    run["seconds"] = round(time.perf_counter() - start, 3)
+    details = {
+        "per_class": {name: _per_class(r.stats) for name, r in splits.items()},
+        "checks": {f.id: f.details for f in findings if f.details},
+    }
+    logits = None
+    if cfg.save_logits:
+        logits = {f"{name}_{k}": v for name, r in splits.items() for k, v in (r.all_logits or {}).items()}
+    return Diagnosis(run=run, metrics=metrics, checks=findings, causes=causes, details=details, logits=logits)
+
+
+def _evaluate_splits(teacher, student, loaders, cfg, dev, num_classes, bar, channels_last, cache) -> dict:
+    """The main pass over every split (teacher logits from the cache where the inputs match)."""
+    rank_, world = rank_world()
+    cache_dir, teacher_id = cache
+    splits = {}
+    for name, loader in loaders.items():
+        tc = TeacherCache(Path(cache_dir), teacher_id, name, cfg.limit, rank_, world) if cache_dir else None
+        splits[name] = evaluate_split(
+            teacher,
+            student,
+            loader,
+            name=name,
+            num_classes=num_classes,
+            device=dev,
+            limit=cfg.limit,
+            feature_rows=cfg.budgets.feature_rows,
+            cache_rows=cfg.budgets.probe_samples,
+            save_logits=cfg.save_logits,
+            channels_last=channels_last,
+            bar=bar,
+            rank=rank_,
+            world=world,
+            teacher_cache=tc,
+        )
+        num_classes = num_classes or len(splits[name].stats["cls_count"])
+    return splits
+
+
+def _run_checks(ev: Evaluation, checks: Iterable[str] | None, bar, debug: bool) -> list[Finding]:
+    wanted = list(checks) if checks is not None else list_checks()
+    unknown = [c for c in wanted if c not in list_checks()]
+    if unknown:
+        raise UserError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(list_checks())}")
+    findings = []
+    task = bar.add_task("running checks", total=len(wanted))
+    for cid in wanted:
+        bar.update(task, description=f"check {cid}")
+        _seed_everything(ev.config.seed)
+        findings.append(run_check(get_check(cid), ev, debug=debug))
+        bar.advance(task)
+    return findings
+
+
+def _run_metadata(
+    ev: Evaluation, teacher_spec: str, student_spec: str, class_names: list[str] | None
+) -> dict:
+    cfg = ev.config
     eff = effective_weights(
         cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction, ev.num_classes, cfg.batch_size
     )
+    splits = ev.splits
     run = {
         "kddoctor_version": __version__,
         "torch_version": torch.__version__,
-        "device": str(dev),
+        "device": str(ev.device),
         "teacher": teacher_spec,
         "student": student_spec,
         "alpha": cfg.alpha,
@@ -255,21 +294,15 @@ def diagnose(
         "num_classes": ev.num_classes,
         "class_names": class_names,
         "n": {name: r.n for name, r in splits.items()},
-        "world_size": world,
+        "world_size": rank_world()[1],
+        "rank_samples": {name: gather_ints(r.local_rows) for name, r in splits.items()},
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
-    causes = rank([f.to_dict() for f in findings], remedy_context(ev, findings))
-    run["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    run["seconds"] = round(time.perf_counter() - start, 3)
-    details = {
-        "per_class": {name: _per_class(r.stats) for name, r in splits.items()},
-        "checks": {f.id: f.details for f in findings if f.details},
-    }
-    logits = None
-    if cfg.save_logits:
-        logits = {f"{name}_{k}": v for name, r in splits.items() for k, v in (r.all_logits or {}).items()}
-    return Diagnosis(run=run, metrics=metrics, checks=findings, causes=causes, details=details, logits=logits)
+    splits_oom = sum(r.micro_batch_splits for r in splits.values())
+    if splits_oom:
+        run["micro_batch_splits"] = splits_oom
+    return run
 
 
 def _per_class(stats: dict) -> dict:

@@ -145,21 +145,31 @@ def diagnose(
     report_cdn: Annotated[
         bool, Opt("--report-cdn", help="Load plotly.js from a CDN (smaller report).")
     ] = False,
+    no_cache: Annotated[
+        bool, Opt("--no-cache", help="Do not read or write the teacher output cache.")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, Opt(help="Teacher-output cache directory (default $KDDOCTOR_CACHE/teacher-outputs).")
+    ] = None,
+    compile: Annotated[bool, Opt("--compile", help="torch.compile both models (long GPU runs).")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bars or tables.")] = False,
     debug: Annotated[bool, Opt("--debug", help="Full tracebacks on errors.")] = False,
 ) -> None:
     """Evaluate teacher and student on train and val, run every check, rank the causes, write reports."""
+    from ._dist import init_from_env, rank_world, shutdown
     from .config import DiagnoseConfig
+    from .demo import cache_dir as default_cache
     from .runner import diagnose_specs
 
     def go() -> int:
+        dev = init_from_env(device)
         cfg = DiagnoseConfig(
             alpha=alpha,
             alpha_on=alpha_on,
             temperature=temperature,
             t2=not no_t2,
             kd_reduction=kd_reduction,
-            device=device,
+            device=dev,
             batch_size=batch_size,
             limit=limit,
             seed=seed,
@@ -184,13 +194,20 @@ def diagnose(
             teacher_ema=teacher_ema,
             student_ema=student_ema,
             trust=trust_checkpoint,
-            show_progress=not quiet,
+            show_progress=not quiet and rank_world()[0] == 0,
             debug=debug,
+            teacher_cache=None if no_cache else (cache_dir or default_cache() / "teacher-outputs"),
+            compile=compile,
         )
+        if rank_world()[0] != 0:  # under torchrun, rank 0 alone writes and reports
+            shutdown()
+            return 0
         target = out or Path("reports") / run_name(student, teacher)
-        return _finish(
+        code = _finish(
             diag, target, policy=policy, junit=junit, baseline=baseline, quiet=quiet, cdn=report_cdn
         )
+        shutdown()  # releases the other ranks waiting at the final barrier
+        return code
 
     raise typer.Exit(_guard(go, debug))
 

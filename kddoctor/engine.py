@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._cache import TeacherCache, batch_fingerprint
 from .data import iter_batches, loader_length
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
@@ -125,6 +126,20 @@ class InputStats:
         self.state["min"] = torch.minimum(self.state["min"], upd["min"])
         self.state["max"] = torch.maximum(self.state["max"], upd["max"])
 
+    def all_reduce(self) -> None:
+        """Combine every rank's input statistics (sums add, extremes take min/max)."""
+        import torch.distributed as dist
+
+        for k, op in (
+            ("count", "SUM"),
+            ("sum", "SUM"),
+            ("sumsq", "SUM"),
+            ("nonfinite", "SUM"),
+            ("min", "MIN"),
+            ("max", "MAX"),
+        ):
+            dist.all_reduce(self.state[k], op=getattr(dist.ReduceOp, op))
+
     def compute(self) -> dict:
         if self.state is None:
             return {}
@@ -158,10 +173,37 @@ class SplitResult:
     cache_y: torch.Tensor | None = None
     all_logits: dict[str, np.ndarray] | None = None
     seconds: float = 0.0
+    local_rows: int = 0  # samples this rank evaluated (all of them in a single process)
+    micro_batch_splits: int = 0  # how often a CUDA OOM made the engine halve its batch
+    teacher_cache: dict | None = None  # hits / misses when the teacher cache was used
 
     @property
     def n(self) -> int:
         return int(self.stats["n"])
+
+
+class _MicroBatcher:
+    """Runs a model on a batch; on CUDA out-of-memory, splits it into micro-batches and goes on."""
+
+    def __init__(self) -> None:
+        self.micro: int | None = None  # largest size known to fit, once an OOM has happened
+        self.splits = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, autocast: bool) -> torch.Tensor:
+        size = self.micro or len(x)
+        while True:
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                    outs = [as_logits(model(x[i : i + size])).float() for i in range(0, len(x), size)]
+                return outs[0] if len(outs) == 1 else torch.cat(outs)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                if x.is_cuda:
+                    torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                self.micro = size
+                self.splits += 1
 
 
 def evaluate_split(
@@ -180,11 +222,14 @@ def evaluate_split(
     bar=None,
     rank: int = 0,
     world: int = 1,
+    teacher_cache: TeacherCache | None = None,
 ) -> SplitResult:
-    """Run both models over one split in a single streaming pass."""
+    """Run both models over one split in a single streaming pass (the teacher's logits may come from
+    the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced)."""
     start = time.perf_counter()
     cuda = device.type == "cuda"
     taps = {"teacher": FeatureTap(teacher, feature_rows), "student": FeatureTap(student, feature_rows)}
+    run = _MicroBatcher()
     metrics: PairMetrics | None = None
     columns = SampleColumns()
     inputs = InputStats()
@@ -194,28 +239,41 @@ def evaluate_split(
     cache_x: list[torch.Tensor] = []
     cache_y: list[torch.Tensor] = []
     cached = 0
+    rows_seen = 0
     task = bar.add_task(f"evaluating {name}", total=loader_length(loader, limit)) if bar else None
     try:
         with torch.inference_mode():
-            for x_cpu, y_cpu in iter_batches(loader, name, limit, rank, world):
+            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, limit, rank, world)):
                 if cached < cache_rows:
                     take = min(len(x_cpu), cache_rows - cached)
                     cache_x.append(x_cpu[:take].clone())
                     cache_y.append(y_cpu[:take].clone())
                     cached += take
+                hit = None
+                if teacher_cache is not None:
+                    digest = batch_fingerprint(x_cpu)
+                    hit = teacher_cache.lookup(index, digest)
                 x = x_cpu.to(device, non_blocking=cuda)
                 y = y_cpu.to(device, non_blocking=cuda)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 inputs.update(x)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    t = as_logits(teacher(x)).float()
-                    s = as_logits(student(x)).float()
+                if hit is not None:
+                    t = hit.to(device, non_blocking=cuda)
+                    _feed_cached_features(taps["teacher"], teacher_cache, rows_seen, len(x))
+                else:
+                    t = run(teacher, x, cuda)
+                s = run(student, x, cuda)
+                if teacher_cache is not None:
+                    teacher_cache.record(
+                        digest, hit if hit is not None else t.to("cpu", non_blocking=cuda), hit is not None
+                    )
                 if metrics is None:
                     _check_shapes(t, s, x, num_classes)
                     num_classes = t.shape[1]
                     metrics = PairMetrics(num_classes, device)
                 columns.append(metrics.update(t, s, y))
+                rows_seen += len(x)
                 if subset_rows < feature_rows:
                     take = min(len(t), feature_rows - subset_rows)
                     logit_chunks["teacher"].append(t[:take])
@@ -231,19 +289,32 @@ def evaluate_split(
         feats = {k: tap.close() for k, tap in taps.items()}
         if bar is not None:
             bar.remove_task(task)
+    if metrics is None:  # this rank received no batch
+        raise UserError(f"the {name} split has fewer batches than there are ranks ({world})")
+    if cuda:
+        torch.cuda.synchronize(device)  # the non_blocking copies above are complete from here on
+    if teacher_cache is not None and rank == 0:
+        teacher_cache.save(feats["teacher"])
+    elif teacher_cache is not None:
+        teacher_cache.save(None)
+    local_rows = int(metrics.stats["n"])
     if world > 1:
         metrics.all_reduce()
+        inputs.all_reduce()
     stats = metrics.state()
     if stats["bad_target"] > 0:
         raise UserError(
             f"{int(stats['bad_target'])} {name} labels lie outside [0, {num_classes}); "
             "check --num-classes and the label encoding"
         )
+    samples = columns.finish()
+    if world > 1:
+        samples = _gather_samples(samples)
     result = SplitResult(
         name=name,
         metrics=metrics.compute(),
         stats=stats,
-        samples=columns.finish(),
+        samples=samples,
         inputs=inputs.compute(),
         features=feats,
         logits_subset={k: torch.cat(v).cpu().numpy() for k, v in logit_chunks.items() if v},
@@ -253,9 +324,33 @@ def evaluate_split(
     )
     result.metrics["n"] = int(stats["n"])
     result.metrics["excluded_nonfinite"] = int(stats["nonfinite"])
+    result.local_rows = local_rows
+    result.micro_batch_splits = run.splits
+    if teacher_cache is not None:
+        result.teacher_cache = {"hits": teacher_cache.hits, "misses": teacher_cache.misses}
     if save_logits:
         result.all_logits = {k: torch.cat(v).numpy() for k, v in full.items()}
     return result
+
+
+def _feed_cached_features(tap: FeatureTap, cache: TeacherCache, start: int, n: int) -> None:
+    """A cached batch skips the teacher, so its feature rows come from the cache too."""
+    if tap.rows >= tap.budget:
+        return
+    take = min(n, tap.budget - tap.rows)
+    rows = cache.cached_features(start, start + take)
+    if rows is not None:
+        tap.chunks.append(torch.from_numpy(rows))
+        tap.rows += take
+
+
+def _gather_samples(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate every rank's per-sample columns (rank 0 first, so its feature rows stay aligned)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, samples)
+    return {k: np.concatenate([p[k] for p in parts]) for k in samples}
 
 
 def _check_shapes(t: torch.Tensor, s: torch.Tensor, x: torch.Tensor, num_classes: int | None) -> None:

@@ -52,6 +52,8 @@ def diagnose_specs(
     trust: bool = False,
     show_progress: bool = True,
     debug: bool = False,
+    teacher_cache: Path | None = None,
+    compile: bool = False,
 ) -> Diagnosis:
     sds = {
         "teacher": load_state_dict(teacher_ckpt, role="teacher", ema=teacher_ema, trust=trust)
@@ -106,4 +108,7 @@ def diagnose_specs(
         student_spec=student,
         show_progress=show_progress,
         debug=debug,
+        teacher_cache=teacher_cache,
+        compile=compile,
+        channels_last=True,  # applied on CUDA only, where it speeds up convolutions
     )
