@@ -19,11 +19,12 @@ class Budgets:
 
     feature_rows: int = 2048  # per split: penultimate features + logits kept for probes
     probe_samples: int = 512  # inputs cached per split for the fine-tuning probes
-    fit_steps: int = 150  # capacity fit probe: pure-KD fine-tuning steps
-    sweep_steps: int = 60  # alpha/T sweep: fine-tuning steps per setting
+    fit_steps: int = 80  # capacity fit probe: pure-KD fine-tuning steps
+    sweep_steps: int = 24  # alpha/T sweep: fine-tuning steps per setting (9 settings)
     grad_batches: int = 4  # gradient balance: train batches averaged
     bn_batches: int = 16  # BN recalibration: forward passes over cached train inputs
-    probe_batch: int = 64  # batch size of every probe
+    probe_batch: int = 32  # batch size of every fine-tuning step
+    eval_batch: int = 256  # batch size of the probes' no-grad evaluations (cheaper per sample)
 
     @classmethod
     def quick(cls) -> Budgets:
@@ -31,10 +32,11 @@ class Budgets:
             feature_rows=512,
             probe_samples=256,
             fit_steps=60,
-            sweep_steps=25,
+            sweep_steps=20,
             grad_batches=2,
             bn_batches=8,
-            probe_batch=64,
+            probe_batch=32,
+            eval_batch=256,
         )
 
 

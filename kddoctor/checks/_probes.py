@@ -37,7 +37,7 @@ def teacher_logits(ev, split: str) -> torch.Tensor:
     if key not in ev.memo:
         x, _ = cached(ev, split)
         ev.teacher.eval()
-        ev.memo[key] = forward(ev.teacher, x, ev.config.budgets.probe_batch)
+        ev.memo[key] = forward(ev.teacher, x, ev.config.budgets.eval_batch)
     return ev.memo[key]
 
 
@@ -99,14 +99,16 @@ def finetune(
             opt.step()
             if eval_every and (step % eval_every == 0 or step == steps):
                 model.eval()
-                agree = (forward(model, x, bs).argmax(1) == t.argmax(1)).float().mean()
+                agree = (
+                    (forward(model, x, ev.config.budgets.eval_batch).argmax(1) == t.argmax(1)).float().mean()
+                )
                 curve.append((step, float(agree)))
     return model.eval(), curve
 
 
 def val_score(ev, model: nn.Module) -> dict:
     x, y = cached(ev, "val")
-    return score(forward(model, x, ev.config.budgets.probe_batch), teacher_logits(ev, "val"), y)
+    return score(forward(model, x, ev.config.budgets.eval_batch), teacher_logits(ev, "val"), y)
 
 
 def checkpoint_val_score(ev) -> dict:

@@ -14,6 +14,7 @@ from .base import Finding, Status, register_check, worst
 RECOVERY_WARN, RECOVERY_FAIL = 0.03, 0.10  # val accuracy regained by recomputing BN statistics
 LOSS_DROP_WARN, LOSS_DROP_FAIL = 0.15, 0.40  # relative val loss drop from recomputing BN statistics
 TEACHER_AGREE_WARN = 0.90  # teacher train-mode vs eval-mode top-1 agreement
+BN_BATCH = 64  # batch size whenever BatchNorm uses batch statistics (a typical training batch)
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -29,7 +30,7 @@ def recalibrated(ev) -> nn.Module:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the recalibration batches
         bn.train()
-    bs = ev.config.budgets.probe_batch
+    bs = BN_BATCH
     with torch.no_grad():
         for i in range(ev.config.budgets.bn_batches):
             start = (i * bs) % max(len(x), 1)
@@ -43,7 +44,7 @@ def _teacher_drift(ev) -> dict:
     t_eval = teacher_logits(ev, "train")
     teacher = copy.deepcopy(ev.teacher).train()
     torch.manual_seed(ev.config.seed)
-    t_train = forward(teacher, x, ev.config.budgets.probe_batch)
+    t_train = forward(teacher, x, BN_BATCH)
     p = F.log_softmax(t_eval, 1)
     q = F.log_softmax(t_train, 1)
     return {

@@ -1,0 +1,85 @@
+"""Cost of a diagnosis relative to running the two models once.
+
+(a) raw baseline: teacher + student forward over train and val, nothing else;
+(b) kddoctor's main evaluation pass (all metrics, per-sample columns, input statistics, feature taps);
+(c) the full default diagnose (every check, default probe budgets).
+All three run in this one process on the same data, batch size and device; a and b alternate
+`--repeats` times and the medians are compared.
+
+    python bench/overhead.py                    # CPU, 20,480 samples
+    python bench/overhead.py --device cuda --n-train 163840 --n-val 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import STUDENT, TEACHER, loaders, models, raw_pass, timed  # noqa: E402
+
+from kddoctor import diagnose  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-train", type=int, default=16384)
+    ap.add_argument("--n-val", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train, val = loaders(args.n_train, args.n_val, args.batch_size)
+    teacher, student = models(args.device)
+    n = args.n_train + args.n_val
+    raw_pass(teacher, student, [val], args.device)  # warm-up (allocator, kernels)
+
+    def main_pass():
+        return diagnose(
+            teacher,
+            student,
+            train,
+            val,
+            device=args.device,
+            checks=[],
+            channels_last=args.device.startswith("cuda"),
+        )
+
+    def full():
+        return diagnose(
+            teacher, student, train, val, device=args.device, channels_last=args.device.startswith("cuda")
+        )
+
+    a, b, mem_a, mem_b = [], [], [], []
+    for _ in range(args.repeats):
+        t, m, _ = timed(lambda: raw_pass(teacher, student, [train, val], args.device))
+        a.append(t)
+        mem_a.append(m)
+        t, m, _ = timed(main_pass)
+        b.append(t)
+        mem_b.append(m)
+    c, mem_c, diag = timed(full)
+    ta, tb = statistics.median(a), statistics.median(b)
+    print(
+        f"device={args.device} teacher={TEACHER} student={STUDENT} samples={n} batch={args.batch_size} "
+        f"threads={args.threads}"
+    )
+    print(f"(a) raw baseline      {ta:8.2f} s  {n / ta:9.0f} img/s   peak RSS {max(mem_a):7.0f} MiB")
+    print(f"(b) main pass         {tb:8.2f} s  {n / tb:9.0f} img/s   peak RSS {max(mem_b):7.0f} MiB")
+    print(f"(c) full diagnose     {c:8.2f} s  {n / c:9.0f} img/s   peak RSS {mem_c:7.0f} MiB")
+    print(f"ratio b/a = {tb / ta:.3f}   (target <= 1.10)")
+    print(f"ratio c/a = {c / ta:.3f}   (target <= 2.50)")
+    checks = {k: v for k, v in diag.run["timings"].items() if k.startswith("check_")}
+    print("check seconds: " + ", ".join(f"{k[6:]}={v:.1f}" for k, v in checks.items()))
+    if args.device.startswith("cuda"):
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
