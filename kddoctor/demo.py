@@ -107,16 +107,19 @@ def recipe_key(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+TEACHER_KEY = recipe_key({"epochs": DEMO_RECIPE["teacher_epochs"], "v": 2})
+
+
 def build_teacher(root: Path | None = None) -> tuple[Path, nn.Module]:
     """Train (or reuse) the digits teacher on all 1,437 training digits."""
-    root = (root or cache_dir()) / f"teacher-{recipe_key({'epochs': DEMO_RECIPE['teacher_epochs'], 'v': 1})}"
+    root = (root or cache_dir()) / f"teacher-{TEACHER_KEY}"
     t_path = root / "teacher.pt"
+    torch.manual_seed(0)  # the same initial weights on every machine
     teacher = teacher_cnn()
     if t_path.is_file():
         teacher.load_state_dict(torch.load(t_path, weights_only=True)["state_dict"])
         return t_path, teacher.eval()
     root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     x, y = digits_train_tensors()
     _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
     _atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
@@ -131,12 +134,15 @@ def digits_train_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
     """Train (or reuse) the demo teacher and student; returns their checkpoint paths."""
     t_path, teacher = build_teacher(root)
-    s_path = (root or cache_dir()) / f"demo-{recipe_key(DEMO_RECIPE)}" / "student.pt"
+    s_path = (
+        (root or cache_dir()) / f"demo-{recipe_key({**DEMO_RECIPE, 'teacher': TEACHER_KEY})}" / "student.pt"
+    )
     if s_path.is_file():
         return t_path, s_path
     s_path.parent.mkdir(parents=True, exist_ok=True)
     x, y = digits_train_tensors()
     n = DEMO_RECIPE["subset"]
+    torch.manual_seed(1)
     student = _train.distill(
         student_cnn(),
         teacher,

@@ -124,7 +124,7 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "capacity_tiny_cnn",
         "insufficient_capacity",
-        "CNN student 2 channels wide",
+        "CNN student with 1 and 2 channels",
         R(size=1, epochs=60),
         fix=dict(size=24),
     ),
@@ -156,7 +156,9 @@ def get(name: str) -> Scenario:
 
 def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) -> nn.Module:
     """Distill a student as the recipe says (cached by recipe)."""
-    path = (root or demo.cache_dir()) / "scenarios" / f"{demo.recipe_key(dataclasses.asdict(recipe))}.pt"
+    key = demo.recipe_key({**dataclasses.asdict(recipe), "teacher": demo.TEACHER_KEY})
+    path = (root or demo.cache_dir()) / "scenarios" / f"{key}.pt"
+    torch.manual_seed(1)  # the same initial weights every time the recipe is built
     model = recipe.model()
     if recipe.bn_momentum != 0.1:
         for m in model.modules():
@@ -169,8 +171,6 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
     if recipe.subset:
         x, y = x[: recipe.subset], y[: recipe.subset]
     y = torch.from_numpy(_train.noisy_labels(y.numpy(), recipe.label_noise))
-    torch.manual_seed(1)
-    model = recipe.model() if recipe.bn_momentum == 0.1 else model
     _train.distill(
         model,
         teacher,

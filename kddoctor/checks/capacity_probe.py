@@ -23,7 +23,7 @@ def linear_probe(
 
     if len(np.unique(y_tr)) < 2:
         return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0, random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=100, C=1.0, random_state=seed))
     clf.fit(feats_tr, y_tr)
     return float(clf.score(feats_va, y_va))
 
