@@ -100,7 +100,8 @@ def max_rss_mib() -> float:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process, peak RSS MiB, result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     with PeakRSS() as mem:
         out = fn()
-    return time.perf_counter() - start, mem.peak, out
+    return time.perf_counter() - start, time.process_time() - cpu, mem.peak, out

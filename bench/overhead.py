@@ -4,8 +4,9 @@
 (b) kddoctor's main evaluation pass (all metrics, per-sample columns, input statistics, feature taps);
 (c) the full default diagnose (every check, default probe budgets).
 All three run in this one process on the same data, batch size and device; a and b alternate
-`--repeats` times and the best (minimum) times are compared: on a shared 2-core machine single runs
-of the same loop vary by about 10 %.
+`--repeats` times and the medians are compared, in wall time and in CPU time of this process
+(on a shared 2-core machine single wall-clock runs of the same loop vary by 10-20 %; CPU time is
+steadier).
 
     python bench/overhead.py                    # CPU, 20,480 samples
     python bench/overhead.py --device cuda --n-train 163840 --n-val 32768
@@ -14,6 +15,7 @@ of the same loop vary by about 10 %.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -56,28 +58,35 @@ def main() -> None:
             teacher, student, train, val, device=args.device, channels_last=args.device.startswith("cuda")
         )
 
-    a, b, mem_a, mem_b = [], [], [], []
+    a, b, cpu_a, cpu_b, mem_a, mem_b = [], [], [], [], [], []
     for _ in range(args.repeats):
-        t, m, _ = timed(lambda: raw_pass(teacher, student, [train, val], args.device))
+        t, cpu, m, _ = timed(lambda: raw_pass(teacher, student, [train, val], args.device))
         a.append(t)
+        cpu_a.append(cpu)
         mem_a.append(m)
-        t, m, _ = timed(main_pass)
+        t, cpu, m, _ = timed(main_pass)
         b.append(t)
+        cpu_b.append(cpu)
         mem_b.append(m)
-    c, mem_c, diag = timed(full)
-    ta, tb = min(a), min(b)
+    c, cpu_c, mem_c, diag = timed(full)
+    ta, tb = statistics.median(a), statistics.median(b)
+    ca, cb = statistics.median(cpu_a), statistics.median(cpu_b)
     print(
         f"device={args.device} teacher={TEACHER} student={STUDENT} samples={n} batch={args.batch_size} "
-        f"threads={args.threads}"
+        f"threads={args.threads} repeats={args.repeats}"
     )
-    print(f"(a) raw baseline      {ta:8.2f} s  {n / ta:9.0f} img/s   peak RSS {max(mem_a):7.0f} MiB")
-    print(f"(b) main pass         {tb:8.2f} s  {n / tb:9.0f} img/s   peak RSS {max(mem_b):7.0f} MiB")
-    print(f"(c) full diagnose     {c:8.2f} s  {n / c:9.0f} img/s   peak RSS {mem_c:7.0f} MiB")
     print(
-        "runs (a): " + ", ".join(f"{t:.1f}" for t in a) + "   runs (b): " + ", ".join(f"{t:.1f}" for t in b)
+        f"(a) raw baseline   wall {ta:7.2f} s  cpu {ca:7.2f} s  {n / ta:5.0f} img/s  RSS {max(mem_a):5.0f}M"
     )
-    print(f"ratio b/a = {tb / ta:.3f}   (target <= 1.10)")
-    print(f"ratio c/a = {c / ta:.3f}   (target <= 2.50)")
+    print(
+        f"(b) main pass      wall {tb:7.2f} s  cpu {cb:7.2f} s  {n / tb:5.0f} img/s  RSS {max(mem_b):5.0f}M"
+    )
+    print(f"(c) full diagnose  wall {c:7.2f} s  cpu {cpu_c:7.2f} s  {n / c:5.0f} img/s  RSS {mem_c:5.0f}M")
+    print(
+        "wall runs (a): " + ", ".join(f"{t:.1f}" for t in a) + "   (b): " + ", ".join(f"{t:.1f}" for t in b)
+    )
+    print(f"ratio b/a = {tb / ta:.3f} wall, {cb / ca:.3f} cpu   (target <= 1.10)")
+    print(f"ratio c/a = {c / ta:.3f} wall, {cpu_c / ca:.3f} cpu   (target <= 2.50)")
     checks = {k: v for k, v in diag.run["timings"].items() if k.startswith("check_")}
     print("check seconds: " + ", ".join(f"{k[6:]}={v:.1f}" for k, v in checks.items()))
     if args.device.startswith("cuda"):

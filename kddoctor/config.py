@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .errors import UserError
 
@@ -19,8 +19,8 @@ class Budgets:
 
     feature_rows: int = 2048  # per split: penultimate features + logits kept for probes
     probe_samples: int = 512  # inputs cached per split for the fine-tuning probes
-    fit_steps: int = 80  # capacity fit probe: pure-KD fine-tuning steps
-    sweep_steps: int = 24  # alpha/T sweep: fine-tuning steps per setting (9 settings)
+    fit_steps: int = 64  # capacity fit probe: pure-KD fine-tuning steps
+    sweep_steps: int = 20  # alpha/T sweep: fine-tuning steps per setting (9 settings)
     grad_batches: int = 4  # gradient balance: train batches averaged
     bn_batches: int = 16  # BN recalibration: forward passes over cached train inputs
     probe_batch: int = 32  # batch size of every fine-tuning step
@@ -31,8 +31,8 @@ class Budgets:
         return cls(
             feature_rows=512,
             probe_samples=256,
-            fit_steps=60,
-            sweep_steps=20,
+            fit_steps=48,
+            sweep_steps=16,
             grad_batches=2,
             bn_batches=8,
             probe_batch=32,
@@ -55,7 +55,6 @@ class DiagnoseConfig:
     seed: int = 0
     quick: bool = False
     save_logits: bool = False
-    skip_checks: tuple[str, ...] = ()
     budgets: Budgets = field(default_factory=Budgets)
 
     def __post_init__(self) -> None:
@@ -75,15 +74,3 @@ class DiagnoseConfig:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.quick and self.budgets == Budgets():
             self.budgets = Budgets.quick()
-
-    @property
-    def weights(self) -> tuple[float, float]:
-        """(CE weight, KD weight) as the user's convention states them, before T^2 and reduction."""
-        if self.alpha_on == "kd":
-            return 1.0 - self.alpha, self.alpha
-        return self.alpha, 1.0 - self.alpha
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["skip_checks"] = list(self.skip_checks)
-        return d

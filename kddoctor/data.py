@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +25,6 @@ class DataBundle:
     splits: dict[str, Iterable]
     num_classes: int | None = None
     class_names: list[str] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_data_args(pairs: Iterable[str]) -> dict:
@@ -118,10 +117,7 @@ def image_folder(
         ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory
     )
     return DataBundle(
-        {"train": mk(train), "val": mk(val)},
-        num_classes=len(train.classes),
-        class_names=list(train.classes),
-        notes=[f"ImageFolder with the student's eval transform: {cfg}"],
+        {"train": mk(train), "val": mk(val)}, num_classes=len(train.classes), class_names=list(train.classes)
     )
 
 

@@ -3,7 +3,3 @@
 
 class UserError(Exception):
     """Bad input: the message says what is wrong and how to fix it, in one line."""
-
-
-class Interrupted(Exception):
-    """The run was interrupted (Ctrl-C); nothing was written."""

@@ -52,8 +52,6 @@ class Evaluation:
             caps.add("cache")
         if has_mode_layers(self.student) or has_mode_layers(self.teacher):
             caps.add("norm_layers")
-        if any(p.requires_grad for p in self.student.parameters()) or any(
-            True for _ in self.student.parameters()
-        ):
+        if any(True for _ in self.student.parameters()):
             caps.add("trainable")
         return caps
