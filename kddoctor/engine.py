@@ -206,6 +206,49 @@ class _MicroBatcher:
                 self.splits += 1
 
 
+class _Retained:
+    """What the pass keeps besides the streaming state: bounded subsets, and every logit on request."""
+
+    def __init__(self, cache_rows: int, feature_rows: int, save_logits: bool, cuda: bool) -> None:
+        self.cache_rows, self.feature_rows, self.save_logits, self.cuda = (
+            cache_rows,
+            feature_rows,
+            save_logits,
+            cuda,
+        )
+        self.cache_x: list[torch.Tensor] = []
+        self.cache_y: list[torch.Tensor] = []
+        self.subset: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+        self.full: dict[str, list[torch.Tensor]] = {"teacher": [], "student": [], "targets": []}
+        self.cached = self.subset_rows = 0
+
+    def add_inputs(self, x_cpu: torch.Tensor, y_cpu: torch.Tensor) -> None:
+        """The first `cache_rows` inputs (CPU copies) for the fine-tuning probes."""
+        if self.cached < self.cache_rows:
+            take = min(len(x_cpu), self.cache_rows - self.cached)
+            self.cache_x.append(x_cpu[:take].clone())
+            self.cache_y.append(y_cpu[:take].clone())
+            self.cached += take
+
+    def add_outputs(self, t: torch.Tensor, s: torch.Tensor, y_cpu: torch.Tensor) -> None:
+        if self.subset_rows < self.feature_rows:
+            take = min(len(t), self.feature_rows - self.subset_rows)
+            self.subset["teacher"].append(t[:take])
+            self.subset["student"].append(s[:take])
+            self.subset_rows += take
+        if self.save_logits:
+            self.full["teacher"].append(t.to("cpu", non_blocking=self.cuda))
+            self.full["student"].append(s.to("cpu", non_blocking=self.cuda))
+            self.full["targets"].append(y_cpu)
+
+    def fill(self, result: SplitResult) -> None:
+        result.logits_subset = {k: torch.cat(v).cpu().numpy() for k, v in self.subset.items() if v}
+        result.cache_x = torch.cat(self.cache_x) if self.cache_x else None
+        result.cache_y = torch.cat(self.cache_y) if self.cache_y else None
+        if self.save_logits:
+            result.all_logits = {k: torch.cat(v).numpy() for k, v in self.full.items()}
+
+
 def evaluate_split(
     teacher: nn.Module,
     student: nn.Module,
@@ -231,58 +274,28 @@ def evaluate_split(
     taps = {"teacher": FeatureTap(teacher, feature_rows), "student": FeatureTap(student, feature_rows)}
     run = _MicroBatcher()
     metrics: PairMetrics | None = None
-    columns = SampleColumns()
-    inputs = InputStats()
-    logit_chunks: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
-    subset_rows = 0
-    full: dict[str, list[torch.Tensor]] = {"teacher": [], "student": [], "targets": []}
-    cache_x: list[torch.Tensor] = []
-    cache_y: list[torch.Tensor] = []
-    cached = 0
+    columns, inputs = SampleColumns(), InputStats()
+    kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
     rows_seen = 0
     task = bar.add_task(f"evaluating {name}", total=loader_length(loader, limit)) if bar else None
     try:
         with torch.inference_mode():
             for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, limit, rank, world)):
-                if cached < cache_rows:
-                    take = min(len(x_cpu), cache_rows - cached)
-                    cache_x.append(x_cpu[:take].clone())
-                    cache_y.append(y_cpu[:take].clone())
-                    cached += take
-                hit = None
-                if teacher_cache is not None:
-                    digest = batch_fingerprint(x_cpu)
-                    hit = teacher_cache.lookup(index, digest)
+                kept.add_inputs(x_cpu, y_cpu)
                 x = x_cpu.to(device, non_blocking=cuda)
                 y = y_cpu.to(device, non_blocking=cuda)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 inputs.update(x)
-                if hit is not None:
-                    t = hit.to(device, non_blocking=cuda)
-                    _feed_cached_features(taps["teacher"], teacher_cache, rows_seen, len(x))
-                else:
-                    t = run(teacher, x, cuda)
+                t = _teacher_logits(teacher, x, x_cpu, index, rows_seen, run, teacher_cache, taps["teacher"])
                 s = run(student, x, cuda)
-                if teacher_cache is not None:
-                    teacher_cache.record(
-                        digest, hit if hit is not None else t.to("cpu", non_blocking=cuda), hit is not None
-                    )
                 if metrics is None:
                     _check_shapes(t, s, x, num_classes)
                     num_classes = t.shape[1]
                     metrics = PairMetrics(num_classes, device)
                 columns.append(metrics.update(t, s, y))
+                kept.add_outputs(t, s, y_cpu)
                 rows_seen += len(x)
-                if subset_rows < feature_rows:
-                    take = min(len(t), feature_rows - subset_rows)
-                    logit_chunks["teacher"].append(t[:take])
-                    logit_chunks["student"].append(s[:take])
-                    subset_rows += take
-                if save_logits:
-                    full["teacher"].append(t.cpu())
-                    full["student"].append(s.cpu())
-                    full["targets"].append(y_cpu)
                 if bar is not None:
                     bar.advance(task)
     finally:
@@ -293,10 +306,8 @@ def evaluate_split(
         raise UserError(f"the {name} split has fewer batches than there are ranks ({world})")
     if cuda:
         torch.cuda.synchronize(device)  # the non_blocking copies above are complete from here on
-    if teacher_cache is not None and rank == 0:
+    if teacher_cache is not None:
         teacher_cache.save(feats["teacher"])
-    elif teacher_cache is not None:
-        teacher_cache.save(None)
     local_rows = int(metrics.stats["n"])
     if world > 1:
         metrics.all_reduce()
@@ -308,29 +319,38 @@ def evaluate_split(
             "check --num-classes and the label encoding"
         )
     samples = columns.finish()
-    if world > 1:
-        samples = _gather_samples(samples)
     result = SplitResult(
         name=name,
-        metrics=metrics.compute(),
+        metrics={**metrics.compute(), "n": int(stats["n"]), "excluded_nonfinite": int(stats["nonfinite"])},
         stats=stats,
-        samples=samples,
+        samples=_gather_samples(samples) if world > 1 else samples,
         inputs=inputs.compute(),
         features=feats,
-        logits_subset={k: torch.cat(v).cpu().numpy() for k, v in logit_chunks.items() if v},
-        cache_x=torch.cat(cache_x) if cache_x else None,
-        cache_y=torch.cat(cache_y) if cache_y else None,
         seconds=time.perf_counter() - start,
+        local_rows=local_rows,
+        micro_batch_splits=run.splits,
+        teacher_cache=None
+        if teacher_cache is None
+        else {"hits": teacher_cache.hits, "misses": teacher_cache.misses},
     )
-    result.metrics["n"] = int(stats["n"])
-    result.metrics["excluded_nonfinite"] = int(stats["nonfinite"])
-    result.local_rows = local_rows
-    result.micro_batch_splits = run.splits
-    if teacher_cache is not None:
-        result.teacher_cache = {"hits": teacher_cache.hits, "misses": teacher_cache.misses}
-    if save_logits:
-        result.all_logits = {k: torch.cat(v).numpy() for k, v in full.items()}
+    kept.fill(result)
     return result
+
+
+def _teacher_logits(teacher, x, x_cpu, index, rows_seen, run, cache, tap) -> torch.Tensor:
+    """The teacher's logits for one batch: from the cache when its inputs are unchanged, else computed."""
+    cuda = x.device.type == "cuda"
+    if cache is None:
+        return run(teacher, x, cuda)
+    digest = batch_fingerprint(x_cpu)
+    hit = cache.lookup(index, digest)
+    if hit is not None:
+        _feed_cached_features(tap, cache, rows_seen, len(x))
+        cache.record(digest, hit, True)
+        return hit.to(x.device, non_blocking=cuda)
+    t = run(teacher, x, cuda)
+    cache.record(digest, t.to("cpu", non_blocking=cuda), False)
+    return t
 
 
 def _feed_cached_features(tap: FeatureTap, cache: TeacherCache, start: int, n: int) -> None:
