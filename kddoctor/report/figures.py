@@ -18,55 +18,28 @@ def _layout(title: str, **kw) -> dict:
     return {**BASE_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **kw}
 
 
+def _bar(name: str, y: list, color: str, axis: int, **kw) -> dict:
+    suffix = "" if axis == 1 else str(axis)
+    return {
+        "type": "bar",
+        "name": name,
+        "x": ["train", "val"],
+        "y": y,
+        "marker": {"color": color},
+        "xaxis": f"x{suffix}",
+        "yaxis": f"y{suffix}",
+        **kw,
+    }
+
+
 def gap_figure(m: dict) -> dict:
     splits = ["train", "val"]
     data = []
     for model, color in (("teacher", TEACHER), ("student", STUDENT)):
-        data.append(
-            {
-                "type": "bar",
-                "name": f"{model} loss",
-                "x": splits,
-                "y": [m[s][model]["loss"] for s in splits],
-                "marker": {"color": color},
-                "xaxis": "x",
-                "yaxis": "y",
-            }
-        )
-        data.append(
-            {
-                "type": "bar",
-                "name": f"{model} acc",
-                "x": splits,
-                "y": [m[s][model]["acc"] for s in splits],
-                "marker": {"color": color},
-                "xaxis": "x2",
-                "yaxis": "y2",
-                "showlegend": False,
-            }
-        )
-    data.append(
-        {
-            "type": "bar",
-            "name": "agreement",
-            "x": splits,
-            "y": [m[s]["agreement"] for s in splits],
-            "marker": {"color": "#54A24B"},
-            "xaxis": "x3",
-            "yaxis": "y3",
-        }
-    )
-    data.append(
-        {
-            "type": "bar",
-            "name": "KL(t‖s)",
-            "x": splits,
-            "y": [m[s]["kl"] for s in splits],
-            "marker": {"color": "#B279A2"},
-            "xaxis": "x4",
-            "yaxis": "y4",
-        }
-    )
+        data.append(_bar(f"{model} loss", [m[s][model]["loss"] for s in splits], color, 1))
+        data.append(_bar(f"{model} acc", [m[s][model]["acc"] for s in splits], color, 2, showlegend=False))
+    data.append(_bar("agreement", [m[s]["agreement"] for s in splits], "#54A24B", 3))
+    data.append(_bar("KL(t‖s)", [m[s]["kl"] for s in splits], "#B279A2", 4))
     layout = _layout(
         "Train vs val: loss, accuracy, agreement, KL",
         barmode="group",
