@@ -28,7 +28,7 @@ from .data import DataBundle
 from .engine import evaluate_split, pick_device
 from .errors import UserError
 from .evaluation import Evaluation
-from .losses import effective_weights
+from .losses import effective_weights, loss_weights
 
 SCHEMA = "kddoctor/results/v1"
 _UMASK = os.umask(0)
@@ -332,7 +332,7 @@ def convention_sentence(cfg: DiagnoseConfig, eff: dict) -> str:
 def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:
     """Values remedies are written with: the user's convention, the sweep's advice, the normalization."""
     cfg = ev.config
-    w_ce, w_kd = (1 - cfg.alpha, cfg.alpha) if cfg.alpha_on == "kd" else (cfg.alpha, 1 - cfg.alpha)
+    w_kd = loss_weights(cfg.alpha, cfg.alpha_on)[1]
     ctx = {
         "alpha": cfg.alpha,
         "alpha_on": cfg.alpha_on,

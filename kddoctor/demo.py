@@ -97,7 +97,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDDOCTOR_CACHE", Path.home() / ".cache" / "kddoctor"))
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a per-process temporary name, then rename: concurrent builds never see half a file."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -122,7 +123,7 @@ def build_teacher(root: Path | None = None) -> tuple[Path, nn.Module]:
     root.mkdir(parents=True, exist_ok=True)
     x, y = digits_train_tensors()
     _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
-    _atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
+    atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
     return t_path, teacher.eval()
 
 
@@ -154,7 +155,7 @@ def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
         weight_decay=DEMO_RECIPE["student_wd"],
         seed=1,
     )
-    _atomic_save({"model": student.state_dict(), "epoch": DEMO_RECIPE["student_epochs"]}, s_path)
+    atomic_save({"model": student.state_dict(), "epoch": DEMO_RECIPE["student_epochs"]}, s_path)
     return t_path, s_path
 
 

@@ -188,9 +188,7 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
         seed=1,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    demo.atomic_save(model.state_dict(), path)
     return model.eval()
 
 
