@@ -9,6 +9,19 @@ from rich.table import Table
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim", "error": "magenta"}
 
 
+VERDICT_STYLE = {"likely": "bold red", "unexplained_gap": "bold yellow", "healthy": "bold green"}
+
+
+def render_verdict(d: dict, console: Console) -> None:
+    """The one-line verdict (likely cause / unexplained gap with its lead / healthy), then the notes."""
+    v = d.get("verdict") or {}
+    if v.get("sentence"):
+        head, _, rest = v["sentence"].partition(":")
+        console.print(f"[{VERDICT_STYLE.get(v.get('kind'), 'bold')}]{escape(head)}:[/]{escape(rest)}")
+    for note in d.get("notes") or []:
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
 def render_summary(d: dict, console: Console, out_dir: str | None = None) -> None:
     """Print a results.json document as rich tables."""
     run, m = d["run"], d["metrics"]
@@ -61,16 +74,7 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
                 escape(cause["remedies"][0]) if cause["likely"] or cause is d["causes"][0] else "",
             )
         console.print(r)
-        likely = [c for c in d["causes"] if c["likely"]]
-        if likely:
-            top = likely[0]
-            console.print(
-                f"[bold]Most likely:[/] {top['id']} ({top['score']:.2f}) — {escape(top['evidence'][0])}"
-            )
-        else:
-            console.print(
-                "[bold green]No likely cause[/]: the student's train/val behaviour tracks the teacher's."
-            )
+        render_verdict(d, console)
     gate = d.get("gate") or {}
     if gate.get("policy"):
         verdict = "[green]passed[/]" if gate["passed"] else "[bold red]FAILED[/]"

@@ -92,8 +92,14 @@ def distill(
     seed: int = 0,
     teacher_train_mode: bool = False,
     augment: bool = False,
+    teacher_input=None,
+    student_input=None,
+    loss_fn=None,
 ) -> nn.Module:
-    """A standard KD loop (teacher frozen, in eval mode unless `teacher_train_mode` plants that bug)."""
+    """A standard KD loop (teacher frozen, in eval mode unless `teacher_train_mode` plants that bug).
+
+    `teacher_input` / `student_input` map the batch to what each model sees (per-model normalization);
+    `loss_fn(s, t, y)` replaces kddoctor's own loss (a KD framework's objective, reproduced)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * -(-len(x) // batch_size)
@@ -107,17 +113,21 @@ def distill(
                 shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
                 xb = torch.roll(xb, shifts=shift, dims=(2, 3))
             with torch.no_grad():
-                t = teacher(xb)
-            loss = kd_loss(
-                student(xb),
-                t,
-                y[idx],
-                alpha=alpha,
-                alpha_on=alpha_on,
-                temperature=temperature,
-                t2=t2,
-                reduction=reduction,
-            )
+                t = teacher(teacher_input(xb) if teacher_input else xb)
+            s = student(student_input(xb) if student_input else xb)
+            if loss_fn is not None:
+                loss = loss_fn(s, t, y[idx])
+            else:
+                loss = kd_loss(
+                    s,
+                    t,
+                    y[idx],
+                    alpha=alpha,
+                    alpha_on=alpha_on,
+                    temperature=temperature,
+                    t2=t2,
+                    reduction=reduction,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

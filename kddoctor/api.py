@@ -21,7 +21,7 @@ from ._cache import TeacherCache, model_fingerprint
 from ._dist import gather_ints, rank_world
 from ._progress import progress
 from ._version import __version__
-from .causes import rank
+from .causes import rank, verdict
 from .checks.base import Finding, get_check, jsonable, list_checks, run_check
 from .config import DiagnoseConfig
 from .data import DataBundle
@@ -29,6 +29,7 @@ from .engine import evaluate_split, pick_device
 from .errors import UserError
 from .evaluation import Evaluation
 from .losses import effective_weights, loss_weights
+from .metrics.functional import proportion_intervals
 
 SCHEMA = "kddoctor/results/v1"
 _UMASK = os.umask(0)
@@ -44,6 +45,8 @@ class Diagnosis:
     checks: list[Finding]
     causes: list[dict]
     gate: dict = field(default_factory=lambda: {"passed": True, "failures": []})
+    verdict: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # aggregated plot data for the report
     logits: dict[str, np.ndarray] | None = None
 
@@ -56,6 +59,8 @@ class Diagnosis:
                 "metrics": self.metrics,
                 "checks": [f.to_dict() for f in self.checks],
                 "causes": self.causes,
+                "verdict": self.verdict,
+                "notes": self.notes,
                 "gate": self.gate,
             }
         )
@@ -203,11 +208,15 @@ def diagnose(
         teacher.train(modes[0])
         student.train(modes[1])
     metrics = {
-        name: {k: r.metrics[k] for k in ("teacher", "student", "agreement", "kl", "n", "excluded_nonfinite")}
+        name: {
+            **{k: r.metrics[k] for k in ("teacher", "student", "agreement", "kl", "n", "excluded_nonfinite")},
+            "ci95": proportion_intervals(r.stats),
+        }
         for name, r in splits.items()
     }
     run = _run_metadata(ev, teacher_spec, student_spec, class_names)
-    causes = rank([f.to_dict() for f in findings], remedy_context(ev, findings))
+    finding_dicts = [f.to_dict() for f in findings]
+    causes = rank(finding_dicts, remedy_context(ev, findings))
     timings = {f"eval_{name}": r.seconds for name, r in splits.items()}
     timings.update({f"check_{f.id}": f.seconds for f in findings})
     run["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -222,7 +231,16 @@ def diagnose(
     logits = None
     if cfg.save_logits:
         logits = {f"{name}_{k}": v for name, r in splits.items() for k, v in (r.all_logits or {}).items()}
-    return Diagnosis(run=run, metrics=metrics, checks=findings, causes=causes, details=details, logits=logits)
+    return Diagnosis(
+        run=run,
+        metrics=metrics,
+        checks=findings,
+        causes=causes,
+        verdict=verdict(finding_dicts, causes),
+        notes=run_notes(ev),
+        details=details,
+        logits=logits,
+    )
 
 
 def _evaluate_splits(teacher, student, loaders, cfg, dev, num_classes, bar, channels_last, cache) -> dict:
@@ -248,6 +266,8 @@ def _evaluate_splits(teacher, student, loaders, cfg, dev, num_classes, bar, chan
             rank=rank_,
             world=world,
             teacher_cache=tc,
+            seed=cfg.seed,
+            probe_augmentation=name in ("train", "train_eval"),
         )
         num_classes = num_classes or len(splits[name].stats["cls_count"])
     return splits
@@ -303,6 +323,21 @@ def _run_metadata(
     if splits_oom:
         run["micro_batch_splits"] = splits_oom
     return run
+
+
+def run_notes(ev: Evaluation) -> list[str]:
+    """What the reader must know to read the numbers: the train side, augmentation, subsets."""
+    notes = [f"train-side measurements (gaps, membership, probes) use the '{ev.train_source}' loader"]
+    if ev.train_augmented:
+        fix = "" if ev.train_source == "train_eval" else "; pass a 'train_eval' loader to measure without it"
+        notes.append(
+            f"the {ev.train_source} loader augments ({ev.train.augmented:.0%} of inputs change between "
+            f"two passes): train-side numbers are measured on augmented inputs{fix}"
+        )
+    for name, r in ev.splits.items():
+        if r.sampled:
+            notes.append(f"{name}: {r.sampled}")
+    return notes
 
 
 def _per_class(stats: dict) -> dict:

@@ -1,4 +1,13 @@
-"""Rank the causes: a pure function of the findings and the catalogue in causes.toml."""
+"""Rank the causes: a pure function of the findings and the catalogue in causes.toml.
+
+A cause is one or more *mechanisms* (distribution mismatch: input statistics, a broken val pipeline,
+BatchNorm statistics, a train-mode teacher, covariate shift). Each mechanism has its own supporting and
+contradicting signals, so a contradiction only vetoes the mechanism it disproves; the cause scores as
+its best mechanism. A cause explains a gap, so its score never exceeds the strength of the gap that the
+pair shows (size and statistical certainty, `[gap]` in the catalogue): a pair without a gap has no
+likely cause, and a pair with a gap but no likely cause gets an "unexplained gap" verdict naming the
+strongest lead instead of a calm one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ CAUSE_IDS = (
     "optimization",
 )
 LIKELY = 0.5
+SICK_VAL_GAP = 0.03  # a student this far below its teacher on val is never called fine
 
 
 @cache
@@ -23,7 +33,8 @@ def catalogue() -> dict:
     """The shipped cause/remedy catalogue."""
     text = resources.files("kddoctor").joinpath("causes.toml").read_text()
     data = tomllib.loads(text)
-    assert tuple(data) == CAUSE_IDS, f"catalogue causes {tuple(data)} != {CAUSE_IDS}"
+    causes = tuple(k for k in data if k != "gap")
+    assert causes == CAUSE_IDS, f"catalogue causes {causes} != {CAUSE_IDS}"
     return data
 
 
@@ -47,23 +58,95 @@ def _noisy_or(strengths: list[float]) -> float:
     return 1.0 - p
 
 
+def _value(evidence: dict[str, dict], check: str, key: str) -> float | None:
+    value = evidence.get(check, {}).get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return float(value)
+
+
 def _signals(signals: list[dict], evidence: dict[str, dict], field: str) -> tuple[list[float], list[str]]:
     strengths, sentences = [], []
     for sig in signals:
-        value = evidence.get(sig["check"], {}).get(sig["key"])
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        value = _value(evidence, sig["check"], sig["key"])
+        if value is None:
             continue
-        s = sig["weight"] * ramp(float(value), sig["lo"], sig["hi"])
+        s = sig["weight"] * ramp(value, sig["lo"], sig["hi"])
         strengths.append(s)
         if s > 0:
-            sentences.append((s, sig[field].format(v=_fmt(float(value), sig["fmt"]))))
+            sentences.append((s, sig[field].format(v=_fmt(value, sig["fmt"]))))
     sentences.sort(key=lambda t: -t[0])
     return strengths, [t[1] for t in sentences]
+
+
+def gap_strength(evidence: dict[str, dict]) -> dict:
+    """How big and how certain the gap is that a cause would explain (0: none, 1: clear).
+
+    Each gap signal scores ramp(size) * ramp(z): a large gap inside the noise of a small split is no
+    more a gap than a tiny, certain one.
+    """
+    cfg = catalogue()["gap"]
+    best, sentences, values = 0.0, [], {}
+    for sig in cfg["signals"]:
+        value = _value(evidence, sig["check"], sig["key"])
+        z = _value(evidence, sig["check"], sig["z_key"])
+        if value is None or z is None:
+            continue
+        strength = ramp(value, sig["lo"], sig["hi"]) * ramp(z, cfg["z_lo"], cfg["z_hi"])
+        values[sig["key"]] = {"value": value, "z": z, "strength": round(strength, 4)}
+        if strength > 0:
+            sentences.append((strength, sig["say"].format(v=_fmt(value, sig["fmt"]), z=f"{z:.1f}")))
+        best = max(best, strength)
+    sentences.sort(key=lambda t: -t[0])
+    return {"strength": round(best, 4), "evidence": [s for _, s in sentences], "signals": values}
+
+
+def _mechanism(mech: dict, evidence: dict[str, dict]) -> dict:
+    sup, sup_say = _signals(mech.get("support", []), evidence, "say")
+    con, con_say = _signals(mech.get("against", []), evidence, "why")
+    support, against = _noisy_or(sup), _noisy_or(con)
+    return {
+        "score": support * (1.0 - against),
+        "support": support,
+        "against": against,
+        "evidence": sup_say + [f"against: {s}" for s in con_say],
+    }
 
 
 class _Blank(string.Formatter):
     def get_value(self, key, args, kwargs):
         return kwargs.get(key, "?") if isinstance(key, str) else super().get_value(key, args, kwargs)
+
+
+def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, ctx: dict) -> dict:
+    mechs = {name: _mechanism(m, evidence) for name, m in cause["mechanisms"].items()}
+    name, best = max(mechs.items(), key=lambda kv: kv[1]["score"])
+    score = round(min(best["score"], gap), 4)
+    sentences = best["evidence"] or ["no check reported a sign of this cause"]
+    if best["score"] > score + 1e-9:
+        sentences = sentences + [
+            f"capped at {score:.2f}: the gap it would explain is that small or that noisy"
+        ]
+    order = cause["mechanisms"][name].get("first", [])
+    remedies = [cause["remedies"][i] for i in order] + [
+        r for i, r in enumerate(cause["remedies"]) if i not in order
+    ]
+    fmt = _Blank()
+    return {
+        "id": cid,
+        "title": cause["title"],
+        "score": score,
+        "likely": score >= LIKELY,
+        "mechanism": name,
+        "mechanism_title": cause["mechanisms"][name]["title"],
+        "raw_score": round(best["score"], 4),
+        "mechanisms": {n: round(m["score"], 4) for n, m in mechs.items()},
+        "support": round(best["support"], 4),
+        "against": round(best["against"], 4),
+        "evidence": sentences,
+        "remedies": [fmt.format(r["say"], **ctx) for r in remedies],
+        "remedy_code": [fmt.format(r.get("code", ""), **ctx) for r in remedies],
+    }
 
 
 def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
@@ -72,31 +155,50 @@ def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
     Only checks that ran (pass/warn/fail) contribute evidence; skipped or errored checks say nothing.
     """
     evidence = {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
-    ctx = context or {}
-    out = []
-    for cid, cause in catalogue().items():
-        sup, sup_say = _signals(cause["support"], evidence, "say")
-        con, con_say = _signals(cause["against"], evidence, "why")
-        support, against = _noisy_or(sup), _noisy_or(con)
-        score = round(support * (1.0 - against), 4)
-        sentences = sup_say + [f"against: {s}" for s in con_say]
-        if not sentences:
-            sentences = ["no check reported a sign of this cause"]
-        fmt = _Blank()
-        remedies = [fmt.format(r["say"], **ctx) for r in cause["remedies"]]
-        codes = [fmt.format(r.get("code", ""), **ctx) for r in cause["remedies"]]
-        out.append(
-            {
-                "id": cid,
-                "title": cause["title"],
-                "score": score,
-                "likely": score >= LIKELY,
-                "support": round(support, 4),
-                "against": round(against, 4),
-                "evidence": sentences,
-                "remedies": remedies,
-                "remedy_code": codes,
-            }
-        )
-    out.sort(key=lambda c: (-c["score"], CAUSE_IDS.index(c["id"])))
+    gap = gap_strength(evidence)["strength"]
+    cat = catalogue()
+    out = [_score_cause(cid, cat[cid], evidence, gap, context or {}) for cid in CAUSE_IDS]
+    out.sort(key=lambda c: (-c["score"], -c["raw_score"], CAUSE_IDS.index(c["id"])))
     return out
+
+
+def verdict(findings: list[dict], causes: list[dict]) -> dict:
+    """The one-line conclusion: likely causes, an unexplained gap with its strongest lead, or healthy."""
+    evidence = {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
+    gap = gap_strength(evidence)
+    likely = [c for c in causes if c["likely"]]
+    val_gap = _value(evidence, "generalization_gap", "val_acc_gap") or 0.0
+    flagged = {s["key"] for s in catalogue()["gap"]["signals"] if s.get("verdict")}
+    val_strength = max([v["strength"] for k, v in gap["signals"].items() if k in flagged] or [0.0])
+    out = {"gap": gap}
+    if likely:
+        top = likely[0]
+        return {
+            **out,
+            "kind": "likely",
+            "lead": top["id"],
+            "sentence": f"Most likely: {top['id']} ({top['score']:.2f}, {top['mechanism_title']}) — "
+            f"{top['evidence'][0]}",
+        }
+    if val_strength >= LIKELY or val_gap >= SICK_VAL_GAP:
+        lead = max(causes, key=lambda c: (c["raw_score"], c["score"]))
+        what = (
+            gap["evidence"][0]
+            if gap["evidence"]
+            else f"the student is {val_gap:.1%} below its teacher on val"
+        )
+        because = lead["evidence"][0] if lead["raw_score"] > 0 else "no check found a sign of any cause"
+        return {
+            **out,
+            "kind": "unexplained_gap",
+            "lead": lead["id"],
+            "sentence": f"Unexplained gap: {what}; the strongest lead is {lead['id']} "
+            f"({lead['raw_score']:.2f}, {lead['mechanism_title']}) because {because}",
+        }
+    return {
+        **out,
+        "kind": "healthy",
+        "lead": None,
+        "sentence": "No likely cause: the student tracks its teacher on val within the noise of these splits"
+        + (f" (a small train-side gap remains: {gap['evidence'][0]})" if gap["evidence"] else ""),
+    }

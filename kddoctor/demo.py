@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +31,9 @@ DEMO_RECIPE = {
 
 
 class _ConvNet(nn.Module):
-    def __init__(self, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0, block_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
@@ -38,6 +41,8 @@ class _ConvNet(nn.Module):
             layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
             if i == 0:
                 layers.append(nn.MaxPool2d(2))  # 8x8 -> 4x4
+            if block_dropout:
+                layers.append(nn.Dropout2d(block_dropout))
             c_in = w
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.drop = nn.Dropout(dropout)
@@ -66,31 +71,76 @@ def _tensors(x, y) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
 
+class _Augmenting:
+    """A re-iterable loader that draws a fresh random 1-pixel shift for every batch of every pass."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, shift: int, seed: int) -> None:
+        self.x, self.y, self.batch_size, self.shift = (
+            torch.from_numpy(x),
+            torch.from_numpy(y),
+            batch_size,
+            shift,
+        )
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.batch_size):
+            xb = self.x[i : i + self.batch_size]
+            dx, dy = torch.randint(-self.shift, self.shift + 1, (2,), generator=self.gen).tolist()
+            yield torch.roll(xb, shifts=(dx, dy), dims=(2, 3)), self.y[i : i + self.batch_size]
+
+
+VAL_TRANSFORMS = {
+    "standard": lambda x: _train.normalize(x),
+    "none": lambda x: x,  # the val transform dropped the Normalize that train used
+    "div255": lambda x: _train.normalize(x * 16 / 255),  # raw pixels scaled /255 instead of /16
+    "wrongstats": lambda x: _train.normalize(x, 0.5, 0.5),  # another data set's mean and std
+}
+
+
 def digits_loaders(
     train_subset: int | None = None,
     batch_size: int = 128,
     val_normalization: str = "standard",
     label_noise: float = 0.0,
     seed: int = 0,
+    train_augment: int = 0,
+    sort_by_class: bool = False,
+    with_train_eval: bool = False,
 ) -> dict:
     """Data factory for the digits pair: train (the student's distillation set) and val.
 
-    `val_normalization="none"` plants a preprocessing mismatch: val pixels stay in [0, 1].
-    `label_noise` flips that fraction of the train labels (deterministically).
+    `val_normalization` plants a preprocessing mismatch ("none": val pixels stay in [0, 1]; "div255":
+    raw pixels divided by 255 instead of 16). `label_noise` flips that fraction of the train labels
+    (deterministically). `seed` picks the train/val split. `train_augment` makes the train loader shift
+    every batch by up to that many pixels at random (a fresh draw each pass); `with_train_eval` then adds
+    the un-augmented `train_eval` loader. `sort_by_class` serves both splits in class order (as an
+    ImageFolder with shuffle=False does).
     """
     x_tr, y_tr, x_va, y_va = _train.digits_arrays(seed)
     if train_subset:
         x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
     y_tr = _train.noisy_labels(y_tr, label_noise, seed)
     x_tr = _train.normalize(x_tr)
-    x_va = _train.normalize(x_va) if val_normalization == "standard" else x_va
+    x_va = VAL_TRANSFORMS[val_normalization](x_va)
+    if sort_by_class:
+        o_tr, o_va = np.argsort(y_tr, kind="stable"), np.argsort(y_va, kind="stable")
+        x_tr, y_tr, x_va, y_va = x_tr[o_tr], y_tr[o_tr], x_va[o_va], y_va[o_va]
     mk = lambda x, y: torch.utils.data.DataLoader(_tensors(x, y), batch_size=batch_size)  # noqa: E731
-    return {
-        "train": mk(x_tr, y_tr),
+    out = {
+        "train": _Augmenting(x_tr, y_tr, batch_size, train_augment, seed)
+        if train_augment
+        else mk(x_tr, y_tr),
         "val": mk(x_va, y_va),
         "num_classes": 10,
         "class_names": [str(i) for i in range(10)],
     }
+    if with_train_eval:
+        out["train_eval"] = mk(x_tr, y_tr)
+    return out
 
 
 def cache_dir() -> Path:
@@ -109,26 +159,40 @@ def recipe_key(recipe: dict) -> str:
 
 
 TEACHER_KEY = recipe_key({"epochs": DEMO_RECIPE["teacher_epochs"], "v": 2})
+TEACHER_DROPOUT = {"standard": (0.2, 0.0), "dropout_heavy": (0.5, 0.3)}  # (head, after each block)
 
 
-def build_teacher(root: Path | None = None) -> tuple[Path, nn.Module]:
-    """Train (or reuse) the digits teacher on all 1,437 training digits."""
-    root = (root or cache_dir()) / f"teacher-{TEACHER_KEY}"
+def teacher_key(split_seed: int = 0, variant: str = "standard") -> str:
+    """Cache key of a digits teacher (the demo's own teacher keeps its historical key)."""
+    if split_seed == 0 and variant == "standard":
+        return TEACHER_KEY
+    dropout = TEACHER_DROPOUT[variant]
+    return recipe_key(
+        {"epochs": DEMO_RECIPE["teacher_epochs"], "v": 3, "split": split_seed, "dropout": dropout}
+    )
+
+
+def build_teacher(
+    root: Path | None = None, *, split_seed: int = 0, variant: str = "standard"
+) -> tuple[Path, nn.Module]:
+    """Train (or reuse) the digits teacher on all 1,437 training digits of split `split_seed`."""
+    root = (root or cache_dir()) / f"teacher-{teacher_key(split_seed, variant)}"
     t_path = root / "teacher.pt"
-    torch.manual_seed(0)  # the same initial weights on every machine
-    teacher = teacher_cnn()
+    torch.manual_seed(split_seed)  # the same initial weights on every machine
+    head, block = TEACHER_DROPOUT[variant]
+    teacher = _ConvNet((32, 64, 128), 10, dropout=head, block_dropout=block)
     if t_path.is_file():
         teacher.load_state_dict(torch.load(t_path, weights_only=True)["state_dict"])
         return t_path, teacher.eval()
     root.mkdir(parents=True, exist_ok=True)
-    x, y = digits_train_tensors()
-    _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=0)
+    x, y = digits_train_tensors(split_seed)
+    _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=split_seed)
     atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
     return t_path, teacher.eval()
 
 
-def digits_train_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    x_tr, y_tr, _, _ = _train.digits_arrays(0)
+def digits_train_tensors(split_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x_tr, y_tr, _, _ = _train.digits_arrays(split_seed)
     return torch.from_numpy(_train.normalize(x_tr)), torch.from_numpy(y_tr)
 
 

@@ -6,8 +6,9 @@ On CUDA: bf16 autocast, non_blocking copies, inference_mode, and no per-batch `.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from ._cache import TeacherCache, batch_fingerprint
-from .data import iter_batches, loader_length
+from ._sampling import ContentKeys, KeyFiltered, Reservoir, changed_fraction, is_reiterable, subset_loader
+from .data import iter_batches, loader_length, split_batch
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
 
@@ -67,29 +69,25 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
 
 
 class FeatureTap:
-    """Captures the classifier's input (penultimate features) for the first `budget` rows."""
+    """Captures the classifier's input (penultimate features) of the batch being evaluated."""
 
-    def __init__(self, model: nn.Module, budget: int) -> None:
-        self.budget = budget
-        self.rows = 0
+    def __init__(self, model: nn.Module) -> None:
         self.chunks: list[torch.Tensor] = []
         self.head = classifier_of(model)
         self._handle = self.head.register_forward_pre_hook(self._hook) if self.head is not None else None
 
     def _hook(self, module: nn.Module, args: tuple) -> None:
-        if self.rows >= self.budget or not args:
-            return
-        feats = args[0].detach().flatten(1)
-        take = min(len(feats), self.budget - self.rows)
-        self.chunks.append(feats[:take].float())
-        self.rows += take
+        if args:
+            self.chunks.append(args[0].detach().flatten(1).float())
 
-    def close(self) -> np.ndarray | None:
+    def take(self) -> torch.Tensor | None:
+        """Features of the last batch (micro-batches joined), or None when the head did not run."""
+        chunks, self.chunks = self.chunks, []
+        return torch.cat(chunks) if chunks else None
+
+    def close(self) -> None:
         if self._handle is not None:
             self._handle.remove()
-        if not self.chunks:
-            return None
-        return torch.cat(self.chunks).cpu().numpy()
 
 
 class InputStats:
@@ -160,7 +158,11 @@ class InputStats:
 
 @dataclass
 class SplitResult:
-    """Everything one split's pass leaves behind: fixed-size state plus a few floats per sample."""
+    """Everything one split's pass leaves behind: fixed-size state plus a few floats per sample.
+
+    The probe subsets (`cache_x`, `features`, `logits_subset`) are bottom-k samples by content key:
+    a seeded uniform random sample that is the same whatever order the loader yields the data in.
+    """
 
     name: str
     metrics: dict
@@ -168,14 +170,17 @@ class SplitResult:
     samples: dict[str, np.ndarray]
     inputs: dict
     features: dict[str, np.ndarray | None] = field(default_factory=dict)
-    logits_subset: dict[str, np.ndarray] = field(default_factory=dict)
+    logits_subset: dict[str, np.ndarray] = field(default_factory=dict)  # teacher, student, target
     cache_x: torch.Tensor | None = None
     cache_y: torch.Tensor | None = None
+    proj: np.ndarray | None = None  # per-sample content projection (float64), for augmentation checks
     all_logits: dict[str, np.ndarray] | None = None
     seconds: float = 0.0
     local_rows: int = 0  # samples this rank evaluated (all of them in a single process)
     micro_batch_splits: int = 0  # how often a CUDA OOM made the engine halve its batch
     teacher_cache: dict | None = None  # hits / misses when the teacher cache was used
+    sampled: str | None = None  # how the split was subsampled (--limit / --train-samples), if it was
+    augmented: float | None = None  # share of inputs that differ on a second pass (augmentation)
 
     @property
     def n(self) -> int:
@@ -207,46 +212,63 @@ class _MicroBatcher:
 
 
 class _Retained:
-    """What the pass keeps besides the streaming state: bounded subsets, and every logit on request."""
+    """What the pass keeps besides the streaming state: two bottom-k reservoirs keyed by content (inputs
+    for the fine-tuning probes; features and logits for the linear probes and calibration), and every
+    logit on request."""
 
     def __init__(self, cache_rows: int, feature_rows: int, save_logits: bool, cuda: bool) -> None:
-        self.cache_rows, self.feature_rows, self.save_logits, self.cuda = (
-            cache_rows,
-            feature_rows,
-            save_logits,
-            cuda,
-        )
-        self.cache_x: list[torch.Tensor] = []
-        self.cache_y: list[torch.Tensor] = []
-        self.subset: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+        self.inputs = Reservoir(cache_rows)
+        self.outputs = Reservoir(feature_rows)
+        self.save_logits, self.cuda = save_logits, cuda
         self.full: dict[str, list[torch.Tensor]] = {"teacher": [], "student": [], "targets": []}
-        self.cached = self.subset_rows = 0
+        self.feat_width: dict[str, int] = {}
 
-    def add_inputs(self, x_cpu: torch.Tensor, y_cpu: torch.Tensor) -> None:
-        """The first `cache_rows` inputs (CPU copies) for the fine-tuning probes."""
-        if self.cached < self.cache_rows:
-            take = min(len(x_cpu), self.cache_rows - self.cached)
-            self.cache_x.append(x_cpu[:take].clone())
-            self.cache_y.append(y_cpu[:take].clone())
-            self.cached += take
-
-    def add_outputs(self, t: torch.Tensor, s: torch.Tensor, y_cpu: torch.Tensor) -> None:
-        if self.subset_rows < self.feature_rows:
-            take = min(len(t), self.feature_rows - self.subset_rows)
-            self.subset["teacher"].append(t[:take])
-            self.subset["student"].append(s[:take])
-            self.subset_rows += take
+    def add(self, key, x, y, t, s, feats: dict[str, torch.Tensor | None], y_cpu) -> None:
+        """Offer one batch's rows (key +inf for rows excluded from every metric)."""
+        self.inputs.offer(key, x=x, y=y)
+        cols = {"teacher": t, "student": s, "target": y}
+        for role, f in feats.items():
+            if f is None:  # the teacher came from the cache: its features are filled in at the end
+                width = self.feat_width.get(role, 0)
+                f = torch.full((len(t), width), float("nan"), device=t.device)
+            self.feat_width[role] = f.shape[1]
+            cols[f"feat_{role}"] = f
+        self.outputs.offer(key, **cols)
         if self.save_logits:
             self.full["teacher"].append(t.to("cpu", non_blocking=self.cuda))
             self.full["student"].append(s.to("cpu", non_blocking=self.cuda))
             self.full["targets"].append(y_cpu)
 
-    def fill(self, result: SplitResult) -> None:
-        result.logits_subset = {k: torch.cat(v).cpu().numpy() for k, v in self.subset.items() if v}
-        result.cache_x = torch.cat(self.cache_x) if self.cache_x else None
-        result.cache_y = torch.cat(self.cache_y) if self.cache_y else None
+    def fill(self, result: SplitResult, cache: TeacherCache | None) -> None:
+        _, ins = self.inputs.result()
+        result.cache_x = ins["x"].cpu() if ins else None
+        result.cache_y = ins["y"].cpu() if ins else None
+        keys, outs = self.outputs.result()
+        keys_np = keys.cpu().numpy()
+        result.logits_subset = {
+            k: outs[k].cpu().numpy() for k in ("teacher", "student", "target") if k in outs
+        }
+        feats = {
+            r: (outs[f"feat_{r}"].cpu().numpy() if f"feat_{r}" in outs else None)
+            for r in ("teacher", "student")
+        }
+        if cache is not None:
+            feats["teacher"] = cache.fill_features(keys_np, feats["teacher"])
+            cache.keep_features(keys_np, feats["teacher"])
+        feats = {r: (None if f is None or f.shape[1] == 0 else f) for r, f in feats.items()}
+        result.features = _drop_missing_feature_rows(feats, result)
         if self.save_logits:
             result.all_logits = {k: torch.cat(v).numpy() for k, v in self.full.items()}
+
+
+def _drop_missing_feature_rows(feats: dict, result: SplitResult) -> dict:
+    """Rows whose teacher features are unknown (cached logits without cached features) leave the subset."""
+    t = feats.get("teacher")
+    if t is None or not np.isnan(t).any():
+        return feats
+    ok = ~np.isnan(t).any(1)
+    result.logits_subset = {k: v[ok] for k, v in result.logits_subset.items()}
+    return {k: (v[ok] if v is not None else None) for k, v in feats.items()}
 
 
 def evaluate_split(
@@ -266,48 +288,56 @@ def evaluate_split(
     rank: int = 0,
     world: int = 1,
     teacher_cache: TeacherCache | None = None,
+    seed: int = 0,
+    probe_augmentation: bool = False,
 ) -> SplitResult:
     """Run both models over one split in a single streaming pass (the teacher's logits may come from
-    the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced)."""
+    the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced).
+
+    `limit` keeps a seeded, loader-order-independent subset of that many samples (see _sampling)."""
     start = time.perf_counter()
     cuda = device.type == "cuda"
-    taps = {"teacher": FeatureTap(teacher, feature_rows), "student": FeatureTap(student, feature_rows)}
+    loader, sampled = limit_loader(loader, limit, seed)
+    taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(student)}
     run = _MicroBatcher()
     metrics: PairMetrics | None = None
-    columns, inputs = SampleColumns(), InputStats()
+    columns, inputs, keys = SampleColumns(), InputStats(), ContentKeys(seed)
     kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
+    projections: list[torch.Tensor] = []
     rows_seen = 0
-    task = bar.add_task(f"evaluating {name}", total=loader_length(loader, limit)) if bar else None
+    task = bar.add_task(f"evaluating {name}", total=loader_length(loader, None)) if bar else None
     try:
         with torch.inference_mode():
-            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, limit, rank, world)):
-                kept.add_inputs(x_cpu, y_cpu)
+            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, None, rank, world)):
                 x = x_cpu.to(device, non_blocking=cuda)
                 y = y_cpu.to(device, non_blocking=cuda)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 inputs.update(x)
-                t = _teacher_logits(teacher, x, x_cpu, index, rows_seen, run, teacher_cache, taps["teacher"])
+                proj = keys.project(x)
+                t = _teacher_logits(teacher, x, x_cpu, index, run, teacher_cache)
                 s = run(student, x, cuda)
                 if metrics is None:
                     _check_shapes(t, s, x, num_classes)
                     num_classes = t.shape[1]
                     metrics = PairMetrics(num_classes, device)
-                columns.append(metrics.update(t, s, y))
-                kept.add_outputs(t, s, y_cpu)
+                cols = metrics.update(t, s, y)
+                columns.append(cols)
+                projections.append(proj)
+                key = torch.where(cols[:, -1] > 0, ContentKeys.key(proj), torch.full_like(proj, math.inf))
+                kept.add(key, x, y, t, s, {r: tap.take() for r, tap in taps.items()}, y_cpu)
                 rows_seen += len(x)
                 if bar is not None:
                     bar.advance(task)
     finally:
-        feats = {k: tap.close() for k, tap in taps.items()}
+        for tap in taps.values():
+            tap.close()
         if bar is not None:
             bar.remove_task(task)
     if metrics is None:  # this rank received no batch
         raise UserError(f"the {name} split has fewer batches than there are ranks ({world})")
     if cuda:
         torch.cuda.synchronize(device)  # the non_blocking copies above are complete from here on
-    if teacher_cache is not None:
-        teacher_cache.save(feats["teacher"])
     local_rows = int(metrics.stats["n"])
     if world > 1:
         metrics.all_reduce()
@@ -319,25 +349,77 @@ def evaluate_split(
             "check --num-classes and the label encoding"
         )
     samples = columns.finish()
+    proj_all = torch.cat(projections).cpu().numpy()
     result = SplitResult(
         name=name,
         metrics={**metrics.compute(), "n": int(stats["n"]), "excluded_nonfinite": int(stats["nonfinite"])},
         stats=stats,
         samples=_gather_samples(samples) if world > 1 else samples,
         inputs=inputs.compute(),
-        features=feats,
+        proj=_gather_samples({"p": proj_all})["p"] if world > 1 else proj_all,
         seconds=time.perf_counter() - start,
         local_rows=local_rows,
         micro_batch_splits=run.splits,
         teacher_cache=None
         if teacher_cache is None
         else {"hits": teacher_cache.hits, "misses": teacher_cache.misses},
+        sampled=sampled,
     )
-    kept.fill(result)
+    if world > 1:
+        kept = _merge_ranks(kept)
+    kept.fill(result, teacher_cache)
+    if teacher_cache is not None:
+        teacher_cache.save()
+    if probe_augmentation:
+        changed = changed_fraction(loader, result.proj, seed, device, split_batch)
+        result.augmented = None if changed is None else changed[0]
     return result
 
 
-def _teacher_logits(teacher, x, x_cpu, index, rows_seen, run, cache, tap) -> torch.Tensor:
+def limit_loader(loader: Iterable, limit: int | None, seed: int) -> tuple[Iterable, str | None]:
+    """The loader itself, or one over a seeded subset of `limit` samples independent of loader order."""
+    if limit is None:
+        return loader, None
+    sub = subset_loader(loader, limit, seed)
+    if sub is not None:
+        return sub[0], (None if sub[1] == "all" else sub[1])
+    if is_reiterable(loader):
+        return (
+            KeyFiltered(loader, limit, seed, split_batch),
+            f"the {limit} samples with the smallest seeded content keys (a uniform random subset; "
+            "one extra pass reads the data)",
+        )
+    return _first(loader, limit), f"the first {limit} samples (the loader is a one-shot iterator)"
+
+
+def _first(loader: Iterable, limit: int) -> Iterator:
+    seen = 0
+    for i, batch in enumerate(loader):
+        if seen >= limit:
+            return
+        x, y = split_batch(batch, "subset", i)
+        yield x[: limit - seen], y[: limit - seen]
+        seen += len(x)
+
+
+def _merge_ranks(kept: _Retained) -> _Retained:
+    """Bottom-k over every rank's reservoirs (all ranks end with the same subsets)."""
+    import torch.distributed as dist
+
+    for attr in ("inputs", "outputs"):
+        res = getattr(kept, attr)
+        keys, cols = res.result()
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (keys.cpu(), {n: v.cpu() for n, v in cols.items()}))
+        merged = Reservoir(res.k)
+        for k, c in parts:
+            if len(k):
+                merged.offer(k, **c)
+        setattr(kept, attr, merged)
+    return kept
+
+
+def _teacher_logits(teacher, x, x_cpu, index, run, cache) -> torch.Tensor:
     """The teacher's logits for one batch: from the cache when its inputs are unchanged, else computed."""
     cuda = x.device.type == "cuda"
     if cache is None:
@@ -345,23 +427,11 @@ def _teacher_logits(teacher, x, x_cpu, index, rows_seen, run, cache, tap) -> tor
     digest = batch_fingerprint(x_cpu)
     hit = cache.lookup(index, digest)
     if hit is not None:
-        _feed_cached_features(tap, cache, rows_seen, len(x))
         cache.record(digest, hit, True)
         return hit.to(x.device, non_blocking=cuda)
     t = run(teacher, x, cuda)
     cache.record(digest, t.to("cpu", non_blocking=cuda), False)
     return t
-
-
-def _feed_cached_features(tap: FeatureTap, cache: TeacherCache, start: int, n: int) -> None:
-    """A cached batch skips the teacher, so its feature rows come from the cache too."""
-    if tap.rows >= tap.budget:
-        return
-    take = min(n, tap.budget - tap.rows)
-    rows = cache.cached_features(start, start + take)
-    if rows is not None:
-        tap.chunks.append(torch.from_numpy(rows))
-        tap.rows += take
 
 
 def _gather_samples(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -33,7 +33,18 @@ class Evaluation:
 
     @property
     def train(self) -> SplitResult:
-        return self.splits["train"]
+        """The train side of every check: `train_eval` (training data under inference transforms) when
+        the factory gives it, else the train loader itself."""
+        return self.splits.get("train_eval") or self.splits["train"]
+
+    @property
+    def train_source(self) -> str:
+        return "train_eval" if "train_eval" in self.splits else "train"
+
+    @property
+    def train_augmented(self) -> bool:
+        """The train side varies between two passes over the same samples (random augmentation)."""
+        return (self.train.augmented or 0.0) > 0.5
 
     @property
     def val(self) -> SplitResult:

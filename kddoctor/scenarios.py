@@ -7,6 +7,7 @@ the fix closes the gap.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,12 @@ class Recipe:
     weight_decay: float = 5e-4
     label_noise: float = 0.0
     bn_momentum: float | None = 0.1  # 0.0 freezes BatchNorm running statistics at their init values
-    val_normalization: str = "standard"
-    augment: bool = False
+    val_normalization: str = "standard"  # standard | none | div255 (see demo.VAL_TRANSFORMS)
+    augment: bool = False  # random 1-pixel shifts while distilling (the same view for both models)
+    teacher: str = "standard"  # teacher variant: standard | dropout_heavy
+    teacher_train_mode: bool = False  # the teacher left in train mode (dropout on) while distilling
+    student_norm: str = "standard"  # raw: the student learned on [0, 1] pixels (expects mean 0, std 1)
+    loader_augment: int = 0  # the diagnosis train loader shifts each batch by up to N pixels
 
     def model(self) -> nn.Module:
         return (
@@ -47,10 +52,12 @@ class Recipe:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    expected: str | None  # the planted cause id; None for a healthy pair
+    expected: str | tuple[str, ...] | None  # the planted cause id(s); None for a healthy pair
     description: str
     recipe: Recipe
     fix: dict = field(default_factory=dict)  # recipe fields that undo only the planted factor
+    dose: str | None = None  # mild | severe, for pathologies planted at two strengths
+    family: str = ""  # the pathology (shared by its doses)
 
     def fixed(self) -> Scenario:
         return dataclasses.replace(
@@ -59,11 +66,31 @@ class Scenario:
             expected=None,
             recipe=dataclasses.replace(self.recipe, **self.fix),
             fix={},
+            dose=None,
+        )
+
+    @property
+    def causes(self) -> tuple[str, ...]:
+        return (
+            ()
+            if self.expected is None
+            else (self.expected,)
+            if isinstance(self.expected, str)
+            else self.expected
         )
 
 
 R = Recipe
 NOISY = dict(subset=600, label_noise=0.3, epochs=60)  # noisy labels: where the KD weight matters most
+
+
+def _doses(family: str, cause: str, description: str, mild: Recipe, severe: Recipe, fix: dict) -> list:
+    return [
+        Scenario(f"{family}_{d}", cause, f"{description} ({d})", r, fix, d, family)
+        for d, r in (("mild", mild), ("severe", severe))
+    ]
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("healthy_cnn", None, "CNN student distilled on all training digits with weight decay", R()),
     Scenario(
@@ -73,76 +100,131 @@ SCENARIOS: list[Scenario] = [
         R(student="mlp", size=256, augment=True, epochs=60),
     ),
     Scenario(
+        "healthy_augmenting_loader",
+        None,
+        "healthy CNN student distilled with 1-pixel shifts; the diagnosis train loader augments the same way",
+        R(augment=True, loader_augment=1),
+    ),
+    *_doses(
         "overfit_small_subset",
         "overfitting",
-        "CNN student distilled on 240 digits for 150 epochs, no weight decay",
+        "CNN student distilled on few digits for many epochs, no weight decay",
+        R(subset=400, epochs=100, weight_decay=0.0),
         R(subset=240, epochs=150, weight_decay=0.0),
-        fix=dict(subset=None, epochs=40),
+        dict(subset=None, epochs=40),
     ),
-    Scenario(
+    *_doses(
         "overfit_mlp_labels",
         "overfitting",
-        "wide MLP on 200 digits, label-heavy loss, no regularization",
+        "wide MLP on few digits, label-heavy loss, no regularization",
+        R(student="mlp", size=512, subset=350, epochs=200, alpha=0.3, weight_decay=0.0),
         R(student="mlp", size=512, subset=200, epochs=250, alpha=0.3, weight_decay=0.0),
-        fix=dict(subset=None, epochs=40),
+        dict(subset=None, epochs=40),
     ),
-    Scenario(
-        "mismatch_val_unnormalized",
+    *_doses(
+        "mismatch_val_input",
         "distribution_mismatch",
-        "val inputs skip the normalization train used",
+        "the val transform differs from train: mild drops the Normalize train used; severe scales raw "
+        "pixels by 1/255 instead of 1/16 (the teacher fails too)",
         R(val_normalization="none"),
-        fix=dict(val_normalization="standard"),
+        R(val_normalization="div255"),
+        dict(val_normalization="standard"),
     ),
-    Scenario(
+    *_doses(
         "mismatch_frozen_bn_stats",
         "distribution_mismatch",
-        "BatchNorm running statistics never updated during training (momentum 0)",
+        "BatchNorm running statistics (almost) never updated during training",
+        R(bn_momentum=0.002),
         R(bn_momentum=0.0),
-        fix=dict(bn_momentum=0.1),
+        dict(bn_momentum=0.1),
     ),
     Scenario(
-        "alpha_mean_reduction_no_t2",
+        "mismatch_norm_conflict",
+        "distribution_mismatch",
+        "a student that expects [0, 1] inputs (MobileViT-style) is fed the teacher's normalized tensor",
+        R(student_norm="raw"),
+        dict(student_norm="standard"),
+        family="mismatch_norm_conflict",
+    ),
+    Scenario(
+        "mismatch_teacher_train_mode",
+        "distribution_mismatch",
+        "the teacher (dropout 0.5) was left in train mode while distilling: "
+        "the student learned its noisy targets",
+        R(teacher="dropout_heavy", teacher_train_mode=True),
+        dict(teacher_train_mode=False),
+        family="mismatch_teacher_train_mode",
+    ),
+    *_doses(
+        "alpha_reduction",
         "alpha_imbalance",
-        "kl_div(reduction='mean') and no T²: the KD term shrinks 160x; labels are 30% noisy",
+        "the KD term shrinks: mild kl_div(reduction='mean') at alpha 0.7 (1/10), severe also without T² "
+        "at alpha 0.9 (1/160); "
+        "labels are 30% noisy",
+        R(alpha=0.7, reduction="mean", **NOISY),
         R(alpha=0.9, reduction="mean", t2=False, **NOISY),
-        fix=dict(reduction="batchmean", t2=True),
+        dict(reduction="batchmean", t2=True),
     ),
-    Scenario(
+    *_doses(
         "alpha_on_ce_heavy",
         "alpha_imbalance",
-        "alpha=0.9 on the CE term (KD weight 0.1); labels are 30% noisy",
+        "alpha on the CE term (KD weight 0.25 mild, 0.1 severe); labels are 30% noisy",
+        R(alpha=0.75, alpha_on="ce", **NOISY),
         R(alpha=0.9, alpha_on="ce", **NOISY),
-        fix=dict(alpha=0.1),
+        dict(alpha=0.1),
     ),
-    Scenario(
+    *_doses(
         "capacity_tiny_mlp",
         "insufficient_capacity",
-        "MLP student with 4 hidden units",
+        "MLP student with 8 (mild) or 4 (severe) hidden units",
+        R(student="mlp", size=8, epochs=60),
         R(student="mlp", size=4, epochs=60),
-        fix=dict(size=256),
+        dict(size=256),
     ),
-    Scenario(
+    *_doses(
         "capacity_tiny_cnn",
         "insufficient_capacity",
-        "CNN student with 1 and 2 channels",
+        "CNN student with 2-4 (mild) or 1-2 (severe) channels",
+        R(size=2, epochs=60),
         R(size=1, epochs=60),
-        fix=dict(size=24),
+        dict(size=24),
     ),
-    Scenario(
-        "undertrained_one_epoch",
+    *_doses(
+        "undertrained_epochs",
         "optimization",
-        "CNN student stopped after one epoch",
+        "CNN student stopped after 3 (mild) or 1 (severe) epochs",
+        R(epochs=3),
         R(epochs=1),
-        fix=dict(epochs=40),
+        dict(epochs=40),
     ),
-    Scenario(
+    *_doses(
         "undertrained_low_lr",
         "optimization",
-        "CNN student trained with a learning rate 300x too small",
-        R(lr=1e-5, epochs=15),
-        fix=dict(lr=3e-3),
+        "CNN student trained with a learning rate 100x (mild) or 300x (severe) too small",
+        R(lr=3e-5, epochs=25),
+        R(lr=1e-5, epochs=25),
+        dict(lr=3e-3),
+    ),
+    Scenario(
+        "mix_overfit_val_input",
+        ("overfitting", "distribution_mismatch"),
+        "two causes: a student distilled on 240 digits without weight decay, and a val transform that "
+        "normalizes with other statistics (mean 0.5, std 0.5)",
+        R(subset=240, epochs=150, weight_decay=0.0, val_normalization="wrongstats"),
+        dict(subset=None, epochs=40, weight_decay=5e-4, val_normalization="standard"),
+        family="mix_overfit_val_input",
+    ),
+    Scenario(
+        "mix_capacity_val_input",
+        ("insufficient_capacity", "distribution_mismatch"),
+        "two causes: an MLP student with 6 hidden units, and a val transform that normalizes with other "
+        "statistics (mean 0.5, std 0.5)",
+        R(student="mlp", size=6, epochs=60, val_normalization="wrongstats"),
+        dict(size=256, val_normalization="standard"),
+        family="mix_capacity_val_input",
     ),
 ]
+DRAWS = {0: "tuning", 1: "held-back"}  # draw 1: another train/val split, other seeds, other subsets
 
 
 def get(name: str) -> Scenario:
@@ -154,11 +236,24 @@ def get(name: str) -> Scenario:
     raise KeyError(name)
 
 
-def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) -> nn.Module:
-    """Distill a student as the recipe says (cached by recipe)."""
-    key = demo.recipe_key({**dataclasses.asdict(recipe), "teacher": demo.TEACHER_KEY})
+def _student_cfg(recipe: Recipe) -> dict:
+    """The normalization the student declares (a timm-style pretrained_cfg)."""
+    if recipe.student_norm == "raw":
+        return _cfg((0.0,), (1.0,))
+    return _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
+
+
+def _cfg(mean: tuple, std: tuple) -> dict:
+    return {"mean": mean, "std": std, "input_size": (1, 8, 8), "interpolation": "bilinear", "crop_pct": 1.0}
+
+
+def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, draw: int = 0) -> nn.Module:
+    """Distill a student as the recipe says (cached by recipe and draw)."""
+    key = demo.recipe_key(
+        {**dataclasses.asdict(recipe), "teacher": demo.teacher_key(draw, recipe.teacher), "draw": draw}
+    )
     path = (root or demo.cache_dir()) / "scenarios" / f"{key}.pt"
-    torch.manual_seed(1)  # the same initial weights every time the recipe is built
+    torch.manual_seed(1 + 100 * draw)  # the same initial weights every time the recipe is built
     model = recipe.model()
     if recipe.bn_momentum != 0.1:
         for m in model.modules():
@@ -167,13 +262,14 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    x, y = demo.digits_train_tensors()
+    x, y = demo.digits_train_tensors(draw)
     if recipe.subset:
         x, y = x[: recipe.subset], y[: recipe.subset]
-    y = torch.from_numpy(_train.noisy_labels(y.numpy(), recipe.label_noise))
+    y = torch.from_numpy(_train.noisy_labels(y.numpy(), recipe.label_noise, draw))
+    raw = (lambda b: b * _train.DIGITS_STD + _train.DIGITS_MEAN) if recipe.student_norm == "raw" else None
     _train.distill(
         model,
-        teacher,
+        copy.deepcopy(teacher),  # a train-mode teacher would otherwise update its BN statistics
         x,
         y,
         epochs=recipe.epochs,
@@ -185,27 +281,54 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None) 
         lr=recipe.lr,
         weight_decay=recipe.weight_decay,
         augment=recipe.augment,
-        seed=1,
+        teacher_train_mode=recipe.teacher_train_mode,
+        student_input=raw,
+        seed=1 + 100 * draw,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     demo.atomic_save(model.state_dict(), path)
     return model.eval()
 
 
-def run(scenario: Scenario | str, *, quick: bool = True, root: Path | None = None, **kw) -> Diagnosis:
+def pair(scenario: Scenario | str, *, root: Path | None = None, draw: int = 0, **data_kw):
+    """(teacher, student, data) of a scenario, as its user would hand them to kddoctor."""
+    scn = get(scenario) if isinstance(scenario, str) else scenario
+    r = scn.recipe
+    _, teacher = demo.build_teacher(root, split_seed=draw, variant=r.teacher)
+    student = build_student(r, teacher, root, draw)
+    if r.student_norm == "raw":  # only this pair declares its normalization (as timm models do)
+        teacher.pretrained_cfg = _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
+        student.pretrained_cfg = _student_cfg(r)
+    data = demo.digits_loaders(
+        train_subset=r.subset,
+        val_normalization=r.val_normalization,
+        label_noise=r.label_noise,
+        seed=draw,
+        train_augment=r.loader_augment,
+        **data_kw,
+    )
+    return teacher, student, data
+
+
+def run(
+    scenario: Scenario | str,
+    *,
+    quick: bool = True,
+    root: Path | None = None,
+    draw: int = 0,
+    data_kw=None,
+    **kw,
+) -> Diagnosis:
     """Build the scenario's pair and diagnose it as its user would (stating their training convention)."""
     scn = get(scenario) if isinstance(scenario, str) else scenario
     r = scn.recipe
-    _, teacher = demo.build_teacher(root)
-    student = build_student(r, teacher, root)
-    data = demo.digits_loaders(
-        train_subset=r.subset, val_normalization=r.val_normalization, label_noise=r.label_noise
-    )
+    teacher, student, data = pair(scn, root=root, draw=draw, **(data_kw or {}))
     return diagnose(
         teacher,
         student,
         data["train"],
         data["val"],
+        train_eval=data.get("train_eval"),
         alpha=r.alpha,
         alpha_on=r.alpha_on,
         temperature=r.temperature,
@@ -215,5 +338,17 @@ def run(scenario: Scenario | str, *, quick: bool = True, root: Path | None = Non
         class_names=data["class_names"],
         teacher_spec="kddoctor.demo:teacher_cnn",
         student_spec=f"scenario:{scn.name}",
+        seed=draw,
         **kw,
     )
+
+
+def judge(scn: Scenario, diag: Diagnosis) -> bool:
+    """Correct: the planted cause ranks first and is likely (mild doses: first is enough); every cause
+    of a mixture is in the top two; a healthy or fixed pair has no likely cause."""
+    if not scn.causes:
+        return not diag.likely_causes
+    top = [c["id"] for c in diag.causes[: len(scn.causes)]]
+    if len(scn.causes) > 1:
+        return set(top) == set(scn.causes)
+    return top[0] == scn.expected and (diag.causes[0]["likely"] or scn.dose == "mild")

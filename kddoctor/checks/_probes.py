@@ -16,7 +16,8 @@ PROBE_LR = 1e-3  # Adam step size of every fine-tuning probe
 
 
 def cached(ev, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    r = ev.splits[split]
+    """A split's probe inputs (a seeded random subset); "train" is the train side (train_eval if given)."""
+    r = ev.train if split == "train" else ev.splits[split]
     return r.cache_x.to(ev.device), r.cache_y.to(ev.device)
 
 
@@ -78,6 +79,16 @@ def finetune(
     bs = min(ev.config.budgets.probe_batch, len(x))
     curve: list[tuple[int, float]] = []
     cuda = x.device.type == "cuda"
+    if eval_every:  # step 0: the checkpoint as it stands, so the curve shows the first steps' jump
+        model.eval()
+        curve.append(
+            (
+                0,
+                float(
+                    (forward(model, x, ev.config.budgets.eval_batch).argmax(1) == t.argmax(1)).float().mean()
+                ),
+            )
+        )
     with torch.enable_grad():
         for step in range(1, steps + 1):
             model.train()

@@ -103,7 +103,11 @@ def sweep(ev) -> dict:
 
 
 @register_check(
-    "alpha_sensitivity", needs=("cache", "trainable"), title="Loss weighting (alpha, T)", order=60
+    "alpha_sensitivity",
+    needs=("cache", "trainable"),
+    title="Loss weighting (alpha, T)",
+    order=60,
+    min_samples={"train": 32, "val": 20},
 )
 def alpha_sensitivity(ev) -> Finding:
     """Effective weight of each term, gradient balance, and what other (alpha, T) would have given."""
@@ -142,6 +146,8 @@ def alpha_sensitivity(ev) -> Finding:
         "checkpoint_val": start,
         "continue_val": base,
         "continue_gain_agreement": base["agreement"] - start["agreement"],
+        "continue_gain_loss_rel": 1 - base["loss"] / start["loss"] if start["loss"] > 0 else 0.0,
+        "continue_gain_kl_rel": 1 - base["kl"] / start["kl"] if start["kl"] > 0 else 0.0,
         "gain_agreement": gain,
         "gain_loss": base["loss"] - best["loss"],
         "gain_kl_rel": 1 - best["kl"] / base["kl"] if base["kl"] > 0 else 0.0,

@@ -79,19 +79,27 @@ class CheckSpec:
     title: str
     doc: str
     order: int = 100
+    min_samples: tuple[tuple[str, int], ...] = ()  # (split, n): below it the check is skipped
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
 
 
 def register_check(
-    check_id: str, *, needs: tuple[str, ...] = (), title: str = "", order: int = 100
+    check_id: str,
+    *,
+    needs: tuple[str, ...] = (),
+    title: str = "",
+    order: int = 100,
+    min_samples: dict[str, int] | None = None,
 ) -> Callable:
     """Register a check function `fn(evaluation) -> Finding` under `check_id`.
 
     `needs` names capabilities of the evaluation (see Evaluation.capabilities); the runner skips
     the check, with the reason, when one is missing. The check never tests for that itself.
     `order` places it in the run (cheap input checks first, fine-tuning probes later).
+    `min_samples` ({"train": n, "val": n}) is the evidence a check needs before it may conclude
+    anything: with fewer valid samples the runner skips it and says so.
     """
 
     if isinstance(needs, str):
@@ -100,7 +108,13 @@ def register_check(
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[check_id] = CheckSpec(
-            check_id, fn, tuple(needs), title or check_id.replace("_", " "), doc[0] if doc else "", order
+            check_id,
+            fn,
+            tuple(needs),
+            title or check_id.replace("_", " "),
+            doc[0] if doc else "",
+            order,
+            tuple(sorted((min_samples or {}).items())),
         )
         return fn
 
@@ -125,22 +139,34 @@ NEED_REASONS = {
 }
 
 
+def _too_few_samples(spec: CheckSpec, ev: object) -> str:
+    """The reason a check cannot conclude on this little data ('' when there is enough)."""
+    for split, need in spec.min_samples:
+        result = ev.train if split == "train" else ev.splits.get(split)  # type: ignore[attr-defined]
+        have = result.n if result is not None else 0
+        if have < need:
+            return f"needs at least {need} valid {split} samples, has {have}"
+    return ""
+
+
 def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
     """Run one check; missing needs -> skipped, an exception -> error (the run goes on)."""
     missing = [n for n in spec.needs if n not in ev.capabilities]  # type: ignore[attr-defined]
     if missing:
         reason = "; ".join(NEED_REASONS.get(n, f"needs {n}") for n in missing)
         return Finding(spec.id, Status.SKIPPED, f"skipped: {reason}", {"missing": missing})
+    short = _too_few_samples(spec, ev)
+    if short:
+        return Finding(spec.id, Status.SKIPPED, f"skipped: {short}", {"too_few_samples": short})
     start = time.perf_counter()
     try:
         finding = spec.fn(ev)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken check never kills the run
-        msg = f"{type(e).__name__}: {e}"
-        evidence = {"error": msg}
-        if debug:
-            evidence["traceback"] = traceback.format_exc()
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        msg = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        evidence = {"error": msg, "traceback": traceback.format_exc()}
         finding = Finding(spec.id, Status.ERROR, f"the check failed: {msg}", evidence)
     finding.seconds = time.perf_counter() - start
     return finding

@@ -15,16 +15,25 @@ ECE_WARN, ECE_FAIL = 0.08, 0.15
 TEMP_WARN, TEMP_FAIL = math.log(2.0), math.log(4.0)  # optimal temperature outside [1/2, 2] / [1/4, 4]
 
 
-def optimal_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature minimizing val NLL (Guo et al., 2017), searched on log T in [-3, 3]."""
+LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3]
+LOG_T_PRIOR = 0.01  # weight of (log T)^2: a perfect model's NLL keeps falling as T -> 0, the prior stops it
+ECE_FLOOR = 0.03  # below this ECE the optimal temperature alone never fails a model
+
+
+def optimal_temperature(logits: np.ndarray, targets: np.ndarray) -> tuple[float, bool]:
+    """Temperature minimizing val NLL (Guo et al., 2017) plus a weak prior towards T=1, searched on
+    log T in [-3, 3]; returns (T, whether it sits at the bound of the search)."""
     logits = logits.astype(np.float64)
     y = targets.astype(int)
 
-    def nll(log_t: float) -> float:
-        return -log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
+    def objective(log_t: float) -> float:
+        nll = -log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
+        return nll + LOG_T_PRIOR * log_t**2
 
-    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(res.x))
+    res = minimize_scalar(
+        objective, bounds=(-LOG_T_BOUND, LOG_T_BOUND), method="bounded", options={"xatol": 1e-4}
+    )
+    return float(math.exp(res.x)), abs(res.x) > LOG_T_BOUND - 0.05
 
 
 def reliability(stats: dict, prefix: str) -> dict:
@@ -37,7 +46,7 @@ def reliability(stats: dict, prefix: str) -> dict:
     }
 
 
-@register_check("calibration", needs=("train", "val"), title="Calibration", order=40)
+@register_check("calibration", needs=("train", "val"), title="Calibration", order=40, min_samples={"val": 30})
 def calibration(ev) -> Finding:
     """Student and teacher ECE (15 bins) on both splits, and how far their optimal temperature is from 1."""
     va = ev.val.metrics
@@ -46,15 +55,19 @@ def calibration(ev) -> Finding:
         for m in ("student", "teacher")
         for s in ("train", "val")
     }
-    n_sub = len(ev.val.logits_subset.get("student", []))
-    targets = ev.val.samples["target"][:n_sub]
-    valid = ev.val.samples["valid"][:n_sub] > 0
+    sub = ev.val.logits_subset
     for m in ("student", "teacher"):
-        logits = ev.val.logits_subset.get(m)
-        if logits is not None and valid.sum() > 1:
-            evidence[f"{m}_opt_temperature"] = optimal_temperature(logits[valid], targets[valid])
+        if len(sub.get(m, [])) > 1:
+            t_opt, at_bound = optimal_temperature(sub[m], sub["target"])
+            evidence[f"{m}_opt_temperature"] = t_opt
+            evidence[f"{m}_temperature_at_bound"] = at_bound
     t_s = evidence.get("student_opt_temperature", 1.0)
+    t_t = evidence.get("teacher_opt_temperature", 1.0)
     evidence["student_log_temp"] = abs(math.log(t_s))
+    # a student that wants a much cooler softmax than its teacher is under-confident: a sign of
+    # under-training (the teacher's own temperature is the baseline, so a soft teacher does not count)
+    evidence["student_underconfidence"] = max(0.0, -math.log(t_s)) - max(0.0, -math.log(t_t))
+    evidence["calibration_samples"] = len(sub.get("student", []))
     details = {
         "bins": N_BINS,
         "reliability": {
@@ -64,9 +77,9 @@ def calibration(ev) -> Finding:
         },
     }
     ece = va["student"]["ece"]
+    temp_status = grade(abs(math.log(t_s)), TEMP_WARN, TEMP_FAIL) if ece > ECE_FLOOR else Status.PASS
     status = worst(
-        Status.FAIL if ece > ECE_FAIL else Status.WARN if ece > ECE_WARN else Status.PASS,
-        grade(abs(math.log(t_s)), TEMP_WARN, TEMP_FAIL),
+        Status.FAIL if ece > ECE_FAIL else Status.WARN if ece > ECE_WARN else Status.PASS, temp_status
     )
     direction = (
         "well calibrated"
@@ -75,8 +88,10 @@ def calibration(ev) -> Finding:
         if t_s > 1
         else "underconfident"
     )
+    bound = " (at the bound of the search)" if evidence.get("student_temperature_at_bound") else ""
     summary = (
-        f"student val ECE {ece:.3f} (teacher {va['teacher']['ece']:.3f}); its optimal temperature is "
-        f"{t_s:.2f} ({direction}), teacher's {evidence.get('teacher_opt_temperature', 1.0):.2f}"
+        f"student val ECE {ece:.3f} (teacher {va['teacher']['ece']:.3f}); on "
+        f"{evidence['calibration_samples']} val samples its optimal temperature is {t_s:.2f}{bound} "
+        f"({direction}), teacher's {t_t:.2f}"
     )
     return Finding("calibration", status, summary, evidence, details)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._probes import auc
@@ -18,11 +20,34 @@ def _valid(split, col: str) -> np.ndarray:
     return s[col][s["valid"] > 0]
 
 
+def paired_gap(split) -> tuple[float, float]:
+    """Teacher accuracy minus student accuracy on the same samples, and its McNemar z-score
+    (discordant pairs only: b = teacher right / student wrong, c = the reverse)."""
+    s = split.samples
+    ok = s["valid"] > 0
+    t_ok, s_ok = (s["t_pred"] == s["target"])[ok], (s["s_pred"] == s["target"])[ok]
+    b, c = float((t_ok & ~s_ok).sum()), float((~t_ok & s_ok).sum())
+    n = max(int(ok.sum()), 1)
+    return (b - c) / n, (b - c) / math.sqrt(b + c) if b + c else 0.0
+
+
+def proportion_z(diff: float, *splits: tuple[float, int]) -> float:
+    """diff divided by the standard error of the proportions it is made of (p, n) per split."""
+    var = sum(p * (1 - p) / max(n, 1) for p, n in splits)
+    return diff / math.sqrt(var) if var > 0 else (math.copysign(10.0, diff) if diff else 0.0)
+
+
 def _hist(values: np.ndarray) -> list[int]:
     return np.histogram(np.clip(values, 0, LOSS_BINS[-1]), bins=LOSS_BINS)[0].tolist()
 
 
-@register_check("generalization_gap", needs=("train", "val"), title="Generalization gap", order=30)
+@register_check(
+    "generalization_gap",
+    needs=("train", "val"),
+    title="Generalization gap",
+    order=30,
+    min_samples={"train": 20, "val": 20},
+)
 def generalization_gap(ev) -> Finding:
     """Student train->val degradation beyond the teacher's, and loss-based membership inference."""
     tr, va = ev.train.metrics, ev.val.metrics
@@ -44,7 +69,22 @@ def generalization_gap(ev) -> Finding:
         for m in ("student", "teacher")
     }
     mia_excess = mia["student"] - mia["teacher"]
+    val_gap, val_gap_z = paired_gap(ev.val)
+    n_tr, n_va = ev.train.n, ev.val.n
+    # Augmented train inputs are harder than val ones for both models: a train-vs-val difference on
+    # them is no gap to explain, so the train-side gap signals carry no certainty (z = 0) then.
+    train_ok = 0.0 if ev.train_augmented else 1.0
     evidence = {
+        "train_augmented": 1.0 - train_ok,
+        "train_source": ev.train_source,
+        "val_acc_gap": val_gap,
+        "val_acc_gap_z": val_gap_z,
+        "excess_agreement_gap_z": train_ok
+        * proportion_z(excess_agree, (tr["agreement"], n_tr), (va["agreement"], n_va)),
+        "teacher_val_drop": t_acc_gap,
+        "teacher_val_drop_z": train_ok
+        * proportion_z(t_acc_gap, (tr["teacher"]["acc"], n_tr), (va["teacher"]["acc"], n_va)),
+        "train_shortfall_z": train_ok * proportion_z(1 - tr["agreement"], (tr["agreement"], n_tr)),
         "student_loss_gap": s_loss_gap,
         "teacher_loss_gap": t_loss_gap,
         "excess_loss_gap": excess_loss,

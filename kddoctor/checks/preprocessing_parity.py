@@ -92,7 +92,13 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
     return out, notes, status
 
 
-@register_check("preprocessing_parity", needs=("train", "val"), title="Preprocessing parity", order=10)
+@register_check(
+    "preprocessing_parity",
+    needs=("train", "val"),
+    title="Preprocessing parity",
+    order=10,
+    min_samples={"train": 2, "val": 2},
+)
 def preprocessing_parity(ev) -> Finding:
     """Train vs val input statistics per channel, and the normalization each model expects."""
     splits = {k: ev.splits[k].inputs for k in ("train", "train_eval", "val") if k in ev.splits}

@@ -8,6 +8,8 @@ so streaming over any batch split equals computing on the concatenated data.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -136,3 +138,24 @@ def compute_pair_stats(stats: dict[str, torch.Tensor]) -> dict:
         "kl": div(st["kl"]),
     }
     return out
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a proportion (sound at 0 %, 100 % and tiny n, unlike p ± z·se)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def proportion_intervals(stats: dict) -> dict:
+    """Wilson intervals of teacher/student accuracy and agreement from accumulated statistics."""
+    n = float(stats["n"])
+    return {
+        "teacher_acc": wilson_interval(float(stats["t_correct"]), n),
+        "student_acc": wilson_interval(float(stats["s_correct"]), n),
+        "agreement": wilson_interval(float(stats["agree"]), n),
+    }

@@ -18,13 +18,13 @@ def render_markdown(diag) -> str:
     run, m = d["run"], d["metrics"]
     likely = [c for c in d["causes"] if c["likely"]]
     lines = ["## kddoctor", ""]
-    if likely:
+    verdict = d.get("verdict") or {}
+    if verdict.get("sentence"):
+        lines.append(f"**Verdict:** {md_escape(verdict['sentence'])}")
+    elif likely:
         lines.append("**Verdict:** " + ", ".join(f"**{c['id']}** ({c['score']:.2f})" for c in likely))
-    else:
-        top = d["causes"][0] if d["causes"] else None
-        lines.append(
-            "**Verdict:** no likely cause" + (f" (top: {top['id']} {top['score']:.2f})" if top else "")
-        )
+    for note in d.get("notes") or []:
+        lines.append(f"- note: {md_escape(note)}")
     gate = d.get("gate") or {}
     if gate.get("policy"):
         lines.append(f"**Gate:** {'passed' if gate['passed'] else 'FAILED'} ({md_escape(gate['policy'])})")
