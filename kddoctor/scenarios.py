@@ -146,14 +146,14 @@ SCENARIOS: list[Scenario] = [
         dict(student_norm="standard"),
         family="mismatch_norm_conflict",
     ),
-    Scenario(
-        "mismatch_teacher_train_mode",
-        "distribution_mismatch",
-        "the teacher (dropout 0.5) was left in train mode while distilling: "
-        "the student learned its noisy targets",
-        R(teacher="dropout_heavy", teacher_train_mode=True),
-        dict(teacher_train_mode=False),
-        family="mismatch_teacher_train_mode",
+    *_doses(
+        "noisy_labels_student",
+        "alpha_imbalance",
+        "the student's labels are noisier than the teacher's view (25% mild, 40% severe flipped) and the "
+        "loss weighs them as much as the teacher (alpha 0.5)",
+        R(alpha=0.5, label_noise=0.25, epochs=60),
+        R(alpha=0.5, label_noise=0.4, epochs=60),
+        dict(label_noise=0.0),
     ),
     *_doses(
         "alpha_reduction",
