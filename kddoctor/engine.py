@@ -18,6 +18,7 @@ from ._cache import TeacherCache, batch_fingerprint
 from .data import iter_batches, loader_length
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
+from .models import CLASSIFIER_HINTS
 
 
 def pick_device(device: str) -> torch.device:
@@ -35,7 +36,7 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
-def as_logits(out: object) -> torch.Tensor:
+def as_logits(out: object, num_classes: int | None = None) -> torch.Tensor:
     """Model output -> logits tensor (plain tensors, `.logits` objects, tuples, dicts)."""
     if isinstance(out, torch.Tensor):
         return out
@@ -44,12 +45,27 @@ def as_logits(out: object) -> torch.Tensor:
     if isinstance(out, dict) and "logits" in out:
         return out["logits"]
     if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
+        return _logits_in_sequence(out, num_classes)
     raise UserError(f"model returned {type(out).__name__}; return logits (a [B, classes] tensor)")
 
 
+def _logits_in_sequence(out: list | tuple, num_classes: int | None) -> torch.Tensor:
+    """The [B, C] tensor of e.g. (features, logits): C == num_classes when known, else the only 2-D shape."""
+    flat = [t for t in out if isinstance(t, torch.Tensor) and t.ndim == 2]
+    match = [t for t in flat if num_classes is not None and t.shape[1] == num_classes]
+    if match:
+        return match[0]
+    if len({tuple(t.shape) for t in flat}) > 1:
+        shapes = ", ".join(str(list(t.shape)) for t in flat)
+        raise UserError(
+            f"model returned a {type(out).__name__} of tensors {shapes} and kddoctor cannot tell which "
+            "holds the logits; return the logits alone or an object with a .logits attribute"
+        )
+    return flat[0] if flat else out[0]
+
+
 def classifier_of(model: nn.Module) -> nn.Module | None:
-    """The final classification layer: timm's get_classifier(), else the last nn.Linear."""
+    """The classifier: timm's get_classifier(), a Linear named like a head (`fc`, `score`), else the last."""
     get = getattr(model, "get_classifier", None)
     if callable(get):
         try:
@@ -62,6 +78,10 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
             linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
             if linears:
                 return linears[-1]
+    named = (getattr(model, hint, None) for hint in CLASSIFIER_HINTS)  # e.g. Hugging Face's `score`
+    head = next((m for m in named if isinstance(m, nn.Linear)), None)
+    if head is not None:
+        return head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
@@ -176,6 +196,7 @@ class SplitResult:
     local_rows: int = 0  # samples this rank evaluated (all of them in a single process)
     micro_batch_splits: int = 0  # how often a CUDA OOM made the engine halve its batch
     teacher_cache: dict | None = None  # hits / misses when the teacher cache was used
+    label_notes: list[str] = field(default_factory=list)  # how labels that were not indices were read
 
     @property
     def n(self) -> int:
@@ -185,16 +206,20 @@ class SplitResult:
 class _MicroBatcher:
     """Runs a model on a batch; on CUDA out-of-memory, splits it into micro-batches and goes on."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int | None = None) -> None:
         self.micro: int | None = None  # largest size known to fit, once an OOM has happened
         self.splits = 0
+        self.num_classes = num_classes
 
     def __call__(self, model: nn.Module, x: torch.Tensor, autocast: bool) -> torch.Tensor:
         size = self.micro or len(x)
         while True:
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    outs = [as_logits(model(x[i : i + size])).float() for i in range(0, len(x), size)]
+                    outs = [
+                        as_logits(model(x[i : i + size]), self.num_classes).float()
+                        for i in range(0, len(x), size)
+                    ]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
@@ -266,13 +291,16 @@ def evaluate_split(
     rank: int = 0,
     world: int = 1,
     teacher_cache: TeacherCache | None = None,
+    class_names: list[str] | None = None,
 ) -> SplitResult:
     """Run both models over one split in a single streaming pass (the teacher's logits may come from
     the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced)."""
     start = time.perf_counter()
     cuda = device.type == "cuda"
     taps = {"teacher": FeatureTap(teacher, feature_rows), "student": FeatureTap(student, feature_rows)}
-    run = _MicroBatcher()
+    run = _MicroBatcher(num_classes)
+    label_notes: set[str] = set()
+    labels = {"class_names": class_names, "num_classes": num_classes, "notes": label_notes}
     metrics: PairMetrics | None = None
     columns, inputs = SampleColumns(), InputStats()
     kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
@@ -280,7 +308,7 @@ def evaluate_split(
     task = bar.add_task(f"evaluating {name}", total=loader_length(loader, limit)) if bar else None
     try:
         with torch.inference_mode():
-            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, limit, rank, world)):
+            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, limit, rank, world, **labels)):
                 kept.add_inputs(x_cpu, y_cpu)
                 x = x_cpu.to(device, non_blocking=cuda)
                 y = y_cpu.to(device, non_blocking=cuda)
@@ -332,6 +360,7 @@ def evaluate_split(
         teacher_cache=None
         if teacher_cache is None
         else {"hits": teacher_cache.hits, "misses": teacher_cache.misses},
+        label_notes=sorted(label_notes),
     )
     kept.fill(result)
     return result

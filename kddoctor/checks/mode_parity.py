@@ -44,7 +44,7 @@ def _teacher_drift(ev) -> dict:
     t_eval = teacher_logits(ev, "train")
     teacher = copy.deepcopy(ev.teacher).train()
     torch.manual_seed(ev.config.seed)
-    t_train = forward(teacher, x, BN_BATCH)
+    t_train = forward(teacher, x, BN_BATCH, ev.num_classes)
     p = F.log_softmax(t_eval, 1)
     q = F.log_softmax(t_train, 1)
     return {
