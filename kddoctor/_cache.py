@@ -1,6 +1,6 @@
 """Teacher-output cache: a second diagnosis against the same teacher and data skips the teacher pass.
 
-Keyed by the teacher's identity (a hash of its weights and SPEC) and the split; every batch is
+Keyed by the teacher's identity (a hash of its weights, SPEC and code) and the split; every batch is
 checked against a fingerprint of its inputs (after preprocessing), so changed data or transforms
 never reuse stale logits. Files are written to a temporary name and renamed: safe when several
 runs share the cache directory.
@@ -9,6 +9,7 @@ runs share the cache directory.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -17,17 +18,47 @@ import numpy as np
 import torch
 from torch import nn
 
-CACHE_VERSION = 2  # 2: teacher features keyed by content key
+CACHE_VERSION = 3  # 2: the key covers the model's code; 3: teacher features keyed by content key
 
 
 def model_fingerprint(model: nn.Module, spec: str) -> str:
-    """sha256 over the SPEC and every parameter and buffer (name, shape, dtype, bytes)."""
+    """sha256 over the SPEC, the model's code and every parameter and buffer (name, shape, dtype, bytes)."""
     h = hashlib.sha256(f"kddoctor-teacher-v{CACHE_VERSION}|{spec}".encode())
+    h.update(code_fingerprint(model, spec))
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
+
+
+def code_fingerprint(model: nn.Module, spec: str) -> bytes:
+    """The code behind a model: every distinct module class, and the file of a `path.py:FUNC` SPEC."""
+    h = hashlib.sha256()
+    classes = {f"{c.__module__}.{c.__qualname__}": c for c in map(type, model.modules())}
+    for name in sorted(classes):
+        h.update(name.encode() + b"\0" + _class_code(classes[name]))
+    for m in model.modules():  # TorchScript: one Python class for all, the code lives in the module
+        if isinstance(m, torch.jit.ScriptModule):
+            h.update(str(getattr(m, "code", "")).encode())
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py") and Path(where).is_file():
+        h.update(Path(where).read_bytes())
+    return h.digest()
+
+
+def _class_code(cls: type) -> bytes:
+    """A class's source; without one (exec, REPL), the bytecode of the functions it defines."""
+    try:
+        return inspect.getsource(cls).encode()
+    except (OSError, TypeError):
+        funcs = (getattr(v, "__func__", v) for v in vars(cls).values())
+        return b"".join(_code_bytes(f.__code__) for f in funcs if hasattr(f, "__code__"))
+
+
+def _code_bytes(code) -> bytes:
+    consts = (_code_bytes(c) if inspect.iscode(c) else repr(c).encode() for c in code.co_consts)
+    return b"|".join([code.co_code, repr(code.co_names).encode(), *consts])
 
 
 def batch_fingerprint(x: torch.Tensor) -> str:

@@ -50,7 +50,7 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
             f"{s['student']['loss']:.4f}",
             f"{s['student']['acc']:.1%}",
             f"{s['agreement']:.1%}",
-            f"{s['kl']:.4f}",
+            "–" if s["kl"] is None else f"{s['kl']:.4f}",
         )
     console.print(t)
     if d["checks"]:
@@ -80,6 +80,27 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
         verdict = "[green]passed[/]" if gate["passed"] else "[bold red]FAILED[/]"
         console.print(f"[bold]Gate[/] {escape(gate['policy'])}: {verdict}")
         for f in gate.get("failures", []):
-            console.print(f"  [red]✗[/] {f['rule']}: {f['value']} vs {f['threshold']}")
+            why = " (warn rule, failing under fail_on_warn)" if f.get("level") == "warn" else ""
+            console.print(f"  [red]✗[/] {f['rule']}: {f['value']} vs {f['threshold']}{why}")
     if out_dir:
         console.print(f"[dim]wrote {escape(str(out_dir))}/results.json, report.html, report.md[/]")
+
+
+def gate_rule_line(rule: dict) -> str:
+    """One rule of a gate verdict: ✓ holds, ✗ fails the gate, ! broken but only a warning."""
+    failed = rule.get("failed", not rule["ok"] and rule["level"] == "fail")
+    mark = "[green]✓[/]" if rule["ok"] else "[red]✗[/]" if failed else "[yellow]![/]"
+    level = "warn, failing under fail_on_warn" if failed and rule["level"] == "warn" else rule["level"]
+    return f"{mark} {rule['rule']:<34} {rule['value']!s:>10}  (threshold {rule['threshold']}, {level})"
+
+
+def render_gate(verdict: dict, console: Console) -> None:
+    """Every rule of a gate verdict, then the verdict naming each rule that failed it."""
+    for rule in verdict["rules"]:
+        console.print(gate_rule_line(rule), soft_wrap=True)
+    name = escape(str(verdict["policy"]))
+    if verdict["passed"]:
+        console.print(f"gate {name}: [green]passed[/]", soft_wrap=True)
+    else:
+        failed = ", ".join(f["rule"] for f in verdict["failures"])
+        console.print(f"gate {name}: [bold red]FAILED[/] ({failed})", soft_wrap=True)

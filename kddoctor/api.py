@@ -196,7 +196,16 @@ def diagnose(
     try:
         with progress(show_progress) as bar:
             splits = _evaluate_splits(
-                run_t, run_s, loaders, cfg, dev, num_classes, bar, channels_last, (teacher_cache, teacher_id)
+                run_t,
+                run_s,
+                loaders,
+                cfg,
+                dev,
+                num_classes,
+                bar,
+                channels_last,
+                (teacher_cache, teacher_id),
+                class_names,
             )
             num_classes = num_classes or len(splits["train"].stats["cls_count"])
             ev = Evaluation(
@@ -243,7 +252,9 @@ def diagnose(
     )
 
 
-def _evaluate_splits(teacher, student, loaders, cfg, dev, num_classes, bar, channels_last, cache) -> dict:
+def _evaluate_splits(
+    teacher, student, loaders, cfg, dev, num_classes, bar, channels_last, cache, class_names=None
+) -> dict:
     """The main pass over every split (teacher logits from the cache where the inputs match)."""
     rank_, world = rank_world()
     cache_dir, teacher_id = cache
@@ -268,6 +279,7 @@ def _evaluate_splits(teacher, student, loaders, cfg, dev, num_classes, bar, chan
             teacher_cache=tc,
             seed=cfg.seed,
             probe_augmentation=name in ("train", "train_eval"),
+            class_names=class_names,
         )
         num_classes = num_classes or len(splits[name].stats["cls_count"])
     return splits
@@ -314,6 +326,7 @@ def _run_metadata(
         "num_classes": ev.num_classes,
         "class_names": class_names,
         "n": {name: r.n for name, r in splits.items()},
+        "label_notes": sorted({note for r in splits.values() for note in r.label_notes}),
         "world_size": rank_world()[1],
         "rank_samples": {name: gather_ints(r.local_rows) for name, r in splits.items()},
         "python": platform.python_version(),
@@ -341,12 +354,14 @@ def run_notes(ev: Evaluation) -> list[str]:
 
 
 def _per_class(stats: dict) -> dict:
-    n = np.maximum(stats["cls_count"], 1)
+    """Per-class rates; None for a class without samples (missing, not 0 %)."""
+    count = stats["cls_count"]
+    rate = lambda key: [float(v / c) if c else None for v, c in zip(stats[key], count, strict=True)]  # noqa: E731
     return {
-        "count": stats["cls_count"].tolist(),
-        "agreement": (stats["cls_agree"] / n).tolist(),
-        "teacher_acc": (stats["cls_t_correct"] / n).tolist(),
-        "student_acc": (stats["cls_s_correct"] / n).tolist(),
+        "count": count.tolist(),
+        "agreement": rate("cls_agree"),
+        "teacher_acc": rate("cls_t_correct"),
+        "student_acc": rate("cls_s_correct"),
     }
 
 
@@ -394,8 +409,8 @@ def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:
 
 
 def diagnose_bundle(teacher: nn.Module, student: nn.Module, data: DataBundle, **kw) -> Diagnosis:
-    """diagnose() over a DataBundle (what FACTORY and --data-dir produce)."""
-    return diagnose(
+    """diagnose() over a DataBundle (what FACTORY and --data-dir produce); its notes land in run."""
+    diag = diagnose(
         teacher,
         student,
         data.splits["train"],
@@ -404,3 +419,6 @@ def diagnose_bundle(teacher: nn.Module, student: nn.Module, data: DataBundle, **
         class_names=data.class_names,
         **kw,
     )
+    if data.notes:
+        diag.run["data_notes"] = list(data.notes)
+    return diag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -85,7 +86,7 @@ def _finish(
     diag.save(out, cdn=cdn)
     doc = diag.to_dict()
     if junit:
-        _write_text(junit, render_junit(doc, diag.gate if pol else None))
+        _write_text(junit, render_junit(doc, diag.gate if pol else None), "--junit")
     if not quiet:
         render_summary(doc, Console(), str(out))
     if pol is not None:
@@ -93,14 +94,45 @@ def _finish(
     return 0 if diag.gate["passed"] else EXIT_GATE_FAILED
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str, flag: str) -> None:
+    """Write one file atomically; a failure names the flag that chose the path."""
     from .api import atomic_write_many
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_many(path.parent, {path.name: text.encode()})
+    except (OSError, UserError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e.__cause__, "strerror", None) or "not writable"
+        raise UserError(f"{flag} {path} cannot be written ({reason}); choose a writable path") from e
+
+
+def _probe_dir(directory: Path, flag: str, target: Path | None = None) -> None:
+    """Before any work: can `directory` (made later if missing) take files? Leaves nothing behind."""
+    target = target or directory
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{flag} {target} cannot be created ({existing} is not a directory); choose a writable path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as e:
-        raise UserError(f"{path.parent} cannot be created ({e.strerror})") from e
-    atomic_write_many(path.parent, {path.name: text.encode()})
+        raise UserError(f"{flag} {target} is not writable ({e.strerror}); choose a writable path") from e
+
+
+def _probe_outputs(out: Path | None, junit: Path | None) -> None:
+    """--out and --junit are checked before the run, not after it."""
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; choose a directory")
+        _probe_dir(out, "--out")
+    if junit is not None:
+        if junit.is_dir():
+            raise UserError(f"--junit {junit} is a directory; name the XML file to write")
+        _probe_dir(junit.parent, "--junit", junit)
 
 
 Opt = typer.Option
@@ -157,8 +189,9 @@ def diagnose(
 ) -> None:
     """Evaluate teacher and student on train and val, run every check, rank the causes, write reports."""
     from ._dist import init_from_env, rank_world, shutdown
-    from .config import DiagnoseConfig
+    from .config import DiagnoseConfig, check_int
     from .demo import cache_dir as default_cache
+    from .engine import pick_device
     from .runner import diagnose_specs
 
     def go() -> int:
@@ -181,6 +214,11 @@ def diagnose(
         for p in (policy, baseline):
             if p is not None and not p.is_file():
                 raise UserError(f"{p} not found")
+        if num_classes is not None:
+            check_int("--num-classes", num_classes, 1)
+        pick_device(dev)  # an unusable --device is refused before any work, like the flags above
+        target = out or Path("reports") / run_name(student, teacher)
+        _probe_outputs(target, junit)
         diag = diagnose_specs(
             teacher,
             student,
@@ -202,7 +240,6 @@ def diagnose(
         if rank_world()[0] != 0:  # under torchrun, rank 0 alone writes and reports
             shutdown()
             return 0
-        target = out or Path("reports") / run_name(student, teacher)
         code = _finish(
             diag, target, policy=policy, junit=junit, baseline=baseline, quiet=quiet, cdn=report_cdn
         )
@@ -222,28 +259,22 @@ def gate(
     debug: Annotated[bool, Opt("--debug")] = False,
 ) -> None:
     """Apply a gate policy to a results.json: exit 0 when every rule holds, 1 when one fails."""
+    from ._render import render_gate
     from .gate import evaluate, github_outputs, load_policy, load_results
     from .report import render_markdown
     from .report.junit import render_junit
 
     def go() -> int:
+        _probe_outputs(None, junit)
         doc = load_results(results)
         verdict = evaluate(
             doc, load_policy(policy), load_results(baseline, "--baseline") if baseline else None
         )
         doc["gate"] = {k: verdict[k] for k in ("passed", "failures", "warnings", "policy")}
         if junit:
-            _write_text(junit, render_junit(doc, verdict))
+            _write_text(junit, render_junit(doc, verdict), "--junit")
         if not quiet:
-            con = Console()
-            for r in verdict["rules"]:
-                mark = "[green]✓[/]" if r["ok"] else ("[red]✗[/]" if r["level"] == "fail" else "[yellow]![/]")
-                con.print(
-                    f"{mark} {r['rule']:<34} {r['value']!s:>10}  (threshold {r['threshold']}, {r['level']})"
-                )
-            con.print(
-                f"gate {policy}: " + ("[green]passed[/]" if verdict["passed"] else "[bold red]FAILED[/]")
-            )
+            render_gate(verdict, Console())
         github_outputs(verdict, render_markdown(doc))
         return 0 if verdict["passed"] else EXIT_GATE_FAILED
 
@@ -264,6 +295,7 @@ def demo(
     from .runner import diagnose_specs
 
     def go() -> int:
+        _probe_outputs(out, None)
         con = Console(stderr=True)
         if not quiet:
             con.print("[dim]building the demo pair (cached after the first run)...[/]")

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from .errors import UserError
 
 ALPHA_ON = ("kd", "ce")
 KD_REDUCTIONS = ("batchmean", "mean", "sum")
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def check_number(flag: str, value: object) -> float:
+    """A real, finite number (NaN and Inf would only crash the report at the very end)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_int(flag: str, value: object, low: int, high: float = math.inf) -> int:
+    """An integer in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise UserError(f"{flag} must be an integer {bound}, got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -58,19 +76,19 @@ class DiagnoseConfig:
     budgets: Budgets = field(default_factory=Budgets)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
+        if not 0.0 <= check_number("--alpha", self.alpha) <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.alpha_on not in ALPHA_ON:
             raise UserError(f"--alpha-on must be one of {', '.join(ALPHA_ON)}, got {self.alpha_on!r}")
-        if self.temperature <= 0:
+        if check_number("--temperature", self.temperature) <= 0:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.kd_reduction not in KD_REDUCTIONS:
             raise UserError(
                 f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.kd_reduction!r}"
             )
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None:
+            check_int("--limit", self.limit, 1)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--seed", self.seed, 0, MAX_SEED)
         if self.quick and self.budgets == Budgets():
             self.budgets = Budgets.quick()

@@ -6,6 +6,7 @@ On CUDA: bf16 autocast, non_blocking copies, inference_mode, and no per-batch `.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ from ._sampling import ContentKeys, KeyFiltered, Reservoir, changed_fraction, is
 from .data import iter_batches, loader_length, split_batch
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
+from .models import CLASSIFIER_HINTS
 
 
 def pick_device(device: str) -> torch.device:
@@ -37,7 +39,7 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
-def as_logits(out: object) -> torch.Tensor:
+def as_logits(out: object, num_classes: int | None = None) -> torch.Tensor:
     """Model output -> logits tensor (plain tensors, `.logits` objects, tuples, dicts)."""
     if isinstance(out, torch.Tensor):
         return out
@@ -46,12 +48,27 @@ def as_logits(out: object) -> torch.Tensor:
     if isinstance(out, dict) and "logits" in out:
         return out["logits"]
     if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
+        return _logits_in_sequence(out, num_classes)
     raise UserError(f"model returned {type(out).__name__}; return logits (a [B, classes] tensor)")
 
 
+def _logits_in_sequence(out: list | tuple, num_classes: int | None) -> torch.Tensor:
+    """The [B, C] tensor of e.g. (features, logits): C == num_classes when known, else the only 2-D shape."""
+    flat = [t for t in out if isinstance(t, torch.Tensor) and t.ndim == 2]
+    match = [t for t in flat if num_classes is not None and t.shape[1] == num_classes]
+    if match:
+        return match[0]
+    if len({tuple(t.shape) for t in flat}) > 1:
+        shapes = ", ".join(str(list(t.shape)) for t in flat)
+        raise UserError(
+            f"model returned a {type(out).__name__} of tensors {shapes} and kddoctor cannot tell which "
+            "holds the logits; return the logits alone or an object with a .logits attribute"
+        )
+    return flat[0] if flat else out[0]
+
+
 def classifier_of(model: nn.Module) -> nn.Module | None:
-    """The final classification layer: timm's get_classifier(), else the last nn.Linear."""
+    """The classifier: timm's get_classifier(), a Linear named like a head (`fc`, `score`), else the last."""
     get = getattr(model, "get_classifier", None)
     if callable(get):
         try:
@@ -64,6 +81,10 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
             linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
             if linears:
                 return linears[-1]
+    named = (getattr(model, hint, None) for hint in CLASSIFIER_HINTS)  # e.g. Hugging Face's `score`
+    head = next((m for m in named if isinstance(m, nn.Linear)), None)
+    if head is not None:
+        return head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
@@ -181,6 +202,7 @@ class SplitResult:
     teacher_cache: dict | None = None  # hits / misses when the teacher cache was used
     sampled: str | None = None  # how the split was subsampled (--limit / --train-samples), if it was
     augmented: float | None = None  # share of inputs that differ on a second pass (augmentation)
+    label_notes: list[str] = field(default_factory=list)  # how labels that were not indices were read
 
     @property
     def n(self) -> int:
@@ -190,16 +212,20 @@ class SplitResult:
 class _MicroBatcher:
     """Runs a model on a batch; on CUDA out-of-memory, splits it into micro-batches and goes on."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int | None = None) -> None:
         self.micro: int | None = None  # largest size known to fit, once an OOM has happened
         self.splits = 0
+        self.num_classes = num_classes
 
     def __call__(self, model: nn.Module, x: torch.Tensor, autocast: bool) -> torch.Tensor:
         size = self.micro or len(x)
         while True:
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    outs = [as_logits(model(x[i : i + size])).float() for i in range(0, len(x), size)]
+                    outs = [
+                        as_logits(model(x[i : i + size]), self.num_classes).float()
+                        for i in range(0, len(x), size)
+                    ]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
@@ -290,6 +316,7 @@ def evaluate_split(
     teacher_cache: TeacherCache | None = None,
     seed: int = 0,
     probe_augmentation: bool = False,
+    class_names: list[str] | None = None,
 ) -> SplitResult:
     """Run both models over one split in a single streaming pass (the teacher's logits may come from
     the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced).
@@ -297,9 +324,11 @@ def evaluate_split(
     `limit` keeps a seeded, loader-order-independent subset of that many samples (see _sampling)."""
     start = time.perf_counter()
     cuda = device.type == "cuda"
-    loader, sampled = limit_loader(loader, limit, seed)
+    run = _MicroBatcher(num_classes)
+    label_notes: set[str] = set()
+    labels = {"class_names": class_names, "num_classes": num_classes, "notes": label_notes}
+    loader, sampled = limit_loader(loader, limit, seed, functools.partial(split_batch, **labels))
     taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(student)}
-    run = _MicroBatcher()
     metrics: PairMetrics | None = None
     columns, inputs, keys = SampleColumns(), InputStats(), ContentKeys(seed)
     kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
@@ -308,7 +337,7 @@ def evaluate_split(
     task = bar.add_task(f"evaluating {name}", total=loader_length(loader, None)) if bar else None
     try:
         with torch.inference_mode():
-            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, None, rank, world)):
+            for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, None, rank, world, **labels)):
                 x = x_cpu.to(device, non_blocking=cuda)
                 y = y_cpu.to(device, non_blocking=cuda)
                 if channels_last and x.ndim == 4:
@@ -364,6 +393,7 @@ def evaluate_split(
         if teacher_cache is None
         else {"hits": teacher_cache.hits, "misses": teacher_cache.misses},
         sampled=sampled,
+        label_notes=sorted(label_notes),
     )
     if world > 1:
         kept = _merge_ranks(kept)
@@ -371,13 +401,18 @@ def evaluate_split(
     if teacher_cache is not None:
         teacher_cache.save()
     if probe_augmentation:
-        changed = changed_fraction(loader, result.proj, seed, device, split_batch)
+        changed = changed_fraction(
+            loader, result.proj, seed, device, functools.partial(split_batch, **labels)
+        )
         result.augmented = None if changed is None else changed[0]
     return result
 
 
-def limit_loader(loader: Iterable, limit: int | None, seed: int) -> tuple[Iterable, str | None]:
-    """The loader itself, or one over a seeded subset of `limit` samples independent of loader order."""
+def limit_loader(
+    loader: Iterable, limit: int | None, seed: int, split=split_batch
+) -> tuple[Iterable, str | None]:
+    """The loader itself, or one over a seeded subset of `limit` samples independent of loader order
+    (`split` turns a batch into (inputs, class indices))."""
     if limit is None:
         return loader, None
     sub = subset_loader(loader, limit, seed)
@@ -385,19 +420,19 @@ def limit_loader(loader: Iterable, limit: int | None, seed: int) -> tuple[Iterab
         return sub[0], (None if sub[1] == "all" else sub[1])
     if is_reiterable(loader):
         return (
-            KeyFiltered(loader, limit, seed, split_batch),
+            KeyFiltered(loader, limit, seed, split),
             f"the {limit} samples with the smallest seeded content keys (a uniform random subset; "
             "one extra pass reads the data)",
         )
-    return _first(loader, limit), f"the first {limit} samples (the loader is a one-shot iterator)"
+    return _first(loader, limit, split), f"the first {limit} samples (the loader is a one-shot iterator)"
 
 
-def _first(loader: Iterable, limit: int) -> Iterator:
+def _first(loader: Iterable, limit: int, split) -> Iterator:
     seen = 0
     for i, batch in enumerate(loader):
         if seen >= limit:
             return
-        x, y = split_batch(batch, "subset", i)
+        x, y = split(batch, "subset", i)
         yield x[: limit - seen], y[: limit - seen]
         seen += len(x)
 

@@ -16,7 +16,7 @@ from .errors import UserError
 def _m(d: dict, *path: str) -> float:
     for p in path:
         d = d[p]
-    return float(d)
+    return math.nan if d is None else float(d)  # a metric that could not be measured fails its rule
 
 
 # rule -> (description, how to read the value, comparison): value must be >= (min_) or <= (max_) threshold
@@ -126,6 +126,78 @@ def load_policy(path: str | Path) -> Policy:
     return parse_policy(text, str(p))
 
 
+SCHEMA = "kddoctor/results/v1"
+STATUSES = ("pass", "warn", "fail", "skipped", "error")
+_NUMBER = ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+_NUMBER_OR_NULL = ("a number or null", lambda v: v is None or _NUMBER[1](v))
+_STRING = ("a string", lambda v: isinstance(v, str))
+_STRINGS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+FIELDS = {  # what interface.md promises of results.json, checked before any rule reads it
+    "model": {"loss": _NUMBER, "acc": _NUMBER, "ece": _NUMBER_OR_NULL},
+    "split": {"agreement": _NUMBER, "kl": _NUMBER_OR_NULL},
+    "checks": {
+        "id": _STRING,
+        "status": (f"one of {', '.join(STATUSES)}", lambda v: v in STATUSES),
+        "summary": _STRING,
+        "evidence": ("an object", lambda v: isinstance(v, dict)),
+    },
+    "causes": {
+        "id": _STRING,
+        "score": _NUMBER,
+        "likely": ("true or false", lambda v: isinstance(v, bool)),
+        "evidence": _STRINGS,
+        "remedies": _STRINGS,
+    },
+}
+SECTIONS = {"run": dict, "metrics": dict, "checks": list, "causes": list, "gate": dict}
+
+
+def _fields_problem(obj: object, path: str, fields: dict) -> str | None:
+    if not isinstance(obj, dict):
+        return f"{path} must be an object"
+    for key, (what, ok) in fields.items():
+        if key not in obj:
+            return f"{path}.{key} is missing"
+        if not ok(obj[key]):
+            return f"{path}.{key} must be {what}, got {obj[key]!r:.40}"
+    return None
+
+
+def _split_problem(metrics: dict, split: str) -> str | None:
+    path = f"metrics.{split}"
+    if split not in metrics:
+        return f"{path} is missing"
+    m = metrics[split]
+    if not isinstance(m, dict):
+        return f"{path} must be an object"
+    for model in ("teacher", "student"):
+        if model not in m:
+            return f"{path}.{model} is missing"
+        problem = _fields_problem(m[model], f"{path}.{model}", FIELDS["model"])
+        if problem:
+            return problem
+    return _fields_problem(m, path, FIELDS["split"])
+
+
+def schema_problem(doc: dict) -> str | None:
+    """The first field of a results document that breaks the contract, as 'path problem'; None if sound."""
+    for key, kind in SECTIONS.items():
+        if key not in doc:
+            return f"{key} is missing"
+        if not isinstance(doc[key], kind):
+            return f"{key} must be {'an object' if kind is dict else 'a list'}"
+    for split in ("train", "val"):
+        problem = _split_problem(doc["metrics"], split)
+        if problem:
+            return problem
+    for section in ("checks", "causes"):
+        for i, item in enumerate(doc[section]):
+            problem = _fields_problem(item, f"{section}[{i}]", FIELDS[section])
+            if problem:
+                return problem
+    return None
+
+
 def load_results(path: str | Path, what: str = "results") -> dict:
     p = Path(path)
     if not p.is_file():
@@ -134,14 +206,11 @@ def load_results(path: str | Path, what: str = "results") -> dict:
         doc = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{what} file {p} is not valid JSON ({e})") from e
-    if not isinstance(doc, dict) or doc.get("schema") != "kddoctor/results/v1":
-        raise UserError(f"{what} file {p} is not a kddoctor results.json (schema kddoctor/results/v1)")
-    try:
-        for split in ("train", "val"):
-            _m(doc, "metrics", split, "agreement")
-            _m(doc, "metrics", split, "student", "acc")
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{what} file {p} lacks metrics ({e})") from e
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UserError(f"{what} file {p} is not a kddoctor results.json (schema {SCHEMA})")
+    problem = schema_problem(doc)
+    if problem:
+        raise UserError(f"{what} file {p}: {problem}; write it again with kddoctor diagnose")
     return doc
 
 
@@ -166,7 +235,7 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
                 {
                     "rule": rule,
                     "level": level,
-                    "value": round(value, 6),
+                    "value": round(value, 6) if math.isfinite(value) else None,
                     "threshold": threshold,
                     "ok": ok,
                     "what": METRIC_RULES[rule][0],
@@ -198,8 +267,10 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
                 "what": f"check {check} fails",
             }
         )
-    failures = [r for r in rules if not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)]
-    warnings = [r for r in rules if not r["ok"] and r["level"] == "warn" and not policy.fail_on_warn]
+    for r in rules:  # the one place that decides which broken rules fail the gate
+        r["failed"] = not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)
+    failures = [r for r in rules if r["failed"]]
+    warnings = [r for r in rules if not r["ok"] and not r["failed"]]
     strip = lambda r: {k: r[k] for k in ("rule", "value", "threshold", "level", "what")}  # noqa: E731
     return {
         "passed": not failures,

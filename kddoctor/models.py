@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import inspect
 import pickle
 import zipfile
@@ -23,7 +24,7 @@ from .errors import UserError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "student", "net", "module")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
-CLASSIFIER_HINTS = ("head", "fc", "classifier", "logits", "linear", "last_linear", "out")
+CLASSIFIER_HINTS = ("head", "fc", "classifier", "score", "logits", "linear", "last_linear", "out")
 # Plain classes real training scripts store beside the weights (timm / ConvNeXt save argparse args).
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -51,6 +52,15 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     return "callable", spec, {}
 
 
+def spec_num_classes(spec: str) -> int | None:
+    """The class count a timm SPEC states (`timm:ARCH?num_classes=5`), if any."""
+    kind, _, kwargs = parse_spec(spec)
+    n = kwargs.get("num_classes") if kind == "timm" else None
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise UserError(f"model SPEC {spec!r}: num_classes must be a positive integer, got {n!r}")
+    return n
+
+
 def build_model(spec: str, num_classes: int | None) -> nn.Module:
     """Instantiate the model a SPEC names (weights random: pretrained=False)."""
     kind, ref, kwargs = parse_spec(spec)
@@ -61,6 +71,9 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
             near = timm.list_models(f"*{ref[:6]}*")[:5]
             hint = f"; similar: {', '.join(near)}" if near else ""
             raise UserError(f"model SPEC {spec!r}: timm has no architecture {ref!r}{hint}")
+        stated = spec_num_classes(spec)
+        if num_classes is not None and stated is not None and stated != num_classes:
+            raise UserError(f"model SPEC {spec!r} says num_classes={stated} but the run has {num_classes}")
         if num_classes is not None:
             kwargs = {"num_classes": num_classes, **kwargs}
         try:
@@ -80,6 +93,36 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model SPEC {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive (a zip with code/ and constants.pkl), not a torch.save checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _findable(name: str) -> bool:
+    """Whether the module of a pickled global (`pkg.mod.Class`) can be found, without importing it."""
+    top = name.split(".")[0]
+    if top == "__main__" or "." not in name:
+        return False
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _unimportable(path: Path, names: list[str], trust: bool, detail: str = "") -> UserError:
+    return UserError(
+        f"checkpoint {path} pickles a whole model whose class cannot be imported here "
+        f"({', '.join(names[:3])}{'; ' + detail if detail else ''}); make the class importable "
+        f"(e.g. put its module on PYTHONPATH) and {'keep' if trust else 'pass'} --trust-checkpoint, "
+        "or save model.state_dict() instead"
+    )
 
 
 def _read_file(path: Path, trust: bool) -> object:
@@ -106,6 +149,9 @@ def _read_file(path: Path, trust: bool) -> object:
                 f"checkpoint {path} is corrupt or truncated (unreadable pickle: "
                 f"{_last_line(e)}); check the file or save it again"
             ) from e
+        missing = [n for n in names if not _findable(n)]
+        if missing:
+            raise _unimportable(path, missing, trust) from e
         raise UserError(
             f"checkpoint {path} needs to unpickle code ({', '.join(names[:3])}), refused under "
             "weights_only; pass --trust-checkpoint only if you trust where it came from"
@@ -121,6 +167,9 @@ def _read_file(path: Path, trust: bool) -> object:
         ImportError,
     ) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        names = pickle_globals(path) if isinstance(e, AttributeError | ImportError) else None
+        if names:  # a pickled class that is gone (renamed, moved, defined in a script's __main__)
+            raise _unimportable(path, names, trust, msg[:120]) from e
         raise UserError(
             f"checkpoint {path} is corrupt or truncated ({msg[:200]}); check the file or save it again"
         ) from e
@@ -224,6 +273,12 @@ def load_state_dict(
         raise UserError(f"--{role}-ckpt {p} is a directory; point at the checkpoint file")
     if not p.is_file():
         raise UserError(f"--{role}-ckpt {p} not found; check the path")
+    if is_torchscript(p):
+        raise UserError(
+            f"--{role}-ckpt {p} is a TorchScript archive (torch.jit.save), code and weights in one; "
+            f"drop --{role}-ckpt and pass --{role} load.py:load, "
+            f"where load() returns torch.jit.load({str(p)!r})"
+        )
     obj = _read_file(p, trust)
     return normalize_keys(unwrap_checkpoint(obj, role=role, ema=ema, path=str(p)))
 

@@ -6,9 +6,21 @@ from pathlib import Path
 
 from .api import Diagnosis, diagnose_bundle
 from .config import DiagnoseConfig
-from .data import image_folder, load_factory, parse_data_args
+from .data import image_folder, load_factory, normalize_inputs, parse_data_args
 from .errors import UserError
-from .models import infer_num_classes, load_model, load_state_dict
+from .models import infer_num_classes, load_model, load_state_dict, spec_num_classes
+
+
+def explicit_num_classes(flag: int | None, teacher: str, student: str) -> int | None:
+    """--num-classes and a timm SPEC's `?num_classes=` state the class count alike; they must agree."""
+    stated = {f"--num-classes {flag}": flag} if flag is not None else {}
+    for role, spec in (("teacher", teacher), ("student", student)):
+        n = spec_num_classes(spec)
+        if n is not None:
+            stated[f"--{role} {spec}"] = n
+    if len(set(stated.values())) > 1:
+        raise UserError(f"conflicting class counts: {', '.join(stated)}; state one count")
+    return next(iter(stated.values()), None)
 
 
 def resolve_num_classes(explicit: int | None, sds: dict[str, dict | None], data_nc: int | None) -> int | None:
@@ -55,6 +67,7 @@ def diagnose_specs(
     teacher_cache: Path | None = None,
     compile: bool = False,
 ) -> Diagnosis:
+    explicit = explicit_num_classes(num_classes, teacher, student)
     sds = {
         "teacher": load_state_dict(teacher_ckpt, role="teacher", ema=teacher_ema, trust=trust)
         if teacher_ckpt
@@ -63,8 +76,8 @@ def diagnose_specs(
         if student_ckpt
         else None,
     }
-    bundle = load_factory(data, parse_data_args(data_args)) if data else None
-    nc = resolve_num_classes(num_classes, sds, bundle.num_classes if bundle else None)
+    bundle = load_factory(data, parse_data_args(data_args), seed=config.seed) if data else None
+    nc = resolve_num_classes(explicit, sds, bundle.num_classes if bundle else None)
     if nc is None and data_dir is None:
         raise UserError("cannot tell the number of classes: pass --num-classes N (or a checkpoint)")
     if nc is None and data_dir is not None:
@@ -91,6 +104,7 @@ def diagnose_specs(
         bundle = image_folder(
             data_dir,
             s_model,
+            teacher=t_model,
             batch_size=config.batch_size,
             pin_memory=config.device.startswith("cuda") or config.device == "auto",
         )
@@ -98,6 +112,7 @@ def diagnose_specs(
             raise UserError(
                 f"--data-dir has {bundle.num_classes} class folders but the models have {nc} classes"
             )
+    t_model, s_model = normalize_inputs(bundle, t_model, s_model)
     return diagnose_bundle(
         t_model,
         s_model,

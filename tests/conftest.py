@@ -30,3 +30,20 @@ def demo_paths():
     from kddoctor import demo
 
     return demo.build_demo_pair()
+
+
+@pytest.fixture
+def specs_run(monkeypatch):
+    """runner.diagnose_specs stopped short of the diagnosis: the models, DataBundle and keywords."""
+    from kddoctor import runner
+    from kddoctor.config import DiagnoseConfig
+
+    def run(teacher: str, student: str, **kw) -> dict:
+        seen: dict = {}
+        monkeypatch.setattr(runner, "diagnose_bundle", lambda t, s, b, **k: seen.update(t=t, s=s, b=b, **k))
+        args = {"teacher_ckpt": None, "student_ckpt": None, "data": None, "data_dir": None, "data_args": []}
+        args.update(num_classes=None, config=DiagnoseConfig(batch_size=4, seed=3))
+        runner.diagnose_specs(teacher, student, **{**args, **kw})
+        return seen
+
+    return run

@@ -133,11 +133,41 @@ def test_bad_input_is_one_line_exit_2_and_keeps_previous_report(demo_paths, tmp_
         ("--kd-reduction", "avg", "--kd-reduction must be"),
         ("--device", "tpu", "--device"),
         ("--temperature", "0", "--temperature must be"),
+        ("--temperature", "nan", "--temperature must be a finite number"),
+        ("--temperature", "inf", "--temperature must be a finite number"),
+        ("--alpha", "nan", "--alpha must be"),
+        ("--seed", "-1", "--seed must be"),
+        ("--batch-size", "0", "--batch-size must be"),
+        ("--limit", "0", "--limit must be"),
+        ("--num-classes", "0", "--num-classes must be"),
     ],
 )
 def test_bad_option_values(demo_paths, tmp_path, flag, value, match):
     res = runner.invoke(app, diagnose_args(demo_paths, tmp_path, flag, value))
     assert res.exit_code == 2 and match in res.stderr
+    # refused before any work: a missing checkpoint is never reached
+    args = diagnose_args(demo_paths, tmp_path, flag, value)
+    args[args.index("--teacher-ckpt") + 1] = str(tmp_path / "missing.pt")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and match in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_unwritable_out_and_junit_are_refused_before_the_run(demo_paths, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    missing_ckpt = str(tmp_path / "missing.pt")  # reached only if the run started
+    for extra, flag in (
+        (["--out", str(blocker / "sub")], "--out"),
+        (["--junit", str(blocker / "j.xml")], "--junit"),
+        (["--junit", str(tmp_path)], "--junit"),
+    ):
+        args = diagnose_args(demo_paths, tmp_path / "o", *extra)
+        args[args.index("--teacher-ckpt") + 1] = missing_ckpt
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and flag in res.stderr and "missing.pt" not in res.stderr, res.stderr
+        if flag == "--junit":
+            assert "--out" not in res.stderr
+    assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_debug_shows_traceback(demo_paths, tmp_path):

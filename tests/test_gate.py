@@ -243,3 +243,104 @@ def test_diagnose_with_policy_records_the_gate(demo_paths, tmp_path):
         ],
     )
     assert res.exit_code == 0
+
+
+def strict_warn_only_doc() -> dict:
+    """Every fail-level rule of checks/strict.toml holds; its two [warn] rules break."""
+    doc = results(
+        metrics__train__agreement=0.98,
+        metrics__val__agreement=0.975,  # >= 0.97 (gate) but < 0.98 (warn)
+        metrics__val__kl=0.08,  # <= 0.10 (gate) but > 0.05 (warn)
+        metrics__val__student__acc=0.96,
+    )
+    doc["checks"][1]["status"] = "pass"
+    doc["causes"][0].update(score=0.2, likely=False)
+    return doc
+
+
+def test_fail_on_warn_failures_are_named_everywhere(tmp_path):
+    from rich.console import Console
+
+    from kddoctor._render import render_summary
+
+    strict = ROOT / "checks" / "strict.toml"
+    doc = strict_warn_only_doc()
+    verdict = evaluate(doc, load_policy(strict))
+    assert not verdict["passed"]
+    assert sorted(f["rule"] for f in verdict["failures"]) == ["max_val_kl", "min_val_agreement"]
+    p, junit = tmp_path / "results.json", tmp_path / "gate.xml"
+    p.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["gate", str(p), "--policy", str(strict), "--junit", str(junit)])
+    assert res.exit_code == 1
+    failed = [ln for ln in res.stdout.splitlines() if ln.startswith("✗")]
+    assert [ln.split()[1] for ln in failed] == ["min_val_agreement", "max_val_kl"], res.stdout
+    assert all("fail_on_warn" in ln for ln in failed)
+    verdict_line = res.stdout.strip().splitlines()[-1]
+    assert "FAILED" in verdict_line and "min_val_agreement" in verdict_line and "max_val_kl" in verdict_line
+    suite = ET.parse(junit).getroot().find("testsuite[@name='kddoctor.gate']")
+    assert suite.get("failures") == "2" and len(suite.findall("testcase/failure")) == 2
+    assert {c.get("classname") for c in suite.findall("testcase[failure]")} == {"kddoctor.gate.warn"}
+    con = Console(record=True, width=200)
+    run = {**doc["run"], "device": "cpu", "n": {"train": 10, "val": 10}}
+    render_summary({**doc, "run": run, "gate": verdict}, con)
+    text = con.export_text()
+    assert "FAILED" in text and "✗ min_val_agreement" in text and "✗ max_val_kl" in text
+
+
+def _drop(doc, path):
+    *keys, last = path.split(".")
+    for k in keys:
+        doc = doc[int(k)] if isinstance(doc, list) else doc[k]
+    del doc[last]
+
+
+@pytest.mark.parametrize(
+    "edit,where",
+    [
+        (lambda d: _drop(d, "causes"), "causes"),
+        (lambda d: _drop(d, "checks"), "checks"),
+        (lambda d: d["metrics"]["val"]["student"].update(acc="high"), "metrics.val.student.acc"),
+        (lambda d: d["metrics"]["train"].update(agreement=True), "metrics.train.agreement"),
+        (lambda d: _drop(d, "metrics.val.teacher.loss"), "metrics.val.teacher.loss"),
+        (lambda d: d["metrics"]["val"].update(agreement=None), "metrics.val.agreement"),
+        (lambda d: d["causes"][1].pop("score"), "causes[1].score"),
+        (lambda d: d["causes"][0].update(likely="yes"), "causes[0].likely"),
+        (lambda d: d["causes"][0].update(remedies="r"), "causes[0].remedies"),
+        (lambda d: d["checks"][0].update(status="fine"), "checks[0].status"),
+        (lambda d: d["checks"][1].update(evidence=[]), "checks[1].evidence"),
+        (lambda d: d.update(checks={}), "checks"),
+        (lambda d: d.update(gate="yes"), "gate"),
+        (lambda d: d.update(run=[]), "run"),
+        (lambda d: d.update(metrics={"train": {}}), "metrics.train.teacher"),
+    ],
+)
+def test_malformed_results_are_one_line_before_any_verdict(tmp_path, edit, where):
+    doc = results()
+    edit(doc)
+    p, pol = tmp_path / "results.json", tmp_path / "p.toml"
+    p.write_text(json.dumps(doc))
+    pol.write_text('[gate]\nmin_val_agreement = 0.9\nfail_on_likely = ["overfitting"]\n')
+    res = runner.invoke(app, ["gate", str(p), "--policy", str(pol)])
+    assert res.exit_code == 2 and res.stdout == "", res.stdout
+    assert res.stderr.count("\n") == 1 and f"{p}: {where} " in res.stderr, res.stderr
+
+
+def test_null_ece_and_kl_are_allowed_but_fail_their_rules(tmp_path):
+    doc = results()
+    doc["metrics"]["val"]["kl"] = None
+    p, pol = tmp_path / "results.json", tmp_path / "p.toml"
+    p.write_text(json.dumps(doc))
+    pol.write_text("[gate]\nmax_val_kl = 0.5\nmin_val_agreement = 0.9\n")
+    res = runner.invoke(app, ["gate", str(p), "--policy", str(pol)])
+    assert res.exit_code == 1 and "✗ max_val_kl" in res.stdout, res.output
+
+
+def test_junit_that_cannot_be_written_names_junit(results_file, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    pol = tmp_path / "p.toml"
+    pol.write_text("[gate]\nmin_val_agreement = 0.9\n")
+    for junit in (blocker / "gate.xml", tmp_path):
+        res = runner.invoke(app, ["gate", str(results_file), "--policy", str(pol), "--junit", str(junit)])
+        assert res.exit_code == 2 and "--junit" in res.stderr and "--out" not in res.stderr, res.stderr
+        assert res.stdout == ""  # refused before the verdict

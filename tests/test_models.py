@@ -226,3 +226,77 @@ def test_missing_and_directory_paths(tmp_path):
         load_state_dict(tmp_path / "nope.pt", role="student")
     with pytest.raises(UserError, match="is a directory"):
         load_state_dict(tmp_path, role="student")
+
+
+def test_torchscript_file_is_named_not_called_corrupt(tmp_path):
+    p = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(student_cnn(num_classes=10)), str(p))
+    for trust in (False, True):
+        with pytest.raises(UserError, match="TorchScript") as e:
+            load_state_dict(p, role="teacher", trust=trust)
+        msg = str(e.value)
+        assert "corrupt" not in msg and "torch.jit.load" in msg and ".py:" in msg and "\n" not in msg
+
+
+MODEL_MODULE = """
+import torch
+class PickledNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+"""
+
+
+def test_whole_module_of_an_unimportable_class_names_the_class(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "gone_models.py").write_text(MODEL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_models
+
+    p = _save(tmp_path, gone_models.PickledNet(), "whole.pt")
+    monkeypatch.delitem(sys.modules, "gone_models")
+    (tmp_path / "gone_models.py").unlink()  # the class is no longer importable
+    for trust in (False, True):
+        with pytest.raises(UserError) as e:
+            load_state_dict(p, role="student", trust=trust)
+        msg = str(e.value)
+        assert "gone_models.PickledNet" in msg and "--trust-checkpoint" in msg and "PYTHONPATH" in msg
+        assert "corrupt" not in msg and "\n" not in msg
+
+
+class ScoreHead(torch.nn.Module):
+    """Hugging Face style: the classifier is `score`, registered before the backbone."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.score = torch.nn.Linear(16, num_classes)
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.score(self.backbone(x))
+
+
+def test_score_head_is_the_classifier():
+    from kddoctor.engine import classifier_of
+
+    model = ScoreHead()
+    assert classifier_of(model) is model.score
+    sd = {"score.weight": torch.zeros(5, 16), "embed.weight": torch.zeros(100, 16)}
+    assert infer_num_classes(sd) == 5
+
+
+def test_num_classes_in_a_timm_spec_is_explicit(tmp_path, specs_run):
+    fac = tmp_path / "fac.py"
+    fac.write_text(
+        "import torch\ndef make():\n    b = [(torch.zeros(2, 3, 32, 32), torch.zeros(2).long())]\n"
+        "    return {'train': b, 'val': b}\n"
+    )
+    run = specs_run("timm:resnet10t?num_classes=5", "timm:resnet10t", data=f"{fac}:make")
+    assert run["num_classes"] == 5 and run["s"].get_classifier().out_features == 5
+    run = specs_run("timm:resnet10t?num_classes=5", "timm:resnet10t", data=f"{fac}:make", num_classes=5)
+    assert run["num_classes"] == 5
+    with pytest.raises(UserError, match="num_classes=5.*--num-classes 7|--num-classes 7.*num_classes=5"):
+        specs_run("timm:resnet10t?num_classes=5", "timm:resnet10t", data=f"{fac}:make", num_classes=7)
+    with pytest.raises(UserError, match="num_classes=5.*num_classes=3"):
+        specs_run("timm:resnet10t?num_classes=5", "timm:resnet10t?num_classes=3", data=f"{fac}:make")

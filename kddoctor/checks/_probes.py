@@ -22,13 +22,13 @@ def cached(ev, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def forward(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+def forward(model: nn.Module, x: torch.Tensor, batch: int, num_classes: int | None = None) -> torch.Tensor:
     """Logits of `model` in its current mode, in chunks, float32."""
     cuda = x.device.type == "cuda"
     outs = []
     for i in range(0, len(x), batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            outs.append(as_logits(model(x[i : i + batch])).float())
+            outs.append(as_logits(model(x[i : i + batch]), num_classes).float())
     return torch.cat(outs)
 
 
@@ -38,7 +38,7 @@ def teacher_logits(ev, split: str) -> torch.Tensor:
     if key not in ev.memo:
         x, _ = cached(ev, split)
         ev.teacher.eval()
-        ev.memo[key] = forward(ev.teacher, x, ev.config.budgets.eval_batch)
+        ev.memo[key] = forward(ev.teacher, x, ev.config.budgets.eval_batch, ev.num_classes)
     return ev.memo[key]
 
 
@@ -94,7 +94,7 @@ def finetune(
             model.train()
             idx = torch.randint(0, len(x), (bs,), generator=gen).to(x.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                s = as_logits(model(x[idx])).float()
+                s = as_logits(model(x[idx]), ev.num_classes).float()
             loss = kd_loss(
                 s,
                 t[idx],
@@ -111,7 +111,9 @@ def finetune(
             if eval_every and (step % eval_every == 0 or step == steps):
                 model.eval()
                 agree = (
-                    (forward(model, x, ev.config.budgets.eval_batch).argmax(1) == t.argmax(1)).float().mean()
+                    (forward(model, x, ev.config.budgets.eval_batch, ev.num_classes).argmax(1) == t.argmax(1))
+                    .float()
+                    .mean()
                 )
                 curve.append((step, float(agree)))
     return model.eval(), curve
@@ -119,7 +121,9 @@ def finetune(
 
 def val_score(ev, model: nn.Module) -> dict:
     x, y = cached(ev, "val")
-    return score(forward(model, x, ev.config.budgets.eval_batch), teacher_logits(ev, "val"), y)
+    return score(
+        forward(model, x, ev.config.budgets.eval_batch, ev.num_classes), teacher_logits(ev, "val"), y
+    )
 
 
 def checkpoint_val_score(ev) -> dict:

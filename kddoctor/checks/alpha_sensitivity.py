@@ -40,7 +40,7 @@ def gradient_balance(ev) -> dict:
     with torch.enable_grad():
         for i in range(batches):
             sl = slice(i * bs, (i + 1) * bs)
-            s = as_logits(model(x[sl])).float()
+            s = as_logits(model(x[sl]), ev.num_classes).float()
             ce = w_ce * F.cross_entropy(s, y[sl])
             kd = w_kd * kd_term(s, t[sl], cfg.temperature, t2=cfg.t2, reduction=cfg.kd_reduction)
             g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)

@@ -54,11 +54,12 @@ def _teacher_drift(ev) -> dict:
     t_eval = teacher_logits(ev, "train")
     teacher = copy.deepcopy(ev.teacher).train()
     torch.manual_seed(ev.config.seed)
-    passes = [F.log_softmax(forward(teacher, x, BN_BATCH), 1) for _ in range(TRAIN_MODE_PASSES)]
+    nc = ev.num_classes
+    passes = [F.log_softmax(forward(teacher, x, BN_BATCH, nc), 1) for _ in range(TRAIN_MODE_PASSES)]
     t_train = torch.logsumexp(torch.stack(passes), 0) - math.log(len(passes))  # mean of the probabilities
     p = F.log_softmax(t_eval, 1)
     ev.student.eval()
-    s = F.log_softmax(forward(ev.student, x, ev.config.budgets.eval_batch), 1)
+    s = F.log_softmax(forward(ev.student, x, ev.config.budgets.eval_batch, nc), 1)
     kl_eval, kl_train = _kl(p, s), _kl(t_train, s)
     return {
         "teacher_train_mode_agreement": float((t_eval.argmax(1) == passes[0].argmax(1)).float().mean()),

@@ -5,6 +5,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 
+def _failed(rule: dict) -> bool:
+    """Whether a rule fails the gate (a broken warn rule does under fail_on_warn)."""
+    return rule.get("failed", not rule["ok"] and rule["level"] == "fail")
+
+
 def render_junit(results: dict, gate: dict | None) -> str:
     root = ET.Element("testsuites", name="kddoctor")
     if gate is not None:
@@ -14,12 +19,15 @@ def render_junit(results: dict, gate: dict | None) -> str:
             "testsuite",
             name="kddoctor.gate",
             tests=str(len(rules)),
-            failures=str(sum(1 for r in rules if not r["ok"] and r["level"] == "fail")),
+            failures=str(sum(map(_failed, rules))),
         )
         for r in rules:
-            case = ET.SubElement(suite, "testcase", classname="kddoctor.gate", name=r["rule"])
+            # a rule may sit in [gate] and in [warn]: the class name tells the two cases apart
+            cls = "kddoctor.gate" if r["level"] == "fail" else "kddoctor.gate.warn"
+            case = ET.SubElement(suite, "testcase", classname=cls, name=r["rule"])
             msg = f"{r['what']}: {r['value']} vs threshold {r['threshold']}"
-            if not r["ok"] and r["level"] == "fail":
+            if _failed(r):
+                msg += " (warn rule, failing under fail_on_warn)" if r["level"] == "warn" else ""
                 ET.SubElement(case, "failure", message=msg, type="GateRuleFailed").text = msg
             elif not r["ok"]:
                 ET.SubElement(case, "system-out").text = f"warning: {msg}"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import html
 import re
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|!])")
+# Markdown syntax, plus < > & so that no raw HTML or entity survives: `\<script\>` shows as written.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|!<>&~])")
 
 
 def md_escape(text: str) -> str:
-    """Escape user-controlled strings: HTML entities for <, >, &, quotes; backslashes for Markdown syntax."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text)))
+    """Escape a user-controlled string for Markdown: a backslash before syntax, all on one line."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """A metric as text; "–" for one that could not be measured (null in results.json)."""
+    return "–" if value is None else format(value, spec)
 
 
 def render_markdown(diag) -> str:
@@ -43,7 +48,7 @@ def render_markdown(diag) -> str:
         lines.append(
             f"| {split} | {s['teacher']['loss']:.3f} | {s['teacher']['acc']:.1%} | "
             f"{s['student']['loss']:.3f} | {s['student']['acc']:.1%} | {s['agreement']:.1%} | "
-            f"{s['kl']:.3f} |"
+            f"{_fmt(s['kl'], '.3f')} |"
         )
     lines += ["", "| check | status | summary |", "|---|---|---|"]
     for c in d["checks"]:

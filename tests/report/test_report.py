@@ -48,9 +48,23 @@ def test_hostile_strings_are_escaped(hostile_diag):
     assert html.count("<script") == n_figs + 2
 
 
+def _md_to_html(md: str) -> str:
+    """What a Markdown viewer makes of report.md (raw HTML allowed, as on GitHub before sanitizing)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(md)
+
+
 def test_markdown_escapes_hostile_strings(hostile_diag):
+    html = _md_to_html(render_markdown(hostile_diag))
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;window.__pwned=1" in html
+
+
+def test_markdown_is_markdown_escaped_not_html_escaped(hostile_diag):
     md = render_markdown(hostile_diag)
-    assert "<script>" not in md and "<img" not in md
+    assert "reduced by 'batchmean'" in md and "&#x27;" not in md and "&lt;" not in md
+    assert "reduced by 'batchmean'" in _md_to_html(md)
+    assert "\\<script\\>" in md  # shown as written, never live
 
 
 def test_script_json_cannot_close_its_element():
@@ -75,3 +89,29 @@ def test_report_size_is_flat_when_data_grows_4x():
         sizes.append(len(render_html(d)))
     assert abs(sizes[1] - sizes[0]) / sizes[0] < 0.01, sizes
     assert sizes[0] < 2.5e6
+
+
+def test_classes_without_val_samples_show_as_missing():
+    from kddoctor.checks.base import jsonable
+    from kddoctor.report.figures import build_figures
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 8), torch.arange(60) % 3
+    train = [(x[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20)]
+    val = [(x[y != 2], y[y != 2])]  # no val sample of class "c"
+    d = diagnose(
+        torch.nn.Linear(8, 3),
+        torch.nn.Linear(8, 3),
+        train,
+        val,
+        num_classes=3,
+        class_names=list("abc"),
+        checks=[],
+    )
+    pc = d.details["per_class"]["val"]
+    assert pc["count"][2] == 0 and pc["agreement"][2] is None and pc["student_acc"][2] is None
+    assert pc["agreement"][0] is not None
+    row = re.search(r"<tr><td>c</td>(.*?)</tr>", render_html(d)).group(1)
+    assert "%" not in row and row.count("–") == 3
+    fig = build_figures(d.to_dict(), jsonable(d.details))["per_class"]
+    assert all(trace["y"][2] is None for trace in fig["data"])
