@@ -254,9 +254,15 @@ class _Retained:
         self.inputs.offer(key, x=x, y=y)
         cols = {"teacher": t, "student": s, "target": y}
         for role, f in feats.items():
+            width = self.feat_width.get(role, 0)
             if f is None:  # the teacher came from the cache: its features are filled in at the end
-                width = self.feat_width.get(role, 0)
                 f = torch.full((len(t), width), float("nan"), device=t.device)
+            elif width == 0 and f.shape[1] and f"feat_{role}" in self.outputs.cols:
+                # the first batches were cache hits: widen their placeholder rows to the real width
+                old = self.outputs.cols[f"feat_{role}"]
+                self.outputs.cols[f"feat_{role}"] = torch.full(
+                    (len(old), f.shape[1]), float("nan"), device=old.device
+                )
             self.feat_width[role] = f.shape[1]
             cols[f"feat_{role}"] = f
         self.outputs.offer(key, **cols)

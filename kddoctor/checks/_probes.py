@@ -79,16 +79,14 @@ def finetune(
     bs = min(ev.config.budgets.probe_batch, len(x))
     curve: list[tuple[int, float]] = []
     cuda = x.device.type == "cuda"
-    if eval_every:  # step 0: the checkpoint as it stands, so the curve shows the first steps' jump
+
+    def agreement() -> float:
         model.eval()
-        curve.append(
-            (
-                0,
-                float(
-                    (forward(model, x, ev.config.budgets.eval_batch).argmax(1) == t.argmax(1)).float().mean()
-                ),
-            )
-        )
+        s = forward(model, x, ev.config.budgets.eval_batch, ev.num_classes)
+        return float((s.argmax(1) == t.argmax(1)).float().mean())
+
+    if eval_every:  # step 0: the checkpoint as it stands, so the curve shows the first steps' jump
+        curve.append((0, agreement()))
     with torch.enable_grad():
         for step in range(1, steps + 1):
             model.train()
@@ -109,13 +107,7 @@ def finetune(
             loss.backward()
             opt.step()
             if eval_every and (step % eval_every == 0 or step == steps):
-                model.eval()
-                agree = (
-                    (forward(model, x, ev.config.budgets.eval_batch, ev.num_classes).argmax(1) == t.argmax(1))
-                    .float()
-                    .mean()
-                )
-                curve.append((step, float(agree)))
+                curve.append((step, agreement()))
     return model.eval(), curve
 
 
