@@ -31,9 +31,7 @@ DEMO_RECIPE = {
 
 
 class _ConvNet(nn.Module):
-    def __init__(
-        self, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0, block_dropout: float = 0.0
-    ) -> None:
+    def __init__(self, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
@@ -41,8 +39,6 @@ class _ConvNet(nn.Module):
             layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
             if i == 0:
                 layers.append(nn.MaxPool2d(2))  # 8x8 -> 4x4
-            if block_dropout:
-                layers.append(nn.Dropout2d(block_dropout))
             c_in = w
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.drop = nn.Dropout(dropout)
@@ -159,28 +155,21 @@ def recipe_key(recipe: dict) -> str:
 
 
 TEACHER_KEY = recipe_key({"epochs": DEMO_RECIPE["teacher_epochs"], "v": 2})
-TEACHER_DROPOUT = {"standard": (0.2, 0.0), "dropout_heavy": (0.5, 0.3)}  # (head, after each block)
 
 
-def teacher_key(split_seed: int = 0, variant: str = "standard") -> str:
-    """Cache key of a digits teacher (the demo's own teacher keeps its historical key)."""
-    if split_seed == 0 and variant == "standard":
+def teacher_key(split_seed: int = 0) -> str:
+    """Cache key of a digits teacher (the demo's own teacher, split 0, keeps its historical key)."""
+    if split_seed == 0:
         return TEACHER_KEY
-    dropout = TEACHER_DROPOUT[variant]
-    return recipe_key(
-        {"epochs": DEMO_RECIPE["teacher_epochs"], "v": 3, "split": split_seed, "dropout": dropout}
-    )
+    return recipe_key({"epochs": DEMO_RECIPE["teacher_epochs"], "v": 2, "split": split_seed})
 
 
-def build_teacher(
-    root: Path | None = None, *, split_seed: int = 0, variant: str = "standard"
-) -> tuple[Path, nn.Module]:
+def build_teacher(root: Path | None = None, *, split_seed: int = 0) -> tuple[Path, nn.Module]:
     """Train (or reuse) the digits teacher on all 1,437 training digits of split `split_seed`."""
-    root = (root or cache_dir()) / f"teacher-{teacher_key(split_seed, variant)}"
+    root = (root or cache_dir()) / f"teacher-{teacher_key(split_seed)}"
     t_path = root / "teacher.pt"
     torch.manual_seed(split_seed)  # the same initial weights on every machine
-    head, block = TEACHER_DROPOUT[variant]
-    teacher = _ConvNet((32, 64, 128), 10, dropout=head, block_dropout=block)
+    teacher = teacher_cnn()
     if t_path.is_file():
         teacher.load_state_dict(torch.load(t_path, weights_only=True)["state_dict"])
         return t_path, teacher.eval()

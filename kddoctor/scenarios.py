@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import _train, demo
+from . import _frameworks, _train, demo
 from .api import Diagnosis, diagnose
 
 
@@ -38,10 +39,18 @@ class Recipe:
     bn_momentum: float | None = 0.1  # 0.0 freezes BatchNorm running statistics at their init values
     val_normalization: str = "standard"  # standard | none | div255 (see demo.VAL_TRANSFORMS)
     augment: bool = False  # random 1-pixel shifts while distilling (the same view for both models)
-    teacher: str = "standard"  # teacher variant: standard | dropout_heavy
-    teacher_train_mode: bool = False  # the teacher left in train mode (dropout on) while distilling
     student_norm: str = "standard"  # raw: the student learned on [0, 1] pixels (expects mean 0, std 1)
     loader_augment: int = 0  # the diagnosis train loader shifts each batch by up to N pixels
+    framework: str | None = None  # a KD codebase's loss and checkpoint layout (kddoctor._frameworks)
+    fw_weights: tuple = ()  # that codebase's loss weights, as (name, value) pairs
+
+    def stated(self) -> dict:
+        """The KD convention the user states to kddoctor (from the codebase's own weights, if any)."""
+        if self.framework is None:
+            keys = ("alpha", "alpha_on", "temperature", "t2", "reduction")
+            return {k: getattr(self, k) for k in keys}
+        flags = _frameworks.FRAMEWORKS[self.framework].kddoctor_flags(**dict(self.fw_weights))
+        return _frameworks.kd_loss_kwargs(flags)
 
     def model(self) -> nn.Module:
         return (
@@ -147,15 +156,6 @@ SCENARIOS: list[Scenario] = [
         family="mismatch_norm_conflict",
     ),
     *_doses(
-        "noisy_labels_student",
-        "alpha_imbalance",
-        "the student's labels are noisier than the teacher's view (25% mild, 40% severe flipped) and the "
-        "loss weighs them as much as the teacher (alpha 0.5)",
-        R(alpha=0.5, label_noise=0.25, epochs=60),
-        R(alpha=0.5, label_noise=0.4, epochs=60),
-        dict(label_noise=0.0),
-    ),
-    *_doses(
         "alpha_reduction",
         "alpha_imbalance",
         "the KD term shrinks: mild kl_div(reduction='mean') at alpha 0.7 (1/10), severe also without T² "
@@ -224,6 +224,54 @@ SCENARIOS: list[Scenario] = [
         family="mix_capacity_val_input",
     ),
 ]
+FRAMEWORK_SCENARIOS = [
+    Scenario(
+        "fw_torchdistill_ce_heavy",
+        "alpha_imbalance",
+        "torchdistill KDLoss alpha=0.9 (CE), beta=0.1 (KD), T=4 on 30% noisy labels; saved by save_ckpt",
+        R(
+            framework="torchdistill",
+            fw_weights=(("alpha", 0.9), ("beta", 0.1), ("temperature", 4.0)),
+            **NOISY,
+        ),
+        dict(fw_weights=(("alpha", 0.1), ("beta", 0.9), ("temperature", 4.0))),
+        family="fw_torchdistill_ce_heavy",
+    ),
+    Scenario(
+        "fw_mdistiller_healthy",
+        None,
+        "mdistiller KD with its defaults (CE_WEIGHT 0.1, KD_WEIGHT 0.9, T=4); the DataParallel distiller "
+        "checkpoint's student keys",
+        R(framework="mdistiller", fw_weights=(("ce_weight", 0.1), ("kd_weight", 0.9), ("temperature", 4.0))),
+    ),
+    Scenario(
+        "fw_timm_healthy",
+        None,
+        "timm LogitDistillationTask (task 0.5, distill 0.5, T=4, no smoothing); a CheckpointSaver file",
+        R(
+            framework="timm",
+            fw_weights=(
+                ("task_loss_weight", 0.5),
+                ("distill_loss_weight", 0.5),
+                ("temperature", 4.0),
+                ("smoothing", 0.0),
+            ),
+        ),
+    ),
+    Scenario(
+        "fw_repdistiller_undertrained",
+        "optimization",
+        "RepDistiller -r 0.1 -a 0.9 -b 0 --kd_T 4, stopped after 2 epochs; a {model}_best.pth file",
+        R(
+            framework="RepDistiller",
+            fw_weights=(("gamma", 0.1), ("alpha", 0.9), ("beta", 0.0), ("temperature", 4.0)),
+            epochs=2,
+        ),
+        dict(epochs=40),
+        family="fw_repdistiller_undertrained",
+    ),
+]
+SCENARIOS += FRAMEWORK_SCENARIOS
 DRAWS = {0: "tuning", 1: "held-back"}  # draw 1: another train/val split, other seeds, other subsets
 
 
@@ -249,9 +297,7 @@ def _cfg(mean: tuple, std: tuple) -> dict:
 
 def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, draw: int = 0) -> nn.Module:
     """Distill a student as the recipe says (cached by recipe and draw)."""
-    key = demo.recipe_key(
-        {**dataclasses.asdict(recipe), "teacher": demo.teacher_key(draw, recipe.teacher), "draw": draw}
-    )
+    key = demo.recipe_key({**dataclasses.asdict(recipe), "teacher": demo.teacher_key(draw), "draw": draw})
     path = (root or demo.cache_dir()) / "scenarios" / f"{key}.pt"
     torch.manual_seed(1 + 100 * draw)  # the same initial weights every time the recipe is built
     model = recipe.model()
@@ -262,6 +308,31 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, 
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
+    _distill(recipe, model, teacher, draw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if recipe.framework is not None:  # written in the codebase's layout, read back as a user's file
+        model = _through_checkpoint(recipe, model, teacher, path.with_suffix(".fw"))
+    demo.atomic_save(model.state_dict(), path)
+    return model.eval()
+
+
+def _through_checkpoint(recipe: Recipe, model: nn.Module, teacher: nn.Module, folder: Path) -> nn.Module:
+    """Save the student as its codebase does and load it back through kddoctor's checkpoint reader."""
+    from .models import fit_state_dict, load_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fw = _frameworks.FRAMEWORKS[recipe.framework]
+    names = {"torchdistill": "ckpt.pt", "mdistiller": "best", "timm": "model_best.pth.tar"}
+    target = folder / names.get(recipe.framework, "student_best.pth")
+    extras = {"teacher_state": teacher.state_dict()} if recipe.framework == "mdistiller" else {}
+    written = fw.save(model.state_dict(), target, epoch=recipe.epochs, **extras)
+    fresh = recipe.model()
+    sd = load_state_dict(written[0], role="student")
+    fit_state_dict(fresh, sd, role="student", source=str(written[0]))
+    return fresh
+
+
+def _distill(recipe: Recipe, model: nn.Module, teacher: nn.Module, draw: int) -> None:
     x, y = demo.digits_train_tensors(draw)
     if recipe.subset:
         x, y = x[: recipe.subset], y[: recipe.subset]
@@ -269,7 +340,7 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, 
     raw = (lambda b: b * _train.DIGITS_STD + _train.DIGITS_MEAN) if recipe.student_norm == "raw" else None
     _train.distill(
         model,
-        copy.deepcopy(teacher),  # a train-mode teacher would otherwise update its BN statistics
+        copy.deepcopy(teacher),  # the scenario's teacher object stays exactly as it was loaded
         x,
         y,
         epochs=recipe.epochs,
@@ -281,20 +352,19 @@ def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, 
         lr=recipe.lr,
         weight_decay=recipe.weight_decay,
         augment=recipe.augment,
-        teacher_train_mode=recipe.teacher_train_mode,
         student_input=raw,
+        loss_fn=None
+        if recipe.framework is None
+        else functools.partial(_frameworks.FRAMEWORKS[recipe.framework].loss, **dict(recipe.fw_weights)),
         seed=1 + 100 * draw,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    demo.atomic_save(model.state_dict(), path)
-    return model.eval()
 
 
 def pair(scenario: Scenario | str, *, root: Path | None = None, draw: int = 0, **data_kw):
     """(teacher, student, data) of a scenario, as its user would hand them to kddoctor."""
     scn = get(scenario) if isinstance(scenario, str) else scenario
     r = scn.recipe
-    _, teacher = demo.build_teacher(root, split_seed=draw, variant=r.teacher)
+    _, teacher = demo.build_teacher(root, split_seed=draw)
     student = build_student(r, teacher, root, draw)
     if r.student_norm == "raw":  # only this pair declares its normalization (as timm models do)
         teacher.pretrained_cfg = _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
@@ -323,17 +393,18 @@ def run(
     scn = get(scenario) if isinstance(scenario, str) else scenario
     r = scn.recipe
     teacher, student, data = pair(scn, root=root, draw=draw, **(data_kw or {}))
+    stated = r.stated()
     return diagnose(
         teacher,
         student,
         data["train"],
         data["val"],
         train_eval=data.get("train_eval"),
-        alpha=r.alpha,
-        alpha_on=r.alpha_on,
-        temperature=r.temperature,
-        t2=r.t2,
-        kd_reduction=r.reduction,
+        alpha=stated["alpha"],
+        alpha_on=stated["alpha_on"],
+        temperature=stated["temperature"],
+        t2=stated["t2"],
+        kd_reduction=stated["reduction"],
         quick=quick,
         class_names=data["class_names"],
         teacher_spec="kddoctor.demo:teacher_cnn",
