@@ -46,7 +46,7 @@ METRIC_RULES = {
 BASELINE_RULES = ("max_val_agreement_regression", "max_student_val_acc_regression")
 DEFAULT_REGRESSION_MARGIN = 0.02  # used for baseline rules a policy leaves unset when --baseline is given
 LIST_KEYS = {"fail_on_likely": CAUSE_IDS, "fail_on_check": None}
-BOOL_KEYS = ("fail_on_warn",)
+BOOL_KEYS = ("fail_on_warn", "fail_on_unexplained_gap")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Policy:
     fail_on_likely: list[str]
     fail_on_check: list[str]
     fail_on_warn: bool
+    fail_on_unexplained_gap: bool = False  # a gap no cause explains fails, naming the strongest lead
 
 
 def _validate_table(table: object, where: str, allow_lists: bool) -> dict:
@@ -112,6 +113,7 @@ def parse_policy(text: str, name: str = "policy") -> Policy:
         fail_on_likely=gate.get("fail_on_likely", []),
         fail_on_check=gate.get("fail_on_check", []),
         fail_on_warn=gate.get("fail_on_warn", False),
+        fail_on_unexplained_gap=gate.get("fail_on_unexplained_gap", False),
     )
 
 
@@ -267,6 +269,8 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
                 "what": f"check {check} fails",
             }
         )
+    if policy.fail_on_unexplained_gap:
+        rules.append(_unexplained_gap_rule(results, scores))
     for r in rules:  # the one place that decides which broken rules fail the gate
         r["failed"] = not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)
     failures = [r for r in rules if r["failed"]]
@@ -278,6 +282,22 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
         "failures": [strip(r) for r in failures],
         "warnings": [strip(r) for r in warnings],
         "rules": rules,
+    }
+
+
+def _unexplained_gap_rule(results: dict, scores: dict) -> dict:
+    """Fails when the student has a gap that no cause explains; the value names the strongest lead."""
+    verdict = results.get("verdict") or {}
+    kind, lead = verdict.get("kind", "missing"), verdict.get("lead")
+    lead_score = scores.get(lead, {}).get("raw_score", 0.0)
+    value = kind if kind != "unexplained_gap" else f"unexplained_gap (lead: {lead} {lead_score:.2f})"
+    return {
+        "rule": "fail_on_unexplained_gap",
+        "level": "fail",
+        "value": value,
+        "threshold": "likely or healthy",
+        "ok": kind != "unexplained_gap",
+        "what": "the student has a gap to its teacher that no cause explains",
     }
 
 

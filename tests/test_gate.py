@@ -344,3 +344,23 @@ def test_junit_that_cannot_be_written_names_junit(results_file, tmp_path):
         res = runner.invoke(app, ["gate", str(results_file), "--policy", str(pol), "--junit", str(junit)])
         assert res.exit_code == 2 and "--junit" in res.stderr and "--out" not in res.stderr, res.stderr
         assert res.stdout == ""  # refused before the verdict
+
+
+def test_an_unexplained_gap_fails_when_asked_and_names_the_lead():
+    from kddoctor.gate import evaluate, parse_policy
+
+    doc = {
+        "causes": [{"id": "optimization", "score": 0.4, "raw_score": 0.4, "likely": False}],
+        "checks": [],
+        "verdict": {"kind": "unexplained_gap", "lead": "optimization"},
+        "metrics": {},
+    }
+    pol = parse_policy("[gate]\nfail_on_unexplained_gap = true\n", "p.toml")
+    v = evaluate(doc, pol)
+    assert not v["passed"] and v["failures"][0]["rule"] == "fail_on_unexplained_gap"
+    assert "optimization 0.40" in v["failures"][0]["value"]
+    doc["verdict"] = {"kind": "healthy", "lead": None}
+    assert evaluate(doc, pol)["passed"]
+    assert evaluate(doc | {"verdict": {"kind": "unexplained_gap", "lead": "x"}}, parse_policy("[gate]\n"))[
+        "passed"
+    ]

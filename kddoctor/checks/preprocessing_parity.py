@@ -85,7 +85,7 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
         t, s = cfgs["teacher"], cfgs["student"]
         if not (np.allclose(t["mean"], s["mean"], atol=1e-3) and np.allclose(t["std"], s["std"], atol=1e-3)):
             out["norm_conflict"] = 1.0
-            status = worst(status, Status.WARN)
+            status = worst(status, Status.FAIL)  # one of the two models is certainly fed the wrong inputs
             notes.append(
                 f"teacher expects mean={t['mean']} std={t['std']} but student mean={s['mean']} "
                 f"std={s['std']}: one input tensor cannot suit both"

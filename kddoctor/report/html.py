@@ -48,6 +48,9 @@ def _env() -> jinja2.Environment:
         "–" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
     )
     env.filters["script_json"] = script_json
+    env.filters["ci"] = lambda v: Markup(
+        "" if not v else f' <span class="small muted">[{v[0] * 100:.1f}, {v[1] * 100:.1f}]</span>'
+    )
     return env
 
 

@@ -7,12 +7,12 @@ from kddoctor import demo, diagnose, scenarios
 from kddoctor.checks import Status
 
 SICK = {
-    "preprocessing_parity": "mismatch_val_unnormalized",
-    "mode_parity": "mismatch_frozen_bn_stats",
-    "generalization_gap": "overfit_small_subset",
-    "capacity_probe": "capacity_tiny_mlp",
-    "alpha_sensitivity": "alpha_mean_reduction_no_t2",
-    "covariate_shift": "mismatch_val_unnormalized",
+    "preprocessing_parity": "mismatch_val_input_mild",
+    "mode_parity": "mismatch_frozen_bn_stats_severe",
+    "generalization_gap": "overfit_small_subset_severe",
+    "capacity_probe": "capacity_tiny_mlp_severe",
+    "alpha_sensitivity": "alpha_reduction_severe",
+    "covariate_shift": "mismatch_val_input_mild",
 }
 
 
@@ -71,3 +71,11 @@ def test_mode_parity_sees_a_teacher_left_in_train_mode():
     diag = diagnose(noisy, student, data["train"], data["val"], quick=True, checks=["mode_parity"])
     f = diag.finding("mode_parity")
     assert f.evidence["teacher_train_mode_agreement"] < 0.9 and f.status is not Status.PASS
+
+
+def test_one_tensor_for_two_normalizations_fails_preprocessing_parity(diagnose_scenario):
+    f = diagnose_scenario("mismatch_norm_conflict").finding("preprocessing_parity")
+    assert f.status is Status.FAIL and f.evidence["norm_conflict"] == 1.0, f.summary
+    assert "one input tensor cannot suit both" in f.summary
+    fixed = diagnose_scenario("mismatch_norm_conflict+fix").finding("preprocessing_parity")
+    assert fixed.status is Status.PASS, fixed.summary
