@@ -350,8 +350,13 @@ def evaluate_split(
                     x = x.contiguous(memory_format=torch.channels_last)
                 inputs.update(x)
                 proj = keys.project(x)
+                taps["student"].take()  # one module as both teacher and student fires both hooks
                 t = _teacher_logits(teacher, x, x_cpu, index, run, teacher_cache)
+                feats = {"teacher": taps["teacher"].take()}
+                taps["student"].take()
                 s = run(student, x, cuda)
+                feats["student"] = taps["student"].take()
+                taps["teacher"].take()
                 if metrics is None:
                     _check_shapes(t, s, x, num_classes)
                     num_classes = t.shape[1]
@@ -360,7 +365,7 @@ def evaluate_split(
                 columns.append(cols)
                 projections.append(proj)
                 key = torch.where(cols[:, -1] > 0, ContentKeys.key(proj), torch.full_like(proj, math.inf))
-                kept.add(key, x, y, t, s, {r: tap.take() for r, tap in taps.items()}, y_cpu)
+                kept.add(key, x, y, t, s, feats, y_cpu)
                 rows_seen += len(x)
                 if bar is not None:
                     bar.advance(task)

@@ -99,8 +99,8 @@ def test_temperature_search_reports_its_bound():
     logits = np.array([[50.0, 0.0], [0.0, 50.0]] * 10)
     t, at_bound = optimal_temperature(logits, np.array([0, 1] * 10))
     assert 0.3 < t < 3 and not at_bound  # the prior holds a perfect model near T=1
-    t, at_bound = optimal_temperature(np.array([[1e-3, 0.0], [0.0, 1e-3]] * 10), np.array([0, 1] * 10))
-    assert at_bound and t < 0.1  # almost flat logits want T -> 0: said, not hidden
+    t, at_bound = optimal_temperature(np.array([[0.02, 0.0], [0.0, 0.02]] * 10), np.array([0, 1] * 10))
+    assert at_bound and t < 0.1  # flat but always-right logits want T -> 0: said, not hidden
 
 
 class NaNInputs(torch.utils.data.Dataset):

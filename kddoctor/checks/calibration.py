@@ -12,12 +12,11 @@ from ..metrics import N_BINS
 from .base import Finding, Status, grade, register_check, worst
 
 ECE_WARN, ECE_FAIL = 0.08, 0.15
-TEMP_WARN, TEMP_FAIL = math.log(2.0), math.log(4.0)  # optimal temperature outside [1/2, 2] / [1/4, 4]
+TEMP_WARN, TEMP_FAIL = math.log(2.0), math.log(3.0)  # optimal temperature outside [1/2, 2] / [1/3, 3]
 
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3]
-LOG_T_PRIOR = 0.01  # weight of (log T)^2: a perfect model's NLL keeps falling as T -> 0, the prior stops it
-ECE_FLOOR = 0.03  # below this ECE the optimal temperature alone never fails a model
+LOG_T_PRIOR = 0.003  # weight of (log T)^2: a perfect model's NLL keeps falling as T -> 0, the prior stops it
 
 
 def optimal_temperature(logits: np.ndarray, targets: np.ndarray) -> tuple[float, bool]:
@@ -77,7 +76,7 @@ def calibration(ev) -> Finding:
         },
     }
     ece = va["student"]["ece"]
-    temp_status = grade(abs(math.log(t_s)), TEMP_WARN, TEMP_FAIL) if ece > ECE_FLOOR else Status.PASS
+    temp_status = grade(abs(math.log(t_s)), TEMP_WARN, TEMP_FAIL)
     status = worst(
         Status.FAIL if ece > ECE_FAIL else Status.WARN if ece > ECE_WARN else Status.PASS, temp_status
     )
