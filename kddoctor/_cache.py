@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-CACHE_VERSION = 3  # 2: the key covers the model's code; 3: teacher features keyed by content key
+CACHE_VERSION = 3  # 2: the key covers the model's code; 3: logits only (features are recomputed)
 
 
 def model_fingerprint(model: nn.Module, spec: str) -> str:
@@ -89,7 +89,6 @@ class TeacherCache:
         self.chunks: list[torch.Tensor] = []
         self.hits = 0
         self.misses = 0
-        self.features: tuple[np.ndarray, np.ndarray] | None = None
 
     def lookup(self, index: int, digest: str) -> torch.Tensor | None:
         """Cached teacher logits of batch `index` if its inputs are unchanged."""
@@ -99,27 +98,6 @@ class TeacherCache:
         start, stop = old["offsets"][index], old["offsets"][index + 1]
         return torch.from_numpy(old["logits"][start:stop])
 
-    def fill_features(self, keys: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
-        """Teacher feature rows the pass could not compute (cached batches), looked up by content key."""
-        old_keys, old_feats = self.old.get("feature_keys"), self.old.get("features")
-        if feats is None or old_keys is None or old_feats is None or old_feats.shape[1] == 0:
-            return feats
-        if feats.shape[1] == 0:
-            feats = np.full((len(keys), old_feats.shape[1]), np.nan, dtype=np.float32)
-        missing = np.flatnonzero(np.isnan(feats).any(1))
-        if len(missing):
-            pos = np.searchsorted(old_keys, keys[missing])
-            pos = np.minimum(pos, len(old_keys) - 1)
-            found = old_keys[pos] == keys[missing]
-            feats[missing[found]] = old_feats[pos[found]]
-        return feats
-
-    def keep_features(self, keys: np.ndarray, feats: np.ndarray | None) -> None:
-        """The subset's teacher features, saved with the logits so a later run can skip the teacher."""
-        if feats is not None and not np.isnan(feats).any():
-            order = np.argsort(keys)
-            self.features = (keys[order], feats[order].astype(np.float32))
-
     def record(self, digest: str, logits: torch.Tensor, hit: bool) -> None:
         self.digests.append(digest)
         self.chunks.append(logits)
@@ -128,15 +106,13 @@ class TeacherCache:
 
     def save(self) -> None:
         """Write the split's logits atomically (skipped when every batch was a hit)."""
-        if self.misses == 0 and self.old and "feature_keys" in self.old:
+        if self.misses == 0 and self.old:
             return
         logits = (
             torch.cat([c.float().cpu() for c in self.chunks]).numpy() if self.chunks else np.zeros((0, 0))
         )
         offsets = np.cumsum([0] + [len(c) for c in self.chunks])
         arrays = {"digests": np.array(self.digests), "offsets": offsets, "logits": logits.astype(np.float32)}
-        if self.features is not None:
-            arrays["feature_keys"], arrays["features"] = self.features
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".teacher-", suffix=".npz", dir=self.path.parent)
         try:

@@ -255,7 +255,7 @@ class _Retained:
         cols = {"teacher": t, "student": s, "target": y}
         for role, f in feats.items():
             width = self.feat_width.get(role, 0)
-            if f is None:  # the teacher came from the cache: its features are filled in at the end
+            if f is None:  # a cached teacher batch none of whose rows can enter the subset
                 f = torch.full((len(t), width), float("nan"), device=t.device)
             elif width == 0 and f.shape[1] and f"feat_{role}" in self.outputs.cols:
                 # the first batches were cache hits: widen their placeholder rows to the real width
@@ -271,12 +271,11 @@ class _Retained:
             self.full["student"].append(s.to("cpu", non_blocking=self.cuda))
             self.full["targets"].append(y_cpu)
 
-    def fill(self, result: SplitResult, cache: TeacherCache | None) -> None:
+    def fill(self, result: SplitResult) -> None:
         _, ins = self.inputs.result()
         result.cache_x = ins["x"].cpu() if ins else None
         result.cache_y = ins["y"].cpu() if ins else None
-        keys, outs = self.outputs.result()
-        keys_np = keys.cpu().numpy()
+        _, outs = self.outputs.result()
         result.logits_subset = {
             k: outs[k].cpu().numpy() for k in ("teacher", "student", "target") if k in outs
         }
@@ -284,9 +283,6 @@ class _Retained:
             r: (outs[f"feat_{r}"].cpu().numpy() if f"feat_{r}" in outs else None)
             for r in ("teacher", "student")
         }
-        if cache is not None:
-            feats["teacher"] = cache.fill_features(keys_np, feats["teacher"])
-            cache.keep_features(keys_np, feats["teacher"])
         feats = {r: (None if f is None or f.shape[1] == 0 else f) for r, f in feats.items()}
         result.features = _drop_missing_feature_rows(feats, result)
         if self.save_logits:
@@ -294,7 +290,8 @@ class _Retained:
 
 
 def _drop_missing_feature_rows(feats: dict, result: SplitResult) -> dict:
-    """Rows whose teacher features are unknown (cached logits without cached features) leave the subset."""
+    """Rows whose teacher features are unknown leave the subset (a safety net: cached batches compute the
+    features of every row that can enter it)."""
     t = feats.get("teacher")
     if t is None or not np.isnan(t).any():
         return feats
@@ -351,8 +348,12 @@ def evaluate_split(
                 inputs.update(x)
                 proj = keys.project(x)
                 taps["student"].take()  # one module as both teacher and student fires both hooks
-                t = _teacher_logits(teacher, x, x_cpu, index, run, teacher_cache)
+                t, from_cache = _teacher_logits(teacher, x, x_cpu, index, run, teacher_cache)
                 feats = {"teacher": taps["teacher"].take()}
+                if from_cache:  # the teacher did not run: its features only for rows that may be kept
+                    feats["teacher"] = _entering_features(
+                        teacher, x, proj, kept.outputs, run, taps["teacher"]
+                    )
                 taps["student"].take()
                 s = run(student, x, cuda)
                 feats["student"] = taps["student"].take()
@@ -408,7 +409,7 @@ def evaluate_split(
     )
     if world > 1:
         kept = _merge_ranks(kept)
-    kept.fill(result, teacher_cache)
+    kept.fill(result)
     if teacher_cache is not None:
         teacher_cache.save()
     if probe_augmentation:
@@ -465,19 +466,37 @@ def _merge_ranks(kept: _Retained) -> _Retained:
     return kept
 
 
-def _teacher_logits(teacher, x, x_cpu, index, run, cache) -> torch.Tensor:
-    """The teacher's logits for one batch: from the cache when its inputs are unchanged, else computed."""
+def _teacher_logits(teacher, x, x_cpu, index, run, cache) -> tuple[torch.Tensor, bool]:
+    """The teacher's logits for one batch (and whether they came from the cache, where its inputs are
+    unchanged) else computed."""
     cuda = x.device.type == "cuda"
     if cache is None:
-        return run(teacher, x, cuda)
+        return run(teacher, x, cuda), False
     digest = batch_fingerprint(x_cpu)
     hit = cache.lookup(index, digest)
     if hit is not None:
         cache.record(digest, hit, True)
-        return hit.to(x.device, non_blocking=cuda)
+        return hit.to(x.device, non_blocking=cuda), True
     t = run(teacher, x, cuda)
     cache.record(digest, t.to("cpu", non_blocking=cuda), False)
-    return t
+    return t, False
+
+
+def _entering_features(teacher, x, proj, reservoir: Reservoir, run, tap: FeatureTap) -> torch.Tensor | None:
+    """Teacher features of the rows of a cached batch that can enter the feature subset (few, once it is
+    full): the subset is then the same whether or not the teacher's logits came from the cache."""
+    if tap.head is None or reservoir.k <= 0:
+        return None
+    key = ContentKeys.key(proj)
+    full = reservoir.keys is not None and len(reservoir.keys) >= reservoir.k
+    rows = torch.nonzero(key < reservoir.keys.max() if full else torch.isfinite(key)).flatten()
+    if len(rows) == 0:
+        return None
+    run(teacher, x[rows], x.device.type == "cuda")
+    part = tap.take()
+    out = torch.full((len(x), part.shape[1]), float("nan"), device=part.device)
+    out[rows] = part
+    return out
 
 
 def _gather_samples(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -69,7 +69,9 @@ def test_fixing_only_the_planted_factor_closes_the_gap(diagnose_scenario, scn):
     v_sick, v_fix = sick.metrics["val"], fixed.metrics["val"]
     assert v_fix["agreement"] >= 0.96 and v_fix["student"]["loss"] < 0.15
     assert v_fix["student"]["loss"] < v_sick["student"]["loss"]
-    assert v_fix["kl"] < v_sick["kl"]
+    teacher_collapsed = v_sick["teacher"]["acc"] < v_fix["teacher"]["acc"] - 0.10
+    # (a val pipeline that breaks both models can leave them agreeing on their shared wrong answers)
+    assert v_fix["kl"] < v_sick["kl"] or teacher_collapsed
 
 
 @pytest.mark.parametrize("scn", PLANTED, ids=lambda s: s.name)
