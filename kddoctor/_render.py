@@ -62,16 +62,17 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
             c.add_row(f["id"], f"[{STATUS_STYLE[f['status']]}]{f['status']}[/]", escape(f["summary"]))
         console.print(c)
     if d["causes"]:
-        r = Table(title="Likely causes, ranked", title_justify="left")
+        r = Table(title="Causes, ranked", title_justify="left")
         r.add_column("cause")
         r.add_column("score", justify="right")
         r.add_column("first remedy", overflow="fold")
+        lead = (d.get("verdict") or {}).get("lead")
         for cause in d["causes"]:
             style = "bold red" if cause["likely"] else "dim"
             r.add_row(
                 f"[{style}]{cause['id']}[/]",
                 f"[{style}]{cause['score']:.2f}[/]",
-                escape(cause["remedies"][0]) if cause["likely"] or cause is d["causes"][0] else "",
+                escape(cause["remedies"][0]) if cause["likely"] or cause["id"] == lead else "",
             )
         console.print(r)
         render_verdict(d, console)

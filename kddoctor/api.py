@@ -398,14 +398,31 @@ def remedy_context(ev: Evaluation, findings: list[Finding]) -> dict:
     if alpha is not None and "recommended" in alpha.evidence:
         ctx["rec_alpha"] = alpha.evidence["recommended"]["alpha"]
         ctx["rec_T"] = alpha.evidence["recommended"]["temperature"]
-    tr = ev.train.inputs
-    ctx["mean"] = "[" + ", ".join(f"{m:.3f}" for m in tr.get("mean", [])) + "]"
-    ctx["std"] = "[" + ", ".join(f"{s:.3f}" for s in tr.get("std", [])) + "]"
-    pp = by_id.get("preprocessing_parity")
+    ctx["norm_advice"] = normalization_advice(ev, by_id.get("preprocessing_parity"))
+    return ctx
+
+
+def normalization_advice(ev: Evaluation, pp: Finding | None) -> str:
+    """The normalization a remedy should name: the constants that map the val inputs onto the train
+    inputs' statistics when they differ, else the student's declared config, else the train statistics."""
+    fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"  # noqa: E731
+    tr, va = ev.train.inputs, ev.val.inputs
+    if pp is not None and (
+        pp.evidence.get("max_smd", 0) > 0.2 or pp.evidence.get("max_log_std_ratio", 0) > 0.22
+    ):
+        mt, st, mv, sv = (np.array(d[k]) for d in (tr, va) for k in ("mean", "std"))
+        if mt.shape == mv.shape:
+            scale = sv / np.maximum(st, 1e-12)
+            # x_val' = (x_val - a) / b has train's mean and std when a = m_v - m_t * b, b = s_v / s_t
+            need = f"Normalize(mean={fmt(mv - mt * scale)}, std={fmt(scale)})"
+            return (
+                f"measured here, the val inputs need {need} on top of what they get now to match the "
+                f"train inputs (train mean {fmt(mt)}, std {fmt(st)}; val mean {fmt(mv)}, std {fmt(sv)})"
+            )
     cfg_s = pp.evidence.get("data_config", {}).get("student") if pp is not None else None
     if cfg_s:
-        ctx["mean"], ctx["std"] = str(cfg_s["mean"]), str(cfg_s["std"])
-    return ctx
+        return f"the student's data config: mean={cfg_s['mean']}, std={cfg_s['std']}"
+    return f"the train inputs arrive with mean {fmt(tr.get('mean', []))}, std {fmt(tr.get('std', []))}"
 
 
 def diagnose_bundle(teacher: nn.Module, student: nn.Module, data: DataBundle, **kw) -> Diagnosis:

@@ -200,5 +200,5 @@ def verdict(findings: list[dict], causes: list[dict]) -> dict:
         "kind": "healthy",
         "lead": None,
         "sentence": "No likely cause: the student tracks its teacher on val within the noise of these splits"
-        + (f" (a small train-side gap remains: {gap['evidence'][0]})" if gap["evidence"] else ""),
+        + (f" (below the bar for a verdict: {gap['evidence'][0]})" if gap["evidence"] else ""),
     }

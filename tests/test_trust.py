@@ -150,3 +150,18 @@ def test_a_gap_without_a_likely_cause_is_an_unexplained_gap():
     v = d.verdict
     assert v["kind"] == "unexplained_gap" and v["lead"] in [c["id"] for c in d.causes], v
     assert "below its teacher" in v["sentence"] and "strongest lead" in v["sentence"]
+
+
+def test_the_normalization_remedy_names_the_constants_that_fix_val(diagnose_scenario):
+    d = diagnose_scenario("mismatch_val_input_mild")  # val skipped Normalize(0.305, 0.376)
+    remedy = next(c for c in d.causes if c["id"] == "distribution_mismatch")["remedies"][0]
+    assert "Normalize(mean=[0.305], std=[0.376])" in remedy, remedy
+
+
+def test_report_md_ranks_every_cause_with_the_leads_remedy(diagnose_scenario):
+    from kddoctor.report import render_markdown
+
+    md = render_markdown(diagnose_scenario("overfit_small_subset_severe"))
+    assert "| cause | score | mechanism | first remedy |" in md
+    assert md.count("\n| ") >= 2 + 3 + 5  # metrics, checks and all five causes
+    assert "**overfitting**" in md and "Distill on more data" in md

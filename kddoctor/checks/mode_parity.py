@@ -109,7 +109,8 @@ def mode_parity(ev) -> Finding:
             else Status.PASS
         )
         notes.append(
-            f"re-estimating the student's BN statistics on train data moves val accuracy "
+            f"on a {len(ev.val.cache_x)}-sample val subset, re-estimating the student's BN statistics on "
+            f"train data moves val accuracy "
             f"{ev_score['acc']:.1%} -> {recal['acc']:.1%} and val loss {ev_score['loss']:.3f} -> "
             f"{recal['loss']:.3f}"
         )

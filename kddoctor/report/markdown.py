@@ -53,8 +53,12 @@ def render_markdown(diag) -> str:
     lines += ["", "| check | status | summary |", "|---|---|---|"]
     for c in d["checks"]:
         lines.append(f"| {c['id']} | {c['status']} | {md_escape(c['summary'])} |")
-    if likely:
-        lines += ["", "**First remedies:**"]
-        for c in likely:
-            lines.append(f"- {c['id']}: {md_escape(c['remedies'][0])}")
+    lead = (d.get("verdict") or {}).get("lead")
+    lines += ["", "| cause | score | mechanism | first remedy |", "|---|---|---|---|"]
+    for c in d["causes"]:
+        remedy = md_escape(c["remedies"][0]) if (c["likely"] or c["id"] == lead) and c["remedies"] else ""
+        mech = md_escape(c.get("mechanism_title", ""))
+        lines.append(
+            f"| {'**' + c['id'] + '**' if c['likely'] else c['id']} | {c['score']:.2f} | {mech} | {remedy} |"
+        )
     return "\n".join(lines) + "\n"
