@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from ._cache import TeacherCache, batch_fingerprint
-from ._sampling import ContentKeys, KeyFiltered, Reservoir, changed_fraction, is_reiterable, subset_loader
+from ._sampling import (
+    ContentKeys,
+    KeyFiltered,
+    Reservoir,
+    changed_fraction,
+    is_reiterable,
+    merge_results,
+    subset_loader,
+)
 from .data import iter_batches, loader_length, split_batch
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
@@ -459,9 +467,7 @@ def _merge_ranks(kept: _Retained) -> _Retained:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, (keys.cpu(), {n: v.cpu() for n, v in cols.items()}))
         merged = Reservoir(res.k)
-        for k, c in parts:
-            if len(k):
-                merged.offer(k, **c)
+        merged.keys, merged.cols = merge_results(parts, res.k)
         setattr(kept, attr, merged)
     return kept
 
