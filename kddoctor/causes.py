@@ -177,7 +177,7 @@ def verdict(findings: list[dict], causes: list[dict]) -> dict:
             **out,
             "kind": "likely",
             "lead": top["id"],
-            "sentence": f"Most likely: {top['id']} ({top['score']:.2f}, {top['mechanism_title']}) — "
+            "sentence": f"Most likely: {top['title']} ({top['score']:.2f}; {top['mechanism_title']}) — "
             f"{top['evidence'][0]}",
         }
     if val_strength >= LIKELY or val_gap >= SICK_VAL_GAP:
@@ -192,8 +192,8 @@ def verdict(findings: list[dict], causes: list[dict]) -> dict:
             **out,
             "kind": "unexplained_gap",
             "lead": lead["id"],
-            "sentence": f"Unexplained gap: {what}; the strongest lead is {lead['id']} "
-            f"({lead['raw_score']:.2f}, {lead['mechanism_title']}) because {because}",
+            "sentence": f"Unexplained gap: {what}; the strongest lead is {lead['title']} "
+            f"({lead['raw_score']:.2f}; {lead['mechanism_title']}) because {because}",
         }
     return {
         **out,
