@@ -165,3 +165,17 @@ def test_report_md_ranks_every_cause_with_the_leads_remedy(diagnose_scenario):
     assert "| cause | score | mechanism | first remedy |" in md
     assert md.count("\n| ") >= 2 + 3 + 5  # metrics, checks and all five causes
     assert "**overfitting**" in md and "Distill on more data" in md
+
+
+def test_limit_on_plain_iterables_is_order_free_or_said():
+    teacher, student, data = scenarios.pair("healthy_cnn")
+    x, y = data["train"].dataset.tensors
+    batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, len(x), 100)]
+    reordered = batches[::-1]
+    runs = [diagnose(teacher, student, b, b, limit=300, quick=True, checks=[]) for b in (batches, reordered)]
+    a, b = (r.metrics["train"] for r in runs)
+    assert a["n"] == b["n"] == 300 and a["agreement"] == pytest.approx(b["agreement"])
+    assert a["student"]["loss"] == pytest.approx(b["student"]["loss"])
+    assert any("smallest seeded content keys" in n for n in runs[0].notes)
+    one_shot = diagnose(teacher, student, iter(batches), iter(batches), limit=150, quick=True, checks=[])
+    assert one_shot.metrics["val"]["n"] == 150 and any("one-shot" in n for n in one_shot.notes)
