@@ -23,6 +23,7 @@ from ._progress import progress
 from ._version import __version__
 from .causes import rank, verdict
 from .checks.base import Finding, get_check, jsonable, list_checks, run_check
+from .checks.preprocessing_parity import LOG_STD_WARN, SMD_WARN
 from .config import DiagnoseConfig
 from .data import DataBundle
 from .engine import evaluate_split, pick_device
@@ -408,7 +409,7 @@ def normalization_advice(ev: Evaluation, pp: Finding | None) -> str:
     fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"  # noqa: E731
     tr, va = ev.train.inputs, ev.val.inputs
     if pp is not None and (
-        pp.evidence.get("max_smd", 0) > 0.2 or pp.evidence.get("max_log_std_ratio", 0) > 0.22
+        pp.evidence.get("max_smd", 0) > SMD_WARN or pp.evidence.get("max_log_std_ratio", 0) > LOG_STD_WARN
     ):
         mt, st, mv, sv = (np.array(d[k]) for d in (tr, va) for k in ("mean", "std"))
         if mt.shape == mv.shape:

@@ -149,12 +149,17 @@ def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, c
     }
 
 
+def _ran(findings: list[dict]) -> dict[str, dict]:
+    """Evidence of the checks that ran; skipped or errored checks say nothing."""
+    return {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
+
+
 def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
     """Findings (results.json `checks` entries) -> every cause, scored and sorted.
 
     Only checks that ran (pass/warn/fail) contribute evidence; skipped or errored checks say nothing.
     """
-    evidence = {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
+    evidence = _ran(findings)
     gap = gap_strength(evidence)["strength"]
     cat = catalogue()
     out = [_score_cause(cid, cat[cid], evidence, gap, context or {}) for cid in CAUSE_IDS]
@@ -164,7 +169,7 @@ def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
 
 def verdict(findings: list[dict], causes: list[dict]) -> dict:
     """The one-line conclusion: likely causes, an unexplained gap with its strongest lead, or healthy."""
-    evidence = {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
+    evidence = _ran(findings)
     gap = gap_strength(evidence)
     likely = [c for c in causes if c["likely"]]
     val_gap = _value(evidence, "generalization_gap", "val_acc_gap") or 0.0

@@ -291,21 +291,9 @@ class _Retained:
             r: (outs[f"feat_{r}"].cpu().numpy() if f"feat_{r}" in outs else None)
             for r in ("teacher", "student")
         }
-        feats = {r: (None if f is None or f.shape[1] == 0 else f) for r, f in feats.items()}
-        result.features = _drop_missing_feature_rows(feats, result)
+        result.features = {r: (None if f is None or f.shape[1] == 0 else f) for r, f in feats.items()}
         if self.save_logits:
             result.all_logits = {k: torch.cat(v).numpy() for k, v in self.full.items()}
-
-
-def _drop_missing_feature_rows(feats: dict, result: SplitResult) -> dict:
-    """Rows whose teacher features are unknown leave the subset (a safety net: cached batches compute the
-    features of every row that can enter it)."""
-    t = feats.get("teacher")
-    if t is None or not np.isnan(t).any():
-        return feats
-    ok = ~np.isnan(t).any(1)
-    result.logits_subset = {k: v[ok] for k, v in result.logits_subset.items()}
-    return {k: (v[ok] if v is not None else None) for k, v in feats.items()}
 
 
 def evaluate_split(
@@ -338,13 +326,13 @@ def evaluate_split(
     run = _MicroBatcher(num_classes)
     label_notes: set[str] = set()
     labels = {"class_names": class_names, "num_classes": num_classes, "notes": label_notes}
-    loader, sampled = limit_loader(loader, limit, seed, functools.partial(split_batch, **labels))
+    split = functools.partial(split_batch, **labels)
+    loader, sampled = limit_loader(loader, limit, seed, split)
     taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(student)}
     metrics: PairMetrics | None = None
     columns, inputs, keys = SampleColumns(), InputStats(), ContentKeys(seed)
     kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
     projections: list[torch.Tensor] = []
-    rows_seen = 0
     task = bar.add_task(f"evaluating {name}", total=loader_length(loader, None)) if bar else None
     try:
         with torch.inference_mode():
@@ -375,7 +363,6 @@ def evaluate_split(
                 projections.append(proj)
                 key = torch.where(cols[:, -1] > 0, ContentKeys.key(proj), torch.full_like(proj, math.inf))
                 kept.add(key, x, y, t, s, feats, y_cpu)
-                rows_seen += len(x)
                 if bar is not None:
                     bar.advance(task)
     finally:
@@ -421,9 +408,7 @@ def evaluate_split(
     if teacher_cache is not None:
         teacher_cache.save()
     if probe_augmentation:
-        changed = changed_fraction(
-            loader, result.proj, seed, device, functools.partial(split_batch, **labels)
-        )
+        changed = changed_fraction(loader, result.proj, seed, device, split)
         result.augmented = None if changed is None else changed[0]
     return result
 

@@ -37,6 +37,10 @@ class Evaluation:
         the factory gives it, else the train loader itself."""
         return self.splits.get("train_eval") or self.splits["train"]
 
+    def side(self, split: str) -> SplitResult | None:
+        """A split's result as the checks read it: "train" means the train side (see `train`)."""
+        return self.train if split == "train" else self.splits.get(split)
+
     @property
     def train_source(self) -> str:
         return "train_eval" if "train_eval" in self.splits else "train"

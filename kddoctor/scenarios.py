@@ -284,13 +284,6 @@ def get(name: str) -> Scenario:
     raise KeyError(name)
 
 
-def _student_cfg(recipe: Recipe) -> dict:
-    """The normalization the student declares (a timm-style pretrained_cfg)."""
-    if recipe.student_norm == "raw":
-        return _cfg((0.0,), (1.0,))
-    return _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
-
-
 def _cfg(mean: tuple, std: tuple) -> dict:
     return {"mean": mean, "std": std, "input_size": (1, 8, 8), "interpolation": "bilinear", "crop_pct": 1.0}
 
@@ -368,7 +361,7 @@ def pair(scenario: Scenario | str, *, root: Path | None = None, draw: int = 0, *
     student = build_student(r, teacher, root, draw)
     if r.student_norm == "raw":  # only this pair declares its normalization (as timm models do)
         teacher.pretrained_cfg = _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
-        student.pretrained_cfg = _student_cfg(r)
+        student.pretrained_cfg = _cfg((0.0,), (1.0,))  # MobileViT-style: pixels in [0, 1]
     data = demo.digits_loaders(
         train_subset=r.subset,
         val_normalization=r.val_normalization,

@@ -17,7 +17,7 @@ PROBE_LR = 1e-3  # Adam step size of every fine-tuning probe
 
 def cached(ev, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's probe inputs (a seeded random subset); "train" is the train side (train_eval if given)."""
-    r = ev.train if split == "train" else ev.splits[split]
+    r = ev.side(split)
     return r.cache_x.to(ev.device), r.cache_y.to(ev.device)
 
 

@@ -142,7 +142,7 @@ NEED_REASONS = {
 def _too_few_samples(spec: CheckSpec, ev: object) -> str:
     """The reason a check cannot conclude on this little data ('' when there is enough)."""
     for split, need in spec.min_samples:
-        result = ev.train if split == "train" else ev.splits.get(split)  # type: ignore[attr-defined]
+        result = ev.side(split)  # type: ignore[attr-defined]
         have = result.n if result is not None else 0
         if have < need:
             return f"needs at least {need} valid {split} samples, has {have}"
@@ -167,6 +167,8 @@ def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         msg = f"{type(e).__name__}: {first}" if first else type(e).__name__
         evidence = {"error": msg, "traceback": traceback.format_exc()}
+        if debug:  # --debug: the traceback on stderr too, not only in results.json
+            traceback.print_exc()
         finding = Finding(spec.id, Status.ERROR, f"the check failed: {msg}", evidence)
     finding.seconds = time.perf_counter() - start
     return finding

@@ -10,7 +10,6 @@ from .base import Finding, Status, register_check, worst
 FIT_TARGET = 0.99  # agreement a capable student reaches on a small train subset with pure KD
 FIT_FAIL = 0.95
 PROBE_GAP_WARN = 0.10  # teacher-feature probe accuracy minus student-feature probe accuracy
-RISING = 0.05  # agreement gained over the fit probe's last half that counts as "still improving"
 CLOSED_ENOUGH = 0.5  # covering half the way to the target within the budget: trainable, not too small
 
 
