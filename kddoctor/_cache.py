@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from ._io import atomic_write
 
 CACHE_VERSION = 3  # 2: the key covers the model's code; 3: logits only (features are recomputed)
 
@@ -113,11 +113,8 @@ class TeacherCache:
         )
         offsets = np.cumsum([0] + [len(c) for c in self.chunks])
         arrays = {"digests": np.array(self.digests), "offsets": offsets, "logits": logits.astype(np.float32)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".teacher-", suffix=".npz", dir=self.path.parent)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path.parent, {self.path.name: lambda fh: np.savez(fh, **arrays)})
         except OSError:
-            Path(tmp).unlink(missing_ok=True)  # a cache that cannot be written is not an error
+            pass  # a cache that cannot be written is not an error

@@ -1,9 +1,9 @@
 """Faithful replicas of how common KD codebases train and save a student (none is a dependency).
 
 Each `Framework` holds the codebase's KD objective (`loss(s_logits, t_logits, targets, **weights)`
-under its own parameter names), its checkpoint layout (`save`), the same objective stated in
-kddoctor's convention (`kddoctor_flags`: `kd_loss(s, t, y, **kd_loss_kwargs(flags)) * flags["scale"]`
-equals `loss` wherever `flags["expressible"]`) and a `citation` (repository@commit, file:lines read).
+under its own parameter names), its checkpoint layout (`save`), the same objective as the
+`KDConvention` its user states (`kddoctor_flags(...)["convention"].loss` equals `loss` wherever
+`flags["expressible"]`) and a `citation` (repository@commit, file:lines read).
 
 Sources read (loss; checkpoint), full commits in each `citation`:
   yoshitomo-matsubara/torchdistill@3e4373c: torchdistill/losses/mid_level.py:135-189;
@@ -16,6 +16,7 @@ Sources read (loss; checkpoint), full commits in each `citation`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .convention import PRESETS, KDConvention
+
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
-KD_LOSS_KEYS = ("alpha", "alpha_on", "temperature", "t2", "reduction")
 
 
 @dataclass(frozen=True)
@@ -50,33 +52,27 @@ class SaveExtras:
     teacher_state: StateDict | None = None  # mdistiller only (its distiller holds the teacher)
 
 
-def kd_loss_kwargs(flags: dict) -> dict:
-    """The `kddoctor.losses.kd_loss` keyword arguments inside a `kddoctor_flags` answer."""
-    return {k: flags[k] for k in KD_LOSS_KEYS}
-
-
-def _flags(w_ce: float, w_kd: float, alpha_on: str, temperature: float, **kw: Any) -> dict:
-    """(w_ce, w_kd) as kddoctor's alpha plus a scale: kd_loss(alpha) * scale == w_ce*CE + w_kd*KD."""
-    total = w_ce + w_kd
-    alpha = ((w_kd if alpha_on == "kd" else w_ce) / total) if total else 0.0
+def _flags(preset: str, w_ce: float, w_kd: float, temperature: float, **kw: Any) -> dict:
+    """The codebase's weights as the `KDConvention` its user states (`--convention PRESET
+    --ce-weight W --kd-weight W`): `flags["convention"].loss == loss` wherever `flags["expressible"]`."""
+    sums_to_one = math.isclose(w_ce + w_kd, 1.0)
+    form = PRESETS[preset].form if sums_to_one else "weights"
+    reduction = kw.get("reduction", "batchmean")
+    conv = KDConvention(
+        ce_weight=float(w_ce),
+        kd_weight=float(w_kd),
+        temperature=float(temperature),
+        reduction=reduction,
+        train_batch_size=kw.get("batch_size") if reduction == "sum" else None,
+        form=form,
+        preset=preset,
+    )
     notes = [kw["note"]] if kw.get("note") else []
-    if total != 1:
+    if not sums_to_one:
         notes.append(
-            f"weights sum to {total:g}, not 1: alpha keeps their ratio, multiply kd_loss by scale={total:g} "
-            f"(or state them as --ce-weight {w_ce:g} --kd-weight {w_kd:g})"
+            f"weights sum to {w_ce + w_kd:g}, not 1: state them as --ce-weight {w_ce:g} --kd-weight {w_kd:g}"
         )
-    return {
-        "alpha": alpha,
-        "alpha_on": alpha_on,
-        "temperature": float(temperature),
-        "t2": kw.get("t2", True),
-        "reduction": kw.get("reduction", "batchmean"),
-        "scale": float(total),
-        "ce_weight": float(w_ce),
-        "kd_weight": float(w_kd),
-        "expressible": kw.get("expressible", True),
-        "note": "; ".join(notes),
-    }
+    return {"convention": conv, "expressible": kw.get("expressible", True), "note": "; ".join(notes)}
 
 
 def _opt(sd: StateDict, x: SaveExtras) -> dict:
@@ -128,19 +124,36 @@ def _td_loss(
 
 
 def _td_flags(
-    *, temperature: float, alpha: float | None = None, beta: float | None = None, reduction: str = "batchmean"
+    *,
+    temperature: float,
+    alpha: float | None = None,
+    beta: float | None = None,
+    reduction: str = "batchmean",
+    batch_size: int = 64,
 ) -> dict:
-    """KDLoss in kddoctor's convention (alpha on CE); the bare-KL case is alpha=1 on KD without T²."""
+    """KDLoss as `--convention torchdistill` (alpha on CE, beta on KD); alpha 0/None is the bare KL,
+    which the preset knows (`KDConvention.bare_kl`)."""
     if alpha is None and beta is None:
         raise TypeError("torchdistill KDLoss needs alpha or beta (1 - None fails in its __init__)")
+    w_kd = 1 - alpha if beta is None else beta
     if alpha is None or alpha == 0:
         note = "alpha=0/None: torchdistill returns the bare KL (beta and T² dropped)"
-        return _flags(0.0, 1.0, "kd", temperature, t2=False, reduction=reduction, note=note)
-    w_kd = 1 - alpha if beta is None else beta
+        return _flags(
+            "torchdistill", 0.0, w_kd, temperature, reduction=reduction, batch_size=batch_size, note=note
+        )
     if reduction == "sum":
         note = "reduction='sum' sums the CE over the batch too; kddoctor's CE is a batch mean"
-        return _flags(alpha, w_kd, "ce", temperature, reduction="sum", expressible=False, note=note)
-    return _flags(alpha, w_kd, "ce", temperature, reduction=reduction)
+        return _flags(
+            "torchdistill",
+            alpha,
+            w_kd,
+            temperature,
+            reduction="sum",
+            batch_size=batch_size,
+            expressible=False,
+            note=note,
+        )
+    return _flags("torchdistill", alpha, w_kd, temperature, reduction=reduction)
 
 
 def _td_save(sd: StateDict, path: str | Path, *, epoch: int, **extras: Any) -> list[Path]:
@@ -180,8 +193,8 @@ def _md_loss(
 
 
 def _md_flags(*, ce_weight: float = 0.1, kd_weight: float = 0.9, temperature: float = 4.0) -> dict:
-    """mdistiller's weights in kddoctor's convention (alpha on KD)."""
-    return _flags(ce_weight, kd_weight, "kd", temperature)
+    """mdistiller's CE_WEIGHT / KD_WEIGHT as `--convention mdistiller`."""
+    return _flags("mdistiller", ce_weight, kd_weight, temperature)
 
 
 def _md_save(sd: StateDict, path: str | Path, *, epoch: int, **extras: Any) -> list[Path]:
@@ -243,10 +256,10 @@ def _timm_flags(
     temperature: float = 4.0,
     smoothing: float = 0.1,
 ) -> dict:
-    """timm's weights in kddoctor's convention (alpha on CE, the task weight)."""
+    """timm's task / distill weights as `--convention timm`."""
     w_task, w_distill = _timm_weights(task_loss_weight, distill_loss_weight)
     note = f"label smoothing {smoothing:g} on the CE term; kddoctor's CE has none" if smoothing else ""
-    return _flags(w_task, w_distill, "ce", temperature, expressible=not smoothing, note=note)
+    return _flags("timm", w_task, w_distill, temperature, expressible=not smoothing, note=note)
 
 
 def _timm_save(sd: StateDict, path: str | Path, *, epoch: int, **extras: Any) -> list[Path]:
@@ -289,10 +302,10 @@ def _rep_loss(
 def _rep_flags(
     *, gamma: float = 1.0, alpha: float | None = None, beta: float | None = None, temperature: float = 4.0
 ) -> dict:
-    """RepDistiller's weights in kddoctor's convention (alpha on KD)."""
+    """RepDistiller's -r / -a as `--convention repdistiller`."""
     if alpha is None or beta is None:
         raise TypeError("RepDistiller needs -a and -b (None * loss fails in helper/loops.py)")
-    return _flags(gamma, alpha, "kd", temperature)
+    return _flags("repdistiller", gamma, alpha, temperature)
 
 
 def _rep_save(sd: StateDict, path: str | Path, *, epoch: int, **extras: Any) -> list[Path]:

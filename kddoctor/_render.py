@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .diagnosis import convention_sentence
+
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim", "error": "magenta"}
 
 
@@ -29,7 +31,7 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
         f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
         f"[dim]on {run['device']}, " + ", ".join(f"{k} n={v}" for k, v in run["n"].items()) + "[/]"
     )
-    console.print(f"[dim]{escape(run['convention'])}[/]")
+    console.print(f"[dim]{escape(convention_sentence(run))}[/]")
     t = Table(title="Teacher vs student", title_justify="left")
     for col in (
         "split",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import kd_loss
+from .convention import KDConvention
 
 # Pixel statistics of the digits training split after /16 (computed once, see digits_arrays).
 DIGITS_MEAN = 0.3054
@@ -81,11 +81,7 @@ def distill(
     y: torch.Tensor,
     *,
     epochs: int,
-    alpha: float = 0.7,
-    alpha_on: str = "kd",
-    temperature: float = 4.0,
-    t2: bool = True,
-    reduction: str = "batchmean",
+    convention: KDConvention | None = None,
     lr: float = 3e-3,
     weight_decay: float = 5e-4,
     batch_size: int = 64,
@@ -99,7 +95,8 @@ def distill(
     """A standard KD loop (teacher frozen, in eval mode unless `teacher_train_mode` plants that bug).
 
     `teacher_input` / `student_input` map the batch to what each model sees (per-model normalization);
-    `loss_fn(s, t, y)` replaces kddoctor's own loss (a KD framework's objective, reproduced)."""
+    `loss_fn(s, t, y)` replaces `convention.loss` (a KD framework's objective, reproduced)."""
+    convention = convention or KDConvention()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * -(-len(x) // batch_size)
@@ -115,19 +112,7 @@ def distill(
             with torch.no_grad():
                 t = teacher(teacher_input(xb) if teacher_input else xb)
             s = student(student_input(xb) if student_input else xb)
-            if loss_fn is not None:
-                loss = loss_fn(s, t, y[idx])
-            else:
-                loss = kd_loss(
-                    s,
-                    t,
-                    y[idx],
-                    alpha=alpha,
-                    alpha_on=alpha_on,
-                    temperature=temperature,
-                    t2=t2,
-                    reduction=reduction,
-                )
+            loss = (loss_fn or convention.loss)(s, t, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -12,10 +12,12 @@ strongest lead instead of a calm one.
 from __future__ import annotations
 
 import math
-import string
 import tomllib
 from functools import cache
 from importlib import resources
+
+from . import models
+from .convention import KDConvention
 
 CAUSE_IDS = (
     "overfitting",
@@ -113,9 +115,120 @@ def _mechanism(mech: dict, evidence: dict[str, dict]) -> dict:
     }
 
 
-class _Blank(string.Formatter):
-    def get_value(self, key, args, kwargs):
-        return kwargs.get(key, "?") if isinstance(key, str) else super().get_value(key, args, kwargs)
+SOFT_KD = 0.9  # the KD share an overfitting remedy aims at ("lean harder on the soft targets")
+SOFT_T = 8.0  # the temperature a capacity remedy aims at ("soften the targets")
+
+
+def convention_of(run: dict) -> KDConvention:
+    """The run's KD convention (results.json `run.convention`; older files: the flat alpha keys)."""
+    conv = run.get("convention")
+    if isinstance(conv, dict):
+        return KDConvention.from_dict(conv)
+    if "alpha" in run:
+        return KDConvention.from_alpha(
+            run["alpha"],
+            run.get("alpha_on", "kd"),
+            temperature=run.get("temperature", 4.0),
+            t2=run.get("t2", True),
+            reduction=run.get("kd_reduction", "batchmean"),
+            train_batch_size=run.get("train_batch_size"),
+        )
+    return KDConvention()
+
+
+def _target(name: str, target: KDConvention, conv: KDConvention, wanted: bool, ctx: dict) -> None:
+    """A setting a remedy proposes, in the user's words; it applies only when it changes something."""
+    ctx[f"{name}_setting"], ctx[f"{name}_code"], ctx[f"{name}_lang"] = (
+        target.setting(),
+        target.code(),
+        target.code_lang,
+    )
+    if wanted and not target.same_setting(conv):
+        ctx["applies"].add(name)
+
+
+def remedy_context(findings: list[dict], run: dict) -> dict:
+    """Every value a remedy template may name, from the findings and the run facts alone, and the set
+    of conditions (`applies`) under which remedies with a `when` are shown."""
+    conv, n = convention_of(run), int(run.get("num_classes") or 2)
+    evidence = _ran(findings)
+    share = conv.kd_share(n)
+    ctx: dict = {
+        "applies": {"always"},
+        "setting": conv.setting(),
+        "num_classes": n,
+        "temperature": conv.temperature,
+        "t2_loss": conv.temperature**2,
+        "student_code": models.spec_code(run.get("student", ""), n) or "",
+    }
+    _target("more_kd", conv.to_user(SOFT_KD, conv.temperature, n), conv, share < SOFT_KD - 0.005, ctx)
+    _target("higher_t", conv.to_user(share, SOFT_T, n), conv, conv.temperature < SOFT_T, ctx)
+    ctx.update(
+        soft_setting=ctx["more_kd_setting"], soft_code=ctx["more_kd_code"], soft_lang=ctx["more_kd_lang"]
+    )
+    ctx.update(soft_t_setting=ctx["higher_t_setting"], soft_t_code=ctx["higher_t_code"])
+    ctx["soft_t_lang"] = ctx["higher_t_lang"]
+    rec = evidence.get("alpha_sensitivity", {}).get("recommended")
+    ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_textbook="")
+    if rec:
+        ctx["applies"].add("rebalance")
+        ctx.update(rec_setting=rec["setting"], rec_code=rec["code"], rec_lang=rec["code_lang"])
+        ctx["rec_textbook"] = (
+            f"alpha={rec['alpha_kd']:g} on KD at T={rec['temperature']:g} in the textbook form"
+        )
+    if conv.reduction == "mean":
+        ctx["applies"].add("mean_reduction")
+    if not conv.t2 and conv.temperature > 1:
+        ctx["applies"].add("t2_missing")
+    ctx.update(_normalization(evidence.get("preprocessing_parity", {}), ctx["applies"]))
+    return ctx
+
+
+def _normalization(pp: dict, applies: set) -> dict:
+    """The measured Normalize that maps the val inputs onto train's, and the student's declared one."""
+    fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"  # noqa: E731
+    declared = (pp.get("data_config") or {}).get("student")
+    out = {
+        "norm_declared": f" (the student's data config: mean={declared['mean']}, std={declared['std']})"
+        if declared
+        else "",
+        "norm_fix_say": "",
+        "norm_fix_code": "",
+    }
+    fix = pp.get("normalization_fix")
+    if fix:
+        applies.add("norm_fix")
+        need = f"Normalize(mean={fmt(fix['mean'])}, std={fmt(fix['std'])})"
+        out["norm_fix_say"] = (
+            f"The {fix['split']} split needs {need} on top of what it gets now: measured here, its inputs "
+            f"arrive with mean {fmt(fix['val_mean'])}, std {fmt(fix['val_std'])}, the train inputs with "
+            f"mean {fmt(fix['train_mean'])}, std {fmt(fix['train_std'])}."
+        )
+        out["norm_fix_code"] = (
+            "from torchvision import transforms\n"
+            f"val_transform = transforms.Compose([val_transform, transforms.{need}])  # {fix['split']} only"
+        )
+    return out
+
+
+def render_remedies(cause: dict, mechanism: str, ctx: dict) -> list[dict]:
+    """The cause's remedies that apply to this run, the mechanism's first, rendered against it.
+
+    An unknown placeholder raises KeyError: the catalogue test renders every remedy, so a typo fails
+    there rather than reaching a report as "?"."""
+    order = cause["mechanisms"][mechanism].get("first", [])
+    items = [cause["remedies"][i] for i in order] + [
+        r for i, r in enumerate(cause["remedies"]) if i not in order
+    ]
+    out = []
+    for r in items:
+        if r.get("when", "always") not in ctx["applies"]:
+            continue
+        code = r.get("code", "").format_map(ctx)
+        out.append(
+            {"say": r["say"].format_map(ctx), "code": code, "lang": r.get("lang", "python").format_map(ctx)}
+        )
+    return out
 
 
 def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, ctx: dict) -> dict:
@@ -127,11 +240,7 @@ def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, c
         sentences = sentences + [
             f"capped at {score:.2f}: the gap it would explain is that small or that noisy"
         ]
-    order = cause["mechanisms"][name].get("first", [])
-    remedies = [cause["remedies"][i] for i in order] + [
-        r for i, r in enumerate(cause["remedies"]) if i not in order
-    ]
-    fmt = _Blank()
+    remedies = render_remedies(cause, name, ctx)
     return {
         "id": cid,
         "title": cause["title"],
@@ -144,8 +253,9 @@ def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, c
         "support": round(best["support"], 4),
         "against": round(best["against"], 4),
         "evidence": sentences,
-        "remedies": [fmt.format(r["say"], **ctx) for r in remedies],
-        "remedy_code": [fmt.format(r.get("code", ""), **ctx) for r in remedies],
+        "remedies": [r["say"] for r in remedies],
+        "remedy_code": [r["code"] for r in remedies],
+        "remedy_lang": [r["lang"] for r in remedies],
     }
 
 
@@ -154,15 +264,16 @@ def _ran(findings: list[dict]) -> dict[str, dict]:
     return {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
 
 
-def rank(findings: list[dict], context: dict | None = None) -> list[dict]:
-    """Findings (results.json `checks` entries) -> every cause, scored and sorted.
+def rank(findings: list[dict], run: dict | None = None) -> list[dict]:
+    """Findings (results.json `checks` entries) -> every cause, scored and sorted, its remedies
+    rendered against the run (`run`: results.json's run facts; the KD convention above all).
 
     Only checks that ran (pass/warn/fail) contribute evidence; skipped or errored checks say nothing.
     """
     evidence = _ran(findings)
     gap = gap_strength(evidence)["strength"]
-    cat = catalogue()
-    out = [_score_cause(cid, cat[cid], evidence, gap, context or {}) for cid in CAUSE_IDS]
+    cat, ctx = catalogue(), remedy_context(findings, run or {})
+    out = [_score_cause(cid, cat[cid], evidence, gap, ctx) for cid in CAUSE_IDS]
     out.sort(key=lambda c: (-c["score"], -c["raw_score"], CAUSE_IDS.index(c["id"])))
     return out
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import sys
-import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -66,73 +65,48 @@ def _guard(fn, debug: bool):
         raise _fail(f"{type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)") from None
 
 
-def run_name(student: str, teacher: str) -> str:
-    stem = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s.split(":")[-1].split("?")[0])[:40] or "model"  # noqa: E731
-    return f"{stem(student)}_vs_{stem(teacher)}"
+@dataclass(frozen=True)
+class Outputs:
+    """Where and how a finished diagnosis is written and gated."""
+
+    policy: Path | None = None
+    junit: Path | None = None
+    baseline: Path | None = None
+    quiet: bool = False
+    cdn: bool = False
 
 
-def _finish(
-    diag, out: Path, *, policy: Path | None, junit: Path | None, baseline: Path | None, quiet: bool, cdn: bool
-) -> int:
+def _finish(diag, out: Path, opts: Outputs) -> int:
+    """Gate (when a policy is given), write the reports, render the summary; the exit code."""
     from ._render import render_summary
-    from .gate import evaluate, github_outputs, load_policy, load_results
+    from .gate import github_outputs, load_policy, load_results
     from .report import render_markdown
     from .report.junit import render_junit
 
-    pol = load_policy(policy) if policy else None
-    base = load_results(baseline, "--baseline") if baseline else None
+    pol = load_policy(opts.policy) if opts.policy else None
     if pol is not None:
-        diag.gate = evaluate(diag.to_dict(), pol, base)
-    diag.save(out, cdn=cdn)
+        diag.apply_gate(pol, load_results(opts.baseline, "--baseline") if opts.baseline else None)
+    diag.save(out, cdn=opts.cdn)
     doc = diag.to_dict()
-    if junit:
-        _write_text(junit, render_junit(doc, diag.gate if pol else None), "--junit")
-    if not quiet:
+    if opts.junit:
+        _write_text(opts.junit, render_junit(doc, diag.gate if pol else None), "--junit")
+    if not opts.quiet:
         render_summary(doc, Console(), str(out))
     if pol is not None:
         github_outputs(diag.gate, render_markdown(doc))
-    return 0 if diag.gate["passed"] else EXIT_GATE_FAILED
+    return diag.exit_code
 
 
 def _write_text(path: Path, text: str, flag: str) -> None:
     """Write one file atomically; a failure names the flag that chose the path."""
-    from .api import atomic_write_many
+    from ._io import atomic_write
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_many(path.parent, {path.name: text.encode()})
+        atomic_write(path.parent, {path.name: text.encode()})
     except (OSError, UserError) as e:
         reason = getattr(e, "strerror", None) or getattr(e.__cause__, "strerror", None) or "not writable"
         raise UserError(f"{flag} {path} cannot be written ({reason}); choose a writable path") from e
-
-
-def _probe_dir(directory: Path, flag: str, target: Path | None = None) -> None:
-    """Before any work: can `directory` (made later if missing) take files? Leaves nothing behind."""
-    target = target or directory
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(
-            f"{flag} {target} cannot be created ({existing} is not a directory); choose a writable path"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise UserError(f"{flag} {target} is not writable ({e.strerror}); choose a writable path") from e
-
-
-def _probe_outputs(out: Path | None, junit: Path | None) -> None:
-    """--out and --junit are checked before the run, not after it."""
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file; choose a directory")
-        _probe_dir(out, "--out")
-    if junit is not None:
-        if junit.is_dir():
-            raise UserError(f"--junit {junit} is a directory; name the XML file to write")
-        _probe_dir(junit.parent, "--junit", junit)
 
 
 Opt = typer.Option
@@ -150,15 +124,26 @@ def diagnose(
     data_dir: Annotated[Path | None, Opt(help="ImageFolder root with train/ and val/.")] = None,
     data_arg: Annotated[list[str] | None, Opt(help="key=value passed to the FACTORY (repeatable).")] = None,
     num_classes: Annotated[int | None, Opt(help="Number of classes (default: from the checkpoints).")] = None,
-    alpha: Annotated[float, Opt(help="The alpha the student was trained with.")] = 0.7,
+    alpha: Annotated[float | None, Opt(help="The alpha the student was trained with (default 0.7).")] = None,
     alpha_on: Annotated[
-        str, Opt(help="Which term alpha weighted: kd -> (1-a)CE + aKD; ce -> aCE + (1-a)KD.")
-    ] = "kd",
-    temperature: Annotated[float, Opt(help="KD temperature T used in training.")] = 4.0,
+        str | None, Opt(help="Which term alpha weighted: kd -> (1-a)CE + aKD (default); ce -> aCE + (1-a)KD.")
+    ] = None,
+    ce_weight: Annotated[
+        float | None, Opt(help="The CE term's weight, stated directly (with --kd-weight).")
+    ] = None,
+    kd_weight: Annotated[float | None, Opt(help="The KD term's weight (any sum with --ce-weight).")] = None,
+    temperature: Annotated[float | None, Opt(help="KD temperature T used in training (default 4).")] = None,
     no_t2: Annotated[bool, Opt("--no-t2", help="The training loss did NOT multiply KD by T².")] = False,
     kd_reduction: Annotated[
-        str, Opt(help="How training reduced the KL: batchmean, mean or sum.")
-    ] = "batchmean",
+        str | None, Opt(help="How training reduced the KL: batchmean (default), mean or sum.")
+    ] = None,
+    train_batch_size: Annotated[
+        int | None, Opt(help="The training batch size (what --kd-reduction sum scales by).")
+    ] = None,
+    convention: Annotated[
+        str | None,
+        Opt(help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit."),
+    ] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, Opt(help="Batch size for loaders kddoctor builds (--data-dir).")] = 256,
     limit: Annotated[int | None, Opt(help="At most N samples per split.")] = None,
@@ -188,63 +173,19 @@ def diagnose(
     debug: Annotated[bool, Opt("--debug", help="Full tracebacks on errors.")] = False,
 ) -> None:
     """Evaluate teacher and student on train and val, run every check, rank the causes, write reports."""
-    from ._dist import init_from_env, rank_world, shutdown
-    from .config import DiagnoseConfig, check_int
-    from .demo import cache_dir as default_cache
-    from .engine import pick_device
-    from .runner import diagnose_specs
+    options = dict(locals())  # every option above, by name
+    from .runner import DiagnoseArgs, diagnose_command
+
+    args = DiagnoseArgs(**options)
 
     def go() -> int:
-        dev = init_from_env(device)
-        cfg = DiagnoseConfig(
-            alpha=alpha,
-            alpha_on=alpha_on,
-            temperature=temperature,
-            t2=not no_t2,
-            kd_reduction=kd_reduction,
-            device=dev,
-            batch_size=batch_size,
-            limit=limit,
-            seed=seed,
-            quick=quick,
-            save_logits=save_logits,
-        )
-        if (data is None) == (data_dir is None):
-            raise UserError("give exactly one of --data FACTORY or --data-dir DIR")
-        for p in (policy, baseline):
-            if p is not None and not p.is_file():
-                raise UserError(f"{p} not found")
-        if num_classes is not None:
-            check_int("--num-classes", num_classes, 1)
-        pick_device(dev)  # an unusable --device is refused before any work, like the flags above
-        target = out or Path("reports") / run_name(student, teacher)
-        _probe_outputs(target, junit)
-        diag = diagnose_specs(
-            teacher,
-            student,
-            teacher_ckpt=teacher_ckpt,
-            student_ckpt=student_ckpt,
-            data=data,
-            data_dir=data_dir,
-            data_args=data_arg or [],
-            num_classes=num_classes,
-            config=cfg,
-            teacher_ema=teacher_ema,
-            student_ema=student_ema,
-            trust=trust_checkpoint,
-            show_progress=not quiet and rank_world()[0] == 0,
-            debug=debug,
-            teacher_cache=None if no_cache else (cache_dir or default_cache() / "teacher-outputs"),
-            compile=compile,
-        )
-        if rank_world()[0] != 0:  # under torchrun, rank 0 alone writes and reports
-            shutdown()
-            return 0
-        code = _finish(
-            diag, target, policy=policy, junit=junit, baseline=baseline, quiet=quiet, cdn=report_cdn
-        )
-        shutdown()  # releases the other ranks waiting at the final barrier
-        return code
+        from ._dist import shutdown
+
+        diag, out = diagnose_command(args)
+        try:  # under torchrun, rank 0 alone writes and reports (the others get no diagnosis)
+            return _finish(diag, out, Outputs(policy, junit, baseline, quiet, report_cdn)) if diag else 0
+        finally:
+            shutdown()  # releases the other ranks waiting at the final barrier
 
     raise typer.Exit(_guard(go, debug))
 
@@ -265,7 +206,9 @@ def gate(
     from .report.junit import render_junit
 
     def go() -> int:
-        _probe_outputs(None, junit)
+        from .runner import probe_outputs
+
+        probe_outputs(None, junit)
         doc = load_results(results)
         verdict = evaluate(
             doc, load_policy(policy), load_results(baseline, "--baseline") if baseline else None
@@ -295,14 +238,14 @@ def demo(
     from .runner import diagnose_specs
 
     def go() -> int:
-        _probe_outputs(out, None)
+        from .runner import probe_outputs
+
+        probe_outputs(out, None)
         con = Console(stderr=True)
         if not quiet:
             con.print("[dim]building the demo pair (cached after the first run)...[/]")
         t_path, s_path = demo_mod.build_demo_pair()
-        cfg = DiagnoseConfig(
-            alpha=demo_mod.DEMO_RECIPE["alpha"], temperature=demo_mod.DEMO_RECIPE["temperature"], quick=quick
-        )
+        cfg = DiagnoseConfig(convention=demo_mod.demo_convention(), quick=quick)
         diag = diagnose_specs(
             "kddoctor.demo:teacher_cnn",
             "kddoctor.demo:student_cnn",
@@ -316,7 +259,7 @@ def demo(
             show_progress=not quiet,
             debug=debug,
         )
-        return _finish(diag, out, policy=policy, junit=None, baseline=None, quiet=quiet, cdn=False)
+        return _finish(diag, out, Outputs(policy=policy, quiet=quiet))
 
     raise typer.Exit(_guard(go, debug))
 

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from .convention import KDConvention
+from .errors import check_int, check_number  # noqa: F401  (re-exported)
 
-ALPHA_ON = ("kd", "ce")
-KD_REDUCTIONS = ("batchmean", "mean", "sum")
 MAX_SEED = 2**32 - 1  # numpy's seed range
-
-
-def check_number(flag: str, value: object) -> float:
-    """A real, finite number (NaN and Inf would only crash the report at the very end)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise UserError(f"{flag} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def check_int(flag: str, value: object, low: int, high: float = math.inf) -> int:
-    """An integer in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise UserError(f"{flag} must be an integer {bound}, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -62,11 +44,8 @@ class Budgets:
 class DiagnoseConfig:
     """How the student was trained (as the user states it) and how to run the diagnosis."""
 
-    alpha: float = 0.7  # Hinton-style default: mostly KD
-    alpha_on: str = "kd"  # loss = (1-alpha)*CE + alpha*KD
-    temperature: float = 4.0  # the most common KD temperature in the literature
-    t2: bool = True  # Hinton et al. scale KD by T^2 so its gradients keep their size
-    kd_reduction: str = "batchmean"  # the only reduction that is a true per-sample KL
+    # Hinton-style default: (1-0.7)*CE + 0.7*T²*KL at T=4, batchmean (see convention.py)
+    convention: KDConvention = field(default_factory=KDConvention)
     device: str = "auto"
     batch_size: int = 256  # evaluation batch size for loaders we build ourselves
     limit: int | None = None  # max samples per split
@@ -76,16 +55,6 @@ class DiagnoseConfig:
     budgets: Budgets = field(default_factory=Budgets)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= check_number("--alpha", self.alpha) <= 1.0:
-            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
-        if self.alpha_on not in ALPHA_ON:
-            raise UserError(f"--alpha-on must be one of {', '.join(ALPHA_ON)}, got {self.alpha_on!r}")
-        if check_number("--temperature", self.temperature) <= 0:
-            raise UserError(f"--temperature must be > 0, got {self.temperature}")
-        if self.kd_reduction not in KD_REDUCTIONS:
-            raise UserError(
-                f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.kd_reduction!r}"
-            )
         if self.limit is not None:
             check_int("--limit", self.limit, 1)
         check_int("--batch-size", self.batch_size, 1)

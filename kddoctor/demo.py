@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import _train
+from ._io import atomic_write
 
 DEMO_STUDENT_SUBSET = 240  # distillation set of the demo student: too few samples for its size
 DEMO_RECIPE = {
@@ -145,9 +146,7 @@ def cache_dir() -> Path:
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to a per-process temporary name, then rename: concurrent builds never see half a file."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path.parent, {path.name: lambda fh: torch.save(obj, fh)})
 
 
 def recipe_key(recipe: dict) -> str:
@@ -203,13 +202,19 @@ def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
         x[:n],
         y[:n],
         epochs=DEMO_RECIPE["student_epochs"],
-        alpha=DEMO_RECIPE["alpha"],
-        temperature=DEMO_RECIPE["temperature"],
+        convention=demo_convention(),
         weight_decay=DEMO_RECIPE["student_wd"],
         seed=1,
     )
     atomic_save({"model": student.state_dict(), "epoch": DEMO_RECIPE["student_epochs"]}, s_path)
     return t_path, s_path
+
+
+def demo_convention():
+    """The KD convention the demo student was trained with (and that the demo states)."""
+    from .convention import KDConvention
+
+    return KDConvention.from_alpha(DEMO_RECIPE["alpha"], temperature=DEMO_RECIPE["temperature"])
 
 
 def demo_command(t_path: Path, s_path: Path) -> list[str]:

@@ -95,6 +95,35 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
     return model
 
 
+def spec_code(spec: str, num_classes: int | None, var: str = "student") -> str | None:
+    """Python that builds the model a SPEC names, as its user does (timm, their module, their file);
+    None when the SPEC is no importable factory (then no code is better than wrong code)."""
+    try:
+        kind, ref, kwargs = parse_spec(spec)
+        if kind == "timm":
+            if num_classes is not None:
+                kwargs = {**kwargs, "num_classes": num_classes}
+            args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+            return f"import timm\n{var} = timm.create_model({ref!r}, pretrained=False{args})"
+        fn = resolve_callable(ref, "model SPEC")
+    except UserError:
+        return None
+    params = inspect.signature(fn).parameters
+    takes_nc = "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    where, name = ref.rsplit(":", 1)
+    call = f"{var} = {name}({f'num_classes={num_classes}' if takes_nc and num_classes else ''})"
+    if not where.endswith(".py"):
+        return f"from {where} import {name}\n{call}"
+    path = str(Path(where).resolve())
+    return (
+        "import importlib.util\n"
+        f"_spec = importlib.util.spec_from_file_location('user_models', {path!r})\n"
+        "_mod = importlib.util.module_from_spec(_spec)\n"
+        "_spec.loader.exec_module(_mod)\n"
+        f"{name} = _mod.{name}\n{call}"
+    )
+
+
 def is_torchscript(path: Path) -> bool:
     """A torch.jit.save archive (a zip with code/ and constants.pkl), not a torch.save checkpoint."""
     try:

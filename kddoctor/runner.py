@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .api import Diagnosis, diagnose_bundle
-from .config import DiagnoseConfig
+from .config import DiagnoseConfig, check_int
+from .convention import resolve
 from .data import image_folder, load_factory, normalize_inputs, parse_data_args
 from .errors import UserError
 from .models import infer_num_classes, load_model, load_state_dict, spec_num_classes
@@ -46,6 +50,150 @@ def resolve_num_classes(explicit: int | None, sds: dict[str, dict | None], data_
             )
         return n
     return data_nc
+
+
+def run_name(student: str, teacher: str) -> str:
+    stem = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s.split(":")[-1].split("?")[0])[:40] or "model"  # noqa: E731
+    return f"{stem(student)}_vs_{stem(teacher)}"
+
+
+def _probe_dir(directory: Path, flag: str, target: Path | None = None) -> None:
+    """Before any work: can `directory` (made later if missing) take files? Leaves nothing behind."""
+    target = target or directory
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{flag} {target} cannot be created ({existing} is not a directory); choose a writable path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {target} is not writable ({e.strerror}); choose a writable path") from e
+
+
+def probe_outputs(out: Path | None, junit: Path | None) -> None:
+    """--out and --junit are checked before the run, not after it."""
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; choose a directory")
+        _probe_dir(out, "--out")
+    if junit is not None:
+        if junit.is_dir():
+            raise UserError(f"--junit {junit} is a directory; name the XML file to write")
+        _probe_dir(junit.parent, "--junit", junit)
+
+
+@dataclass(frozen=True)
+class DiagnoseArgs:
+    """The `kddoctor diagnose` options as the user typed them (None: not given)."""
+
+    teacher: str
+    student: str
+    teacher_ckpt: Path | None = None
+    student_ckpt: Path | None = None
+    data: str | None = None
+    data_dir: Path | None = None
+    data_arg: list[str] | None = None
+    num_classes: int | None = None
+    alpha: float | None = None
+    alpha_on: str | None = None
+    ce_weight: float | None = None
+    kd_weight: float | None = None
+    temperature: float | None = None
+    no_t2: bool = False
+    kd_reduction: str | None = None
+    train_batch_size: int | None = None
+    convention: str | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    limit: int | None = None
+    seed: int = 0
+    quick: bool = False
+    policy: Path | None = None
+    junit: Path | None = None
+    baseline: Path | None = None
+    save_logits: bool = False
+    out: Path | None = None
+    teacher_ema: bool = False
+    student_ema: bool = False
+    trust_checkpoint: bool = False
+    report_cdn: bool = False
+    no_cache: bool = False
+    cache_dir: Path | None = None
+    compile: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    def config(self, device: str) -> DiagnoseConfig:
+        """The run configuration; the KD convention resolved from its flags (conflicts: exit 2)."""
+        conv = resolve(
+            alpha=self.alpha,
+            alpha_on=self.alpha_on,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            temperature=self.temperature,
+            no_t2=self.no_t2,
+            reduction=self.kd_reduction,
+            train_batch_size=self.train_batch_size,
+            preset=self.convention,
+        )
+        return DiagnoseConfig(
+            convention=conv,
+            device=device,
+            batch_size=self.batch_size,
+            limit=self.limit,
+            seed=self.seed,
+            quick=self.quick,
+            save_logits=self.save_logits,
+        )
+
+    def check(self) -> None:
+        """Everything that can be refused before any work is."""
+        if (self.data is None) == (self.data_dir is None):
+            raise UserError("give exactly one of --data FACTORY or --data-dir DIR")
+        for p in (self.policy, self.baseline):
+            if p is not None and not p.is_file():
+                raise UserError(f"{p} not found")
+        if self.num_classes is not None:
+            check_int("--num-classes", self.num_classes, 1)
+
+    @property
+    def target(self) -> Path:
+        return self.out or Path("reports") / run_name(self.student, self.teacher)
+
+
+def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
+    """`kddoctor diagnose`: validate, load, diagnose; (None, out) on a torchrun rank other than 0."""
+    from ._dist import init_from_env, rank_world
+    from .demo import cache_dir as default_cache
+    from .engine import pick_device
+
+    cfg = args.config(init_from_env(args.device))
+    args.check()
+    pick_device(cfg.device)  # an unusable --device is refused before any work, like the flags above
+    probe_outputs(args.target, args.junit)
+    diag = diagnose_specs(
+        args.teacher,
+        args.student,
+        teacher_ckpt=args.teacher_ckpt,
+        student_ckpt=args.student_ckpt,
+        data=args.data,
+        data_dir=args.data_dir,
+        data_args=args.data_arg or [],
+        num_classes=args.num_classes,
+        config=cfg,
+        teacher_ema=args.teacher_ema,
+        student_ema=args.student_ema,
+        trust=args.trust_checkpoint,
+        show_progress=not args.quiet and rank_world()[0] == 0,
+        debug=args.debug,
+        teacher_cache=None if args.no_cache else (args.cache_dir or default_cache() / "teacher-outputs"),
+        compile=args.compile,
+    )
+    return (diag if rank_world()[0] == 0 else None), args.target
 
 
 def diagnose_specs(

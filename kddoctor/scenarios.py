@@ -18,6 +18,7 @@ from torch import nn
 
 from . import _frameworks, _train, demo
 from .api import Diagnosis, diagnose
+from .convention import KDConvention
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,13 @@ class Recipe:
     framework: str | None = None  # a KD codebase's loss and checkpoint layout (kddoctor._frameworks)
     fw_weights: tuple = ()  # that codebase's loss weights, as (name, value) pairs
 
-    def stated(self) -> dict:
+    def stated(self) -> KDConvention:
         """The KD convention the user states to kddoctor (from the codebase's own weights, if any)."""
         if self.framework is None:
-            keys = ("alpha", "alpha_on", "temperature", "t2", "reduction")
-            return {k: getattr(self, k) for k in keys}
-        flags = _frameworks.FRAMEWORKS[self.framework].kddoctor_flags(**dict(self.fw_weights))
-        return _frameworks.kd_loss_kwargs(flags)
+            return KDConvention.from_alpha(
+                self.alpha, self.alpha_on, temperature=self.temperature, t2=self.t2, reduction=self.reduction
+            )
+        return _frameworks.FRAMEWORKS[self.framework].kddoctor_flags(**dict(self.fw_weights))["convention"]
 
     def model(self) -> nn.Module:
         return (
@@ -337,11 +338,7 @@ def _distill(recipe: Recipe, model: nn.Module, teacher: nn.Module, draw: int) ->
         x,
         y,
         epochs=recipe.epochs,
-        alpha=recipe.alpha,
-        alpha_on=recipe.alpha_on,
-        temperature=recipe.temperature,
-        t2=recipe.t2,
-        reduction=recipe.reduction,
+        convention=recipe.stated() if recipe.framework is None else None,
         lr=recipe.lr,
         weight_decay=recipe.weight_decay,
         augment=recipe.augment,
@@ -386,18 +383,13 @@ def run(
     scn = get(scenario) if isinstance(scenario, str) else scenario
     r = scn.recipe
     teacher, student, data = pair(scn, root=root, draw=draw, **(data_kw or {}))
-    stated = r.stated()
     return diagnose(
         teacher,
         student,
         data["train"],
         data["val"],
         train_eval=data.get("train_eval"),
-        alpha=stated["alpha"],
-        alpha_on=stated["alpha_on"],
-        temperature=stated["temperature"],
-        t2=stated["t2"],
-        kd_reduction=stated["reduction"],
+        convention=r.stated(),
         quick=quick,
         class_names=data["class_names"],
         teacher_spec="kddoctor.demo:teacher_cnn",

@@ -109,7 +109,9 @@ def test_convention_flags_are_recorded(demo_paths, tmp_path):
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "results.json").read_text())["run"]
     assert (run["alpha"], run["alpha_on"], run["t2"], run["kd_reduction"]) == (0.3, "ce", False, "mean")
-    assert "loss = 0.3*CE + (1-0.3)*KD" in run["convention"] and "not multiplied by T²" in run["convention"]
+    said = run["convention"]["sentence"]
+    assert "loss = 0.3*CE + (1-0.3)*KD" in said and "not multiplied by T²" in said
+    assert run["convention"]["user"] == {"alpha": 0.3, "T": 4.0} and run["convention"]["ce_weight"] == 0.3
     assert run["n"] == {"train": 100, "val": 100}
 
 

@@ -1,4 +1,4 @@
-"""The KD-codebase replicas: losses against hand-written formulas and kddoctor's own kd_loss,
+"""The KD-codebase replicas: losses against hand-written formulas and the KDConvention their users state,
 checkpoints through kddoctor's weights_only loader."""
 
 import argparse
@@ -15,10 +15,8 @@ from kddoctor._frameworks import (
     REPDISTILLER,
     TIMM,
     TORCHDISTILL,
-    kd_loss_kwargs,
 )
 from kddoctor.demo import student_cnn
-from kddoctor.losses import kd_loss
 from kddoctor.models import SAFE_GLOBALS, fit_state_dict, load_state_dict
 
 TEMPS = (1.0, 2.0, 4.0, 8.0)
@@ -55,7 +53,7 @@ def _close(a, b):
 
 
 def _via_kddoctor(s, t, y, flags):
-    return kd_loss(s, t, y, **kd_loss_kwargs(flags)) * flags["scale"]
+    return flags["convention"].loss(s, t, y)
 
 
 # --- torchdistill --------------------------------------------------------------------------------
@@ -67,21 +65,22 @@ def test_torchdistill_loss_matches_formula_and_kddoctor(logits):
     for temp, (alpha, beta), red in itertools.product(
         TEMPS, [(0.5, None), (0.9, None), (0.9, 0.1), (1.0, 1.0), (0.3, 2.0)], ["batchmean", "mean", "sum"]
     ):
-        kw = {"temperature": temp, "alpha": alpha, "beta": beta, "reduction": red}
+        kw = {"temperature": temp, "alpha": alpha, "beta": beta, "reduction": red, "batch_size": n}
         kl = _kl_total(s, t, temp) / {"batchmean": n, "mean": n * c, "sum": 1}[red]
         ce = _nll(s, y).sum() if red == "sum" else _ce(s, y)
         w_kd = 1 - alpha if beta is None else beta
         want = alpha * ce + w_kd * temp**2 * kl
-        _close(TORCHDISTILL.loss(s, t, y, **kw), want)
+        _close(TORCHDISTILL.loss(s, t, y, **{k: v for k, v in kw.items() if k != "batch_size"}), want)
         flags = TORCHDISTILL.kddoctor_flags(**kw)
-        assert (flags["ce_weight"], flags["kd_weight"]) == (alpha, w_kd)
+        conv = flags["convention"]
+        assert (conv.ce_weight, conv.kd_weight, conv.preset) == (alpha, w_kd, "torchdistill")
         if red == "sum":  # the CE is summed over the batch too: kddoctor cannot state it
             assert not flags["expressible"] and "sum" in flags["note"]
             assert abs(_via_kddoctor(s, t, y, flags) - want) > 1e-3
         else:
-            assert flags["expressible"] and flags["alpha_on"] == "ce"
+            assert flags["expressible"] and conv.alpha_on == ("ce" if alpha + w_kd == 1 else "kd")
             _close(_via_kddoctor(s, t, y, flags), want)
-        assert ("scale" in flags["note"]) == (alpha + w_kd != 1)
+        assert ("--ce-weight" in flags["note"]) == (alpha + w_kd != 1)
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "mean", "sum"])
@@ -93,9 +92,10 @@ def test_torchdistill_alpha_zero_or_none_is_the_bare_kl(logits, alpha, beta, red
         kw = {"temperature": temp, "alpha": alpha, "beta": beta, "reduction": reduction}
         bare = _kl_total(s, t, temp) / {"batchmean": n, "mean": n * c, "sum": 1}[reduction]  # no T², no beta
         _close(TORCHDISTILL.loss(s, t, y, **kw), bare)
-        flags = TORCHDISTILL.kddoctor_flags(**kw)
-        assert flags["expressible"] and not flags["t2"] and flags["scale"] == 1.0
-        assert (flags["ce_weight"], flags["kd_weight"]) == (0.0, 1.0)
+        flags = TORCHDISTILL.kddoctor_flags(**kw, batch_size=n)
+        conv = flags["convention"]
+        assert flags["expressible"] and conv.bare_kl and conv.ce_weight == 0.0
+        assert conv.effective(c)["t2_factor"] == 1 / temp**2 and conv.effective(c)["kd"] == 1.0
         _close(_via_kddoctor(s, t, y, flags), bare)
 
 
@@ -120,12 +120,15 @@ def test_mdistiller_loss_matches_formula_and_kddoctor(logits):
         want = cw * _ce(s, y) + kw_ * temp**2 * _kl_total(s, t, temp) / len(s)
         _close(MDISTILLER.loss(s, t, y, **kw), want)
         flags = MDISTILLER.kddoctor_flags(**kw)
-        assert (
-            flags["expressible"] and flags["alpha_on"] == "kd" and flags["scale"] == pytest.approx(cw + kw_)
+        conv = flags["convention"]
+        assert flags["expressible"] and (conv.preset, conv.ce_weight, conv.kd_weight) == (
+            "mdistiller",
+            cw,
+            kw_,
         )
         _close(_via_kddoctor(s, t, y, flags), want)
     _close(MDISTILLER.loss(s, t, y), MDISTILLER.loss(s, t, y, **MDISTILLER.defaults))
-    assert MDISTILLER.kddoctor_flags()["alpha"] == pytest.approx(0.9)
+    assert MDISTILLER.kddoctor_flags()["convention"].alpha == pytest.approx(0.9)
 
 
 # --- timm ----------------------------------------------------------------------------------------
@@ -149,7 +152,8 @@ def test_timm_loss_weight_modes_match_formula_and_kddoctor(logits, task, distill
         )  # torch's own smoothing agrees
         _close(TIMM.loss(s, t, y, **kw), w[0] * smoothed + w[1] * kd_only)
         flags = TIMM.kddoctor_flags(**kw)
-        assert (flags["ce_weight"], flags["kd_weight"]) == pytest.approx(w) and flags["alpha_on"] == "ce"
+        conv = flags["convention"]
+        assert (conv.ce_weight, conv.kd_weight) == pytest.approx(w) and conv.preset == "timm"
         if eps:  # train.py's default --smoothing 0.1: kddoctor's CE has no label smoothing
             assert not flags["expressible"] and "smoothing" in flags["note"]
             assert abs(_via_kddoctor(s, t, y, flags) - want) > 1e-4
@@ -176,9 +180,16 @@ def test_repdistiller_loss_matches_formula_and_kddoctor(logits):
         want = g * _ce(s, y) + a * temp**2 * _kl_total(s, t, temp) / len(s)  # beta weighs a zero term
         _close(REPDISTILLER.loss(s, t, y, **kw), want)
         flags = REPDISTILLER.kddoctor_flags(**kw)
-        assert flags["expressible"] and flags["alpha_on"] == "kd" and flags["scale"] == pytest.approx(g + a)
+        conv = flags["convention"]
+        assert flags["expressible"] and (conv.preset, conv.ce_weight, conv.kd_weight) == (
+            "repdistiller",
+            g,
+            a,
+        )
         _close(_via_kddoctor(s, t, y, flags), want)
-    assert "scale=1.9" in REPDISTILLER.kddoctor_flags(gamma=1.0, alpha=0.9, beta=0.0)["note"]
+    assert (
+        "--ce-weight 1 --kd-weight 0.9" in REPDISTILLER.kddoctor_flags(gamma=1.0, alpha=0.9, beta=0.0)["note"]
+    )
 
 
 @pytest.mark.parametrize("kw", [{"alpha": 0.9}, {"beta": 0.0}, {}])

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..convention import KDConvention
 from ..engine import as_logits
-from ..losses import kd_loss
 
 PROBE_LR = 1e-3  # Adam step size of every fine-tuning probe
 
@@ -55,12 +55,8 @@ def score(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> dict:
 
 def finetune(
     ev,
+    convention: KDConvention,
     *,
-    alpha: float,
-    alpha_on: str = "kd",
-    temperature: float = 1.0,
-    t2: bool = True,
-    reduction: str = "batchmean",
     steps: int,
     seed: int = 0,
     eval_every: int = 0,
@@ -93,16 +89,7 @@ def finetune(
             idx = torch.randint(0, len(x), (bs,), generator=gen).to(x.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 s = as_logits(model(x[idx]), ev.num_classes).float()
-            loss = kd_loss(
-                s,
-                t[idx],
-                y[idx],
-                alpha=alpha,
-                alpha_on=alpha_on,
-                temperature=temperature,
-                t2=t2,
-                reduction=reduction,
-            )
+            loss = convention.loss(s, t[idx], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

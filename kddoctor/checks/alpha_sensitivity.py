@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
+from ..convention import PRESETS, KDConvention
 from ..engine import as_logits
-from ..losses import effective_weights, kd_term, loss_weights
 from ._probes import cached, checkpoint_val_score, finetune, teacher_logits, val_score
-from .base import Finding, Status, register_check, worst
+from .base import Finding, Status, grade, register_check, worst
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-SHARE_WARN = 0.2  # effective KD share of the loss below which the teacher barely teaches
-GAIN_WARN, GAIN_FAIL = 0.03, 0.08  # val agreement gained over continuing with the user's setting
 
 
 def _flat(grads: tuple, params: list) -> torch.Tensor:
@@ -26,23 +25,21 @@ def _flat(grads: tuple, params: list) -> torch.Tensor:
 
 def gradient_balance(ev) -> dict:
     """Norms and cosine of the weighted CE and KD gradients under the user's stated convention."""
-    cfg = ev.config
+    conv, budgets = ev.config.convention, ev.config.budgets
     x, y = cached(ev, "train")
     t = teacher_logits(ev, "train")
     model = copy.deepcopy(ev.student).train()
     params = [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
-    w_ce, w_kd = loss_weights(cfg.alpha, cfg.alpha_on)
-    bs = min(cfg.budgets.probe_batch, len(x))
+    bs = min(budgets.probe_batch, len(x))
     n_ce = n_kd = cos = 0.0
-    batches = max(1, min(cfg.budgets.grad_batches, len(x) // bs))
+    batches = max(1, min(budgets.grad_batches, len(x) // bs))
     with torch.enable_grad():
         for i in range(batches):
             sl = slice(i * bs, (i + 1) * bs)
             s = as_logits(model(x[sl]), ev.num_classes).float()
-            ce = w_ce * F.cross_entropy(s, y[sl])
-            kd = w_kd * kd_term(s, t[sl], cfg.temperature, t2=cfg.t2, reduction=cfg.kd_reduction)
+            kd, ce = conv.terms(s, t[sl], y[sl])
             g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
             g_kd = torch.autograd.grad(kd, params, allow_unused=True)
             a, b = _flat(g_ce, params), _flat(g_kd, params)
@@ -58,40 +55,34 @@ def gradient_balance(ev) -> dict:
 
 
 def sweep(ev) -> dict:
-    """Fine-tune copies of the student for a fixed budget over alpha (at T) and T (at the best alpha)."""
-    cfg = ev.config
-    steps = cfg.budgets.sweep_steps
+    """Fine-tune copies of the student for a fixed budget over alpha (at T) and T (at the best alpha).
+
+    Each point runs the textbook objective (alpha on KD, T², batchmean) and is labelled with the same
+    effective setting in the user's own convention (`user`, `axis`)."""
+    conv, steps, n_cls = ev.config.convention, ev.config.budgets.sweep_steps, ev.num_classes
     runs: dict = {}
 
-    def run(key: str, **kw) -> dict:
-        if key not in runs:
-            model, _ = finetune(ev, steps=steps, seed=1, **kw)
-            runs[key] = val_score(ev, model)
-        return runs[key]
+    def run(c: KDConvention) -> dict:
+        if c not in runs:
+            model, _ = finetune(ev, c, steps=steps, seed=1)
+            runs[c] = val_score(ev, model)
+        return runs[c]
 
-    baseline = run(
-        "user",
-        alpha=cfg.alpha,
-        alpha_on=cfg.alpha_on,
-        temperature=cfg.temperature,
-        t2=cfg.t2,
-        reduction=cfg.kd_reduction,
-    )
-    # The sweep states alpha in the KD-weight convention, with T² and batchmean (the textbook objective).
-    alpha_curve = [
-        dict(
+    def point(a: float, T: float) -> dict:
+        user = conv.to_user(a, T, n_cls)
+        return dict(
             alpha=a,
-            temperature=cfg.temperature,
-            **run(f"a{a}_T{cfg.temperature}", alpha=a, temperature=cfg.temperature),
+            temperature=T,
+            user=user.setting(),
+            axis=user.axis_value(),
+            **run(KDConvention.textbook(a, T)),
         )
-        for a in ALPHAS
-    ]
+
+    baseline = run(conv)
+    alpha_curve = [point(a, conv.temperature) for a in ALPHAS]
     rank = lambda r: (r["agreement"], -r["loss"])  # noqa: E731
     best_alpha = max(alpha_curve, key=rank)["alpha"]
-    temp_curve = [
-        dict(alpha=best_alpha, temperature=T, **run(f"a{best_alpha}_T{T}", alpha=best_alpha, temperature=T))
-        for T in TEMPERATURES
-    ]
+    temp_curve = [point(best_alpha, T) for T in TEMPERATURES]
     best = max(alpha_curve + temp_curve, key=rank)
     return {
         "baseline": baseline,
@@ -99,6 +90,35 @@ def sweep(ev) -> dict:
         "temperature_curve": temp_curve,
         "best": best,
         "steps": steps,
+        "axis": conv.weight_axis,
+        "temperature_axis": PRESETS[conv.preset].t_name,
+    }
+
+
+def recommendation(conv: KDConvention, best: dict, gain: float, num_classes: int, gain_warn: float):
+    """The sweep's best setting in the user's convention; None when it does not beat continuing with the
+    stated setting by more than the noise floor, or when it is the stated setting (no remedy then)."""
+    if gain <= gain_warn:
+        return None
+    rec = conv.to_user(best["alpha"], best["temperature"], num_classes)
+    if rec.same_setting(conv):
+        return None
+    return {
+        "alpha_kd": best["alpha"],
+        "temperature": best["temperature"],
+        "user": rec.user_params(),
+        "setting": rec.setting(),
+        "code": rec.code(),
+        "code_lang": rec.code_lang,
+    }
+
+
+def _shares(conv: KDConvention, n_cls: int) -> dict:
+    """The KD share the stated weights would have under the other T² and reduction choices."""
+    return {
+        "without_t2": replace(conv, t2=False, reduction="batchmean").kd_share(n_cls),
+        "with_mean_reduction": replace(conv, reduction="mean").kd_share(n_cls),
+        "textbook": replace(conv, t2=True, reduction="batchmean").kd_share(n_cls),
     }
 
 
@@ -109,81 +129,64 @@ def sweep(ev) -> dict:
     order=60,
     min_samples={"train": 32, "val": 20},
 )
-def alpha_sensitivity(ev) -> Finding:
-    """Effective weight of each term, gradient balance, and what other (alpha, T) would have given."""
-    cfg = ev.config
-    eff = effective_weights(
-        cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, cfg.kd_reduction, ev.num_classes, cfg.batch_size
-    )
-    alt = {
-        "without_t2": effective_weights(
-            cfg.alpha, cfg.alpha_on, cfg.temperature, False, "batchmean", ev.num_classes, cfg.batch_size
-        )["kd_share"],
-        "with_mean_reduction": effective_weights(
-            cfg.alpha, cfg.alpha_on, cfg.temperature, cfg.t2, "mean", ev.num_classes, cfg.batch_size
-        )["kd_share"],
-        "textbook": effective_weights(
-            cfg.alpha, cfg.alpha_on, cfg.temperature, True, "batchmean", ev.num_classes, cfg.batch_size
-        )["kd_share"],
-    }
-    grads = gradient_balance(ev)
-    sw = sweep(ev)
-    start = checkpoint_val_score(ev)
+def alpha_sensitivity(
+    ev, *, gain_warn: float = 0.03, gain_fail: float = 0.08, share_warn: float = 0.2
+) -> Finding:
+    """Effective weight of each term, gradient balance, and what other (alpha, T) would have given.
+
+    gain_*: val agreement the best sweep point gains over continuing with the stated setting;
+    share_warn: the KD term's effective share of the loss below which the teacher barely teaches."""
+    conv, n_cls = ev.config.convention, ev.num_classes
+    eff = conv.effective(n_cls)
+    grads, sw, start = gradient_balance(ev), sweep(ev), checkpoint_val_score(ev)
     base, best = sw["baseline"], sw["best"]
     gain = best["agreement"] - base["agreement"]
+    rel = lambda a, b: 1 - a / b if b > 0 else 0.0  # noqa: E731
     evidence = {
-        "convention": {
-            "alpha": cfg.alpha,
-            "alpha_on": cfg.alpha_on,
-            "temperature": cfg.temperature,
-            "t2": cfg.t2,
-            "kd_reduction": cfg.kd_reduction,
-        },
+        "convention": conv.to_dict(n_cls),
         "effective_weights": eff,
         "kd_share": eff["kd_share"],
-        "kd_share_if": alt,
+        "kd_share_if": _shares(conv, n_cls),
         **grads,
         "checkpoint_val": start,
         "continue_val": base,
         "continue_gain_agreement": base["agreement"] - start["agreement"],
-        "continue_gain_loss_rel": 1 - base["loss"] / start["loss"] if start["loss"] > 0 else 0.0,
-        "continue_gain_kl_rel": 1 - base["kl"] / start["kl"] if start["kl"] > 0 else 0.0,
+        "continue_gain_loss_rel": rel(base["loss"], start["loss"]),
+        "continue_gain_kl_rel": rel(base["kl"], start["kl"]),
         "gain_agreement": gain,
         "gain_loss": base["loss"] - best["loss"],
-        "gain_kl_rel": 1 - best["kl"] / base["kl"] if base["kl"] > 0 else 0.0,
-        # below the noise floor the advice is the stated setting (as a KD weight)
-        "recommended": {"alpha": best["alpha"], "alpha_on": "kd", "temperature": best["temperature"]}
-        if gain > GAIN_WARN
-        else {
-            "alpha": loss_weights(cfg.alpha, cfg.alpha_on)[1],
-            "alpha_on": "kd",
-            "temperature": cfg.temperature,
-        },
-        "reduction_is_mean": float(cfg.kd_reduction == "mean"),
-        "t2_missing": float(not cfg.t2 and cfg.temperature > 1),
+        "gain_kl_rel": rel(best["kl"], base["kl"]),
+        "recommended": recommendation(conv, best, gain, n_cls, gain_warn),
+        "reduction_is_mean": float(conv.reduction == "mean"),
+        "t2_missing": float(not conv.t2 and conv.temperature > 1),
         "sweep_steps": sw["steps"],
+        "sweep_samples": {"train": len(ev.train.cache_x), "val": len(ev.val.cache_x)},
     }
-    details = {"alpha_curve": sw["alpha_curve"], "temperature_curve": sw["temperature_curve"]}
+    details = {k: sw[k] for k in ("alpha_curve", "temperature_curve", "axis", "temperature_axis")}
+    starved = eff["kd_share"] < share_warn
     status = worst(
-        Status.FAIL
-        if gain > GAIN_FAIL or (eff["kd_share"] < SHARE_WARN and gain > GAIN_WARN)
-        else Status.WARN
-        if gain > GAIN_WARN or eff["kd_share"] < SHARE_WARN
-        else Status.PASS,
-        Status.WARN if cfg.kd_reduction == "mean" or evidence["t2_missing"] else Status.PASS,
+        grade(gain, gain_warn, gain_fail)
+        if not starved
+        else Status.FAIL
+        if gain > gain_warn
+        else Status.WARN,
+        Status.WARN if evidence["reduction_is_mean"] or evidence["t2_missing"] else Status.PASS,
     )
+    return Finding("alpha_sensitivity", status, _summary(ev, conv, eff, grads, sw, gain), evidence, details)
+
+
+def _summary(ev, conv: KDConvention, eff: dict, grads: dict, sw: dict, gain: float) -> str:
+    best, base = sw["best"], sw["baseline"]
+    n_tr, n_va = len(ev.train.cache_x), len(ev.val.cache_x)
     bugs = []
-    if cfg.kd_reduction == "mean":
+    if conv.reduction == "mean":
         bugs.append(f"reduction='mean' divides the KD term by {ev.num_classes} classes")
-    if evidence["t2_missing"]:
-        bugs.append(f"without T² the KD gradients shrink by {cfg.temperature**2:g}x")
+    if not conv.t2 and conv.temperature > 1:
+        bugs.append(f"without T² the KD gradients shrink by {conv.temperature**2:g}x")
     summary = (
         f"KD carries {eff['kd_share']:.0%} of the effective loss weight "
-        f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); "
-        f"{sw['steps']} fine-tuning steps with alpha={best['alpha']:g} T={best['temperature']:g} reach "
-        f"val agreement {best['agreement']:.1%} vs {base['agreement']:.1%} continuing with the "
-        f"stated setting"
+        f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); {sw['steps']} fine-tuning steps "
+        f"on {n_tr} train samples with {best['user']} reach val agreement {best['agreement']:.1%} vs "
+        f"{base['agreement']:.1%} continuing with your setting ({conv.setting()}), on {n_va} val samples"
     )
-    if bugs:
-        summary += "; " + "; ".join(bugs)
-    return Finding("alpha_sensitivity", status, summary, evidence, details)
+    return summary + ("; " + "; ".join(bugs) if bugs else "")

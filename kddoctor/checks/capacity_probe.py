@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..convention import KDConvention
 from ._probes import finetune, n_params
 from .base import Finding, Status, register_check, worst
 
@@ -51,7 +52,7 @@ def capacity_probe(ev) -> Finding:
         for m in ("student", "teacher")
     }
     model, curve = finetune(
-        ev, alpha=1.0, temperature=1.0, t2=False, steps=b.fit_steps, eval_every=max(1, b.fit_steps // 4)
+        ev, KDConvention.pure_kd(temperature=1.0), steps=b.fit_steps, eval_every=max(1, b.fit_steps // 4)
     )
     del model
     fit = curve[-1][1] if curve else float("nan")

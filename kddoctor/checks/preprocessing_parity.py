@@ -31,6 +31,22 @@ def compare_inputs(a: dict, b: dict) -> dict:
     }
 
 
+def normalization_fix(train: dict, val: dict) -> dict:
+    """The Normalize(mean, std) that maps the val inputs onto the train inputs' statistics, measured:
+    x' = (x - a) / b has train's mean and std when b = s_val / s_train and a = m_val - m_train * b."""
+    mt, st, mv, sv = (np.array(d[k], dtype=float) for d in (train, val) for k in ("mean", "std"))
+    scale = sv / np.maximum(st, 1e-12)
+    return {
+        "split": "val",
+        "mean": (mv - mt * scale).round(4).tolist(),
+        "std": scale.round(4).tolist(),
+        "train_mean": mt.round(4).tolist(),
+        "train_std": st.round(4).tolist(),
+        "val_mean": mv.round(4).tolist(),
+        "val_std": sv.round(4).tolist(),
+    }
+
+
 def expected_normalization(model) -> dict | None:
     """timm data config of a model (mean, std, input size...), or None for models without one."""
     cfg = getattr(model, "pretrained_cfg", None)
@@ -122,6 +138,7 @@ def preprocessing_parity(ev) -> Finding:
         max_smd, max_lsr = max(max_smd, cmp["max_smd"]), max(max_lsr, cmp["max_log_std_ratio"])
         c = cmp["worst_channel"]
         if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN:
+            evidence["normalization_fix"] = normalization_fix(splits[ref], val)
             notes.append(
                 f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
                 f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "

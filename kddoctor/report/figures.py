@@ -193,12 +193,16 @@ def membership_figure(gap_details: dict) -> dict:
 def sweep_figure(alpha_details: dict) -> dict:
     a = alpha_details["alpha_curve"]
     t = alpha_details["temperature_curve"]
+    axis = alpha_details.get("axis", "alpha on KD")  # the weight as the user names it
+    x_of = lambda r: r.get("axis", r["alpha"])  # noqa: E731  (older results: the textbook alpha)
+    t_name = alpha_details.get("temperature_axis", "T")
     data = [
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": f"agreement vs alpha (T={a[0]['temperature']:g})",
-            "x": [r["alpha"] for r in a],
+            "name": f"agreement vs {axis.split(' ')[0]} ({t_name}={a[0]['temperature']:g})",
+            "x": [x_of(r) for r in a],
+            "text": [r.get("user", "") for r in a],
             "y": [r["agreement"] for r in a],
             "xaxis": "x",
             "yaxis": "y",
@@ -207,8 +211,8 @@ def sweep_figure(alpha_details: dict) -> dict:
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": "val loss vs alpha",
-            "x": [r["alpha"] for r in a],
+            "name": f"val loss vs {axis.split(' ')[0]}",
+            "x": [x_of(r) for r in a],
             "y": [r["loss"] for r in a],
             "xaxis": "x",
             "yaxis": "y3",
@@ -217,8 +221,9 @@ def sweep_figure(alpha_details: dict) -> dict:
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": f"agreement vs T (alpha={t[0]['alpha']:g})",
+            "name": f"agreement vs {t_name} ({t[0].get('user', '')})",
             "x": [r["temperature"] for r in t],
+            "text": [r.get("user", "") for r in t],
             "y": [r["agreement"] for r in t],
             "xaxis": "x2",
             "yaxis": "y2",
@@ -226,11 +231,11 @@ def sweep_figure(alpha_details: dict) -> dict:
         },
     ]
     layout = _layout(
-        "Fine-tuning sweeps: val agreement (and loss) by alpha and T",
-        xaxis={"title": "alpha on KD", "domain": [0, 0.45]},
+        "Fine-tuning sweeps in your convention: val agreement (and loss) by loss weight and temperature",
+        xaxis={"title": axis, "domain": [0, 0.45]},
         yaxis={"title": "val agreement"},
         yaxis3={"overlaying": "y", "side": "right", "title": "val loss", "showgrid": False},
-        xaxis2={"title": "T", "type": "log", "domain": [0.58, 1], "anchor": "y2"},
+        xaxis2={"title": t_name, "type": "log", "domain": [0.58, 1], "anchor": "y2"},
         yaxis2={"anchor": "x2"},
     )
     return {"data": data, "layout": layout}

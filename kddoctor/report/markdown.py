@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..diagnosis import convention_sentence
+
 # Markdown syntax, plus < > & so that no raw HTML or entity survives: `\<script\>` shows as written.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|!<>&~])")
 
@@ -38,7 +40,7 @@ def render_markdown(diag) -> str:
     lines += [
         "",
         f"Teacher {md_escape(run['teacher'])} · student {md_escape(run['student'])} · "
-        f"{md_escape(run['convention'])}",
+        f"{md_escape(convention_sentence(run))}",
         "",
         "| split | teacher loss | teacher acc | student loss | student acc | agreement | KL |",
         "|---|---|---|---|---|---|---|",

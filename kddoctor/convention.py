@@ -1,0 +1,494 @@
+"""The KD convention: how the training loss weighted CE and KD, as one frozen value.
+
+Codebases disagree on everything a KD loss can vary: which term `alpha` weights (KD_Lib and DeiT the
+KD term, torchdistill and timm's `--task-loss-weight` the CE term), whether the two weights sum to one
+(mdistiller's CE_WEIGHT/KD_WEIGHT, RepDistiller's -r/-a do not have to), whether the KL is multiplied
+by T², and how it is reduced (`batchmean`, the per-element `mean` DeiT uses, or `sum`). `KDConvention`
+holds the user's statement once; it owns the loss, the effective weight of each term, the sentence
+that states it, and the translation of any setting into the user's own words (`to_user`).
+
+Canonical form: a setting is (alpha_kd, T) on the textbook objective `(1-a)*CE + a*T²*KL_batchmean`,
+where alpha_kd is exactly the KD term's share of the effective weight. `from_user` maps any stated
+convention there; `to_user` maps back keeping the user's reduction, T² choice and total weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError, check_int, check_number
+from .losses import kd_term
+
+KD_REDUCTIONS = ("batchmean", "mean", "sum")
+FORMS = ("alpha_kd", "alpha_ce", "weights")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How one codebase states its KD loss: parameter names, fixed choices, defaults, source."""
+
+    name: str
+    form: str  # alpha_kd: one alpha on KD; alpha_ce: one alpha on CE; weights: two free weights
+    ce_name: str  # the codebase's name for the CE weight
+    kd_name: str  # ... for the KD weight
+    t_name: str  # ... for the temperature
+    syntax: str  # python | yaml | shell: how a remedy writes a setting
+    defaults: tuple[float, float, float]  # (CE weight, KD weight, T) of the codebase's reference recipe
+    t2: bool | None = None  # fixed by the codebase (None: the user says, --no-t2)
+    reduction: str | None = None  # fixed by the codebase (None: the user says, --kd-reduction)
+    citation: str = ""
+    bare_kl_without_ce: bool = False  # torchdistill: alpha 0 returns the bare KL (no beta, no T²)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "kd",
+            "alpha_kd",
+            "1 - alpha",
+            "alpha",
+            "T",
+            "python",
+            (0.3, 0.7, 4.0),
+            citation="Hinton et al. (2015) as KD_Lib and most tutorials write it: (1-alpha)*CE + alpha*T²*KL",
+        ),
+        Preset(
+            "torchdistill",
+            "alpha_ce",
+            "alpha",
+            "beta",
+            "temperature",
+            "yaml",
+            (0.5, 0.5, 1.0),
+            t2=True,
+            citation="yoshitomo-matsubara/torchdistill@3e4373c torchdistill/losses/mid_level.py:135-189 "
+            "(alpha*CE + beta*T²*KL, beta defaults to 1-alpha :174, bare KL when alpha is 0 :185-186)",
+            bare_kl_without_ce=True,
+        ),
+        Preset(
+            "mdistiller",
+            "weights",
+            "CE_WEIGHT",
+            "KD_WEIGHT",
+            "TEMPERATURE",
+            "yaml",
+            (0.1, 0.9, 4.0),
+            t2=True,
+            reduction="batchmean",
+            citation="megvii-research/mdistiller@a08d46f mdistiller/distillers/KD.py:8-13,31-34 "
+            "(kl_div(...).sum(1).mean() * T²; defaults mdistiller/engine/cfg.py:60-64)",
+        ),
+        Preset(
+            "repdistiller",
+            "weights",
+            "-r",
+            "-a",
+            "--kd_T",
+            "shell",
+            (0.1, 0.9, 4.0),
+            t2=True,
+            reduction="batchmean",
+            citation="HobbitLong/RepDistiller@b84f547 distiller_zoo/KD.py:7-17 (sum-KL * T² / batch), "
+            "helper/loops.py:184 (gamma*CE + alpha*KD), flags train_student.py:73-78",
+        ),
+        Preset(
+            "timm",
+            "weights",
+            "--task-loss-weight",
+            "--distill-loss-weight",
+            "--kd-temperature",
+            "shell",
+            (1.0, 1.0, 4.0),
+            t2=True,
+            reduction="batchmean",
+            citation="huggingface/pytorch-image-models@aa4b585 timm/task/distillation.py:290-317 "
+            "(KL batchmean * T²), train.py:446-452 (weights; task and distill both default to 1)",
+        ),
+        Preset(
+            "deit",
+            "alpha_kd",
+            "1 - alpha",
+            "--distillation-alpha",
+            "--distillation-tau",
+            "shell",
+            (0.5, 0.5, 1.0),
+            t2=True,
+            reduction="mean",
+            citation="facebookresearch/deit@7e160fe losses.py:54-69 (sum-KL * T² / outputs.numel(): "
+            "the per-element mean; (1-alpha)*CE + alpha*KD), main.py:145-147",
+        ),
+    )
+}
+
+
+def _r(x: float, digits: int = 4) -> float:
+    """A weight as a user would write it (`digits` significant digits, no float noise)."""
+    return float(f"{x:.{digits}g}")
+
+
+@dataclass(frozen=True)
+class KDConvention:
+    """The KD objective a student was trained with: w_ce*CE + w_kd*[T²]*KL(t||s) under `reduction`."""
+
+    ce_weight: float = 0.3
+    kd_weight: float = 0.7
+    temperature: float = 4.0
+    t2: bool = True
+    reduction: str = "batchmean"
+    train_batch_size: int | None = None  # `sum` scales the KL by the training batch size
+    form: str = "alpha_kd"  # how the user states the weights (FORMS)
+    preset: str = "kd"  # whose vocabulary the user speaks (PRESETS)
+
+    def __post_init__(self) -> None:
+        for flag, w in (("--ce-weight", self.ce_weight), ("--kd-weight", self.kd_weight)):
+            if check_number(flag, w) < 0:
+                raise UserError(f"{flag} must be >= 0, got {w}")
+        if self.ce_weight + self.kd_weight <= 0:
+            raise UserError("the CE and KD weights are both 0: nothing was trained; state the real weights")
+        if check_number("--temperature", self.temperature) <= 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if self.reduction not in KD_REDUCTIONS:
+            raise UserError(
+                f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.reduction!r}"
+            )
+        if self.train_batch_size is not None:
+            check_int("--train-batch-size", self.train_batch_size, 1)
+        if self.reduction == "sum" and self.train_batch_size is None:
+            raise UserError(
+                "--kd-reduction sum scales the KD term by the training batch size: pass --train-batch-size B"
+            )
+        if self.form not in FORMS or self.preset not in PRESETS:
+            raise ValueError(f"unknown form {self.form!r} or preset {self.preset!r}")
+        if self.form != "weights" and not math.isclose(self.ce_weight + self.kd_weight, 1.0, abs_tol=1e-9):
+            raise ValueError("an alpha form needs weights that sum to 1")
+
+    # --- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_alpha(cls, alpha: float, alpha_on: str = "kd", **kw) -> KDConvention:
+        """`(1-alpha)*CE + alpha*KD` (alpha on kd) or `alpha*CE + (1-alpha)*KD` (alpha on ce)."""
+        if not 0.0 <= check_number("--alpha", alpha) <= 1.0:
+            raise UserError(f"--alpha must be in [0, 1], got {alpha}")
+        if alpha_on not in ("kd", "ce"):
+            raise UserError(f"--alpha-on must be one of kd, ce, got {alpha_on!r}")
+        ce, kd = (1.0 - alpha, alpha) if alpha_on == "kd" else (alpha, 1.0 - alpha)
+        return cls(ce_weight=ce, kd_weight=kd, form=f"alpha_{alpha_on}", **kw)
+
+    @classmethod
+    def textbook(cls, alpha_kd: float, temperature: float) -> KDConvention:
+        """The canonical objective: (1-a)*CE + a*T²*KL, batchmean."""
+        return cls(ce_weight=1.0 - alpha_kd, kd_weight=alpha_kd, temperature=temperature)
+
+    @classmethod
+    def pure_kd(cls, temperature: float = 1.0, t2: bool = False) -> KDConvention:
+        """KL to the teacher alone (the capacity probe's objective)."""
+        return cls(ce_weight=0.0, kd_weight=1.0, temperature=temperature, t2=t2)
+
+    # --- what the loss is ------------------------------------------------------------------------
+
+    @property
+    def alpha(self) -> float:
+        """The single alpha of the results.json contract (on `alpha_on`)."""
+        total = self.ce_weight + self.kd_weight
+        return (self.ce_weight if self.alpha_on == "ce" else self.kd_weight) / total
+
+    @property
+    def alpha_on(self) -> str:
+        return "ce" if self.form == "alpha_ce" else "kd"
+
+    @property
+    def bare_kl(self) -> bool:
+        """torchdistill with alpha 0: the loss is the KL alone, without beta or T²."""
+        return PRESETS[self.preset].bare_kl_without_ce and self.ce_weight == 0
+
+    def _kd_factor(self, num_classes: int) -> float:
+        """What one unit of KD weight is worth next to a batch-mean CE (T² and the reduction)."""
+        if self.bare_kl:
+            return 1.0 / self.temperature**2
+        t = 1.0 if self.t2 else 1.0 / self.temperature**2
+        return t * self.reduction_scale(num_classes)
+
+    def reduction_scale(self, num_classes: int) -> float:
+        """`mean` divides the KL by the class count too (a common bug); `sum` multiplies by the batch."""
+        return {"batchmean": 1.0, "mean": 1.0 / num_classes, "sum": float(self.train_batch_size or 1)}[
+            self.reduction
+        ]
+
+    def effective(self, num_classes: int) -> dict:
+        """Each term's weight in units comparable to the CE gradient (Hinton et al.: soft-target
+        gradients shrink as 1/T², which T² undoes), and the KD term's share of the total."""
+        kd_w = 1.0 if self.bare_kl else self.kd_weight
+        kd_eff = kd_w * self._kd_factor(num_classes)
+        total = kd_eff + self.ce_weight
+        return {
+            "ce": self.ce_weight,
+            "kd": kd_w,
+            "kd_effective": kd_eff,
+            "reduction_scale": self.reduction_scale(num_classes),
+            "t2_factor": 1.0 if self.t2 and not self.bare_kl else 1.0 / self.temperature**2,
+            "kd_share": kd_eff / total if total else 0.0,
+        }
+
+    def kd_share(self, num_classes: int) -> float:
+        return self.effective(num_classes)["kd_share"]
+
+    def terms(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
+        """(weighted KD term, weighted CE term) on one batch; `sum` scaled to the stated training batch."""
+        kd_w = 1.0 if self.bare_kl else self.kd_weight
+        kd = ce = s.new_zeros(())
+        if kd_w:
+            if self.reduction == "sum":  # the user's batch, not this one
+                kd = kd_term(s, t, self.temperature, t2=self.t2 and not self.bare_kl, reduction="batchmean")
+                kd = kd * self.train_batch_size
+            else:
+                t2 = self.t2 and not self.bare_kl
+                kd = kd_term(s, t, self.temperature, t2=t2, reduction=self.reduction)
+            kd = kd_w * kd
+        if self.ce_weight and y is not None:
+            ce = self.ce_weight * F.cross_entropy(s, y)
+        return kd, ce
+
+    def loss(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The training objective on one batch."""
+        kd, ce = self.terms(s, t, y)
+        return s.new_zeros(()) + kd + ce
+
+    # --- translation -----------------------------------------------------------------------------
+
+    def from_user(self, num_classes: int) -> tuple[float, float]:
+        """This setting as (alpha_kd, T) on the textbook objective (same effective KD share)."""
+        return self.kd_share(num_classes), self.temperature
+
+    def to_user(self, alpha_kd: float, temperature: float, num_classes: int) -> KDConvention:
+        """The textbook setting (alpha_kd, T) in this user's convention: the same effective KD share
+        under their T² choice and reduction, with their total weight kept (it sets their step size)."""
+        probe = replace(self, temperature=temperature)
+        if probe.bare_kl:
+            probe = replace(probe, ce_weight=1e-9)  # the factor of a mixed loss, not of the bare KL
+        f = probe._kd_factor(num_classes)
+        ce, kd = 1.0 - alpha_kd, alpha_kd / f  # kd*f / (kd*f + ce) == alpha_kd
+        total = self.ce_weight + self.kd_weight if self.form == "weights" else 1.0
+        ce_x, kd_x = (w * total / (ce + kd) for w in (ce, kd))
+        for digits in range(3, 12):  # as few digits as keep the effective share within 0.05 points
+            out = self._written(_r(ce_x, digits), _r(kd_x, digits), _r(temperature))
+            if abs(out.kd_share(num_classes) - alpha_kd) < 5e-4:
+                break
+        return out
+
+    def _written(self, ce: float, kd: float, temperature: float) -> KDConvention:
+        """These weights as the user writes them: an alpha form rounds its one alpha, the other is 1 - it."""
+        if self.form == "alpha_kd":
+            ce = 1.0 - kd
+        elif self.form == "alpha_ce":
+            kd = 1.0 - ce
+        return replace(self, ce_weight=ce, kd_weight=kd, temperature=_r(temperature))
+
+    def same_setting(self, other: KDConvention) -> bool:
+        """Equal as the user would write them (a remedy that changes nothing is no remedy)."""
+        key = lambda c: (_r(c.ce_weight), _r(c.kd_weight), _r(c.temperature))  # noqa: E731
+        return key(self) == key(other)
+
+    # --- words -----------------------------------------------------------------------------------
+
+    def _names(self) -> tuple[str | None, str | None]:
+        """(CE name, KD name) of the weights the user writes; None for the one an alpha implies."""
+        p = PRESETS[self.preset]
+        if p.name == "kd":
+            return {"alpha_kd": (None, "alpha"), "alpha_ce": ("alpha", None)}.get(
+                self.form, ("ce_weight", "kd_weight")
+            )
+        if self.form == "alpha_kd":
+            return None, p.kd_name
+        return p.ce_name, p.kd_name  # torchdistill writes beta out even when it is 1 - alpha
+
+    def user_params(self) -> dict:
+        """The setting under the codebase's own parameter names."""
+        ce_name, kd_name = self._names()
+        weights = {ce_name: _r(self.ce_weight, 8)} if ce_name else {}
+        if kd_name:
+            weights[kd_name] = _r(self.kd_weight, 8)
+        return {**weights, PRESETS[self.preset].t_name: _r(self.temperature, 8)}
+
+    def setting(self) -> str:
+        """e.g. `alpha=0.7, T=4` or `CE_WEIGHT=0.1, KD_WEIGHT=0.9, TEMPERATURE=4`."""
+        return ", ".join(f"{k}={v:g}" for k, v in self.user_params().items())
+
+    @property
+    def weight_axis(self) -> str:
+        """The knob a weight sweep moves, named as the user names it."""
+        ce_name, kd_name = self._names()
+        if kd_name and ce_name:
+            return f"{kd_name} (KD weight; {ce_name} = total - it)"
+        return f"{kd_name} (KD weight)" if kd_name else f"{ce_name} (CE weight)"
+
+    def axis_value(self) -> float:
+        """This setting's position on `weight_axis`."""
+        ce_name, kd_name = self._names()
+        return _r(self.kd_weight if kd_name else self.ce_weight)
+
+    def formula(self) -> str:
+        if self.form == "alpha_kd":
+            return f"loss = (1-{self.kd_weight:g})*CE + {self.kd_weight:g}*KD"
+        if self.form == "alpha_ce":
+            return f"loss = {self.ce_weight:g}*CE + (1-{self.ce_weight:g})*KD"
+        return f"loss = {self.ce_weight:g}*CE + {self.kd_weight:g}*KD"
+
+    def sentence(self, num_classes: int) -> str:
+        """The convention assumed, in words, with each term's effective weight."""
+        eff = self.effective(num_classes)
+        if self.bare_kl:
+            t2 = "the bare KL (torchdistill drops beta and T² when alpha is 0)"
+        elif self.t2:
+            t2 = f"KD multiplied by T²={self.temperature**2:g}"
+        else:
+            t2 = "KD not multiplied by T² (--no-t2)"
+        red = f"KL reduced by '{self.reduction}'"
+        if self.reduction == "sum":
+            red += f" over training batches of {self.train_batch_size}"
+        who = f" ({self.preset}: {self.setting()})" if self.preset != "kd" else ""
+        return (
+            f"{self.formula()}{who} with T={self.temperature:g}, {t2}, {red}; effective weights: "
+            f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units "
+            f"({eff['kd_share']:.0%} of the total)"
+        )
+
+    def code(self) -> str:
+        """This setting written where the user writes it (Python, the codebase's YAML, its CLI)."""
+        p = PRESETS[self.preset]
+        params = self.user_params()
+        if p.syntax == "shell":
+            script = {"deit": "main.py", "repdistiller": "train_student.py --distill kd"}.get(
+                p.name, "train.py"
+            )
+            return f"python {script} " + " ".join(f"{k} {v:g}" for k, v in params.items())
+        if p.name == "mdistiller":
+            return "\n".join(
+                ["KD:", f"  TEMPERATURE: {self.temperature:g}", "  LOSS:"]
+                + [f"    {k}: {params[k]:g}" for k in (p.ce_name, p.kd_name)]
+            )
+        if p.syntax == "yaml":
+            return "\n".join(f"{k}: {v:g}" for k, v in params.items())
+        return self._python()
+
+    def _python(self) -> str:
+        """The loss in PyTorch, with this convention's T² choice and reduction."""
+        kd = f"F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction='{self.reduction}')"
+        kd += " * T**2" if self.t2 else ""
+        if self.form == "alpha_kd":
+            weights = f"alpha = {_r(self.kd_weight):g}", "(1 - alpha) * F.cross_entropy(s, y) + alpha * kd"
+        elif self.form == "alpha_ce":
+            weights = f"alpha = {_r(self.ce_weight):g}", "alpha * F.cross_entropy(s, y) + (1 - alpha) * kd"
+        else:
+            weights = (
+                f"ce_weight, kd_weight = {_r(self.ce_weight):g}, {_r(self.kd_weight):g}",
+                "ce_weight * F.cross_entropy(s, y) + kd_weight * kd",
+            )
+        return f"T = {_r(self.temperature):g}\n{weights[0]}\nkd = {kd}\nloss = {weights[1]}"
+
+    @property
+    def code_lang(self) -> str:
+        return PRESETS[self.preset].syntax
+
+    def to_dict(self, num_classes: int) -> dict:
+        """run.convention in results.json: the user's own form and the canonical weights."""
+        alpha_kd, _ = self.from_user(num_classes)
+        return {
+            "preset": self.preset,
+            "form": self.form,
+            "user": self.user_params(),
+            "ce_weight": self.ce_weight,
+            "kd_weight": self.kd_weight,
+            "temperature": self.temperature,
+            "t2": self.t2,
+            "reduction": self.reduction,
+            "train_batch_size": self.train_batch_size,
+            "alpha_kd_equivalent": alpha_kd,
+            "sentence": self.sentence(num_classes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KDConvention:
+        keys = (
+            "ce_weight",
+            "kd_weight",
+            "temperature",
+            "t2",
+            "reduction",
+            "train_batch_size",
+            "form",
+            "preset",
+        )
+        return cls(**{k: d[k] for k in keys})
+
+
+def resolve(
+    *,
+    alpha: float | None = None,
+    alpha_on: str | None = None,
+    ce_weight: float | None = None,
+    kd_weight: float | None = None,
+    temperature: float | None = None,
+    no_t2: bool = False,
+    reduction: str | None = None,
+    train_batch_size: int | None = None,
+    preset: str | None = None,
+) -> KDConvention:
+    """The convention from the flags a user gave (None: not given); conflicting flags are an error."""
+    name = (preset or "kd").lower()
+    if name not in PRESETS:
+        raise UserError(f"--convention must be one of {', '.join(PRESETS)}, got {preset!r}")
+    p = PRESETS[name]
+    _check_conflicts(p, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset)
+    common = dict(
+        temperature=p.defaults[2] if temperature is None else temperature,
+        t2=p.t2 if p.t2 is not None else not no_t2,
+        reduction=p.reduction or reduction or "batchmean",
+        train_batch_size=train_batch_size,
+        preset=name,
+    )
+    if ce_weight is not None:
+        return KDConvention(
+            ce_weight=ce_weight, kd_weight=kd_weight, form=_weights_form(p, ce_weight, kd_weight), **common
+        )
+    if alpha is not None:
+        return KDConvention.from_alpha(alpha, alpha_on or ("ce" if p.form == "alpha_ce" else "kd"), **common)
+    ce, kd, _ = p.defaults
+    return KDConvention(ce_weight=ce, kd_weight=kd, form=p.form, **common)
+
+
+def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset) -> None:
+    """Flags that state one thing twice, differently: exit 2 naming both."""
+    named = f"--convention {preset}"
+    if (ce_weight is None) != (kd_weight is None):
+        given = "--ce-weight" if ce_weight is not None else "--kd-weight"
+        raise UserError(f"{given} needs its pair: state both --ce-weight and --kd-weight")
+    if ce_weight is not None and (alpha is not None or alpha_on is not None):
+        other = "--alpha" if alpha is not None else "--alpha-on"
+        raise UserError(f"{other} conflicts with --ce-weight/--kd-weight: state the weights one way")
+    if alpha is not None and p.form == "weights":
+        raise UserError(
+            f"--alpha conflicts with {named}, which states two weights ({p.ce_name}, {p.kd_name}): "
+            "pass them as --ce-weight and --kd-weight"
+        )
+    if alpha_on is not None and preset and p.form != f"alpha_{alpha_on}":
+        raise UserError(f"--alpha-on {alpha_on} conflicts with {named}, whose alpha weights another term")
+    if no_t2 and p.t2:
+        raise UserError(f"--no-t2 conflicts with {named}, which multiplies the KD term by T²")
+    if reduction is not None and p.reduction is not None and reduction != p.reduction:
+        raise UserError(
+            f"--kd-reduction {reduction} conflicts with {named}, which reduces by '{p.reduction}'"
+        )
+
+
+def _weights_form(p: Preset, ce: float, kd: float) -> str:
+    """--ce-weight/--kd-weight under a preset: its own form where the weights fit it."""
+    if p.form == "weights" or p.name in ("kd", "torchdistill"):
+        return "weights" if p.name != "torchdistill" or not math.isclose(ce + kd, 1.0) else "alpha_ce"
+    if not math.isclose(ce + kd, 1.0):
+        raise UserError(f"--convention {p.name} has one alpha, so its weights sum to 1; got {ce:g} + {kd:g}")
+    return p.form
