@@ -264,6 +264,34 @@ def demo(
     raise typer.Exit(_guard(go, debug))
 
 
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="results.json written by kddoctor diagnose.")],
+    out: Annotated[Path | None, Opt(help="Output directory (default: the results file's own).")] = None,
+    cdn: Annotated[bool, Opt("--report-cdn", help="Load plotly.js from a CDN (smaller report).")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
+    debug: Annotated[bool, Opt("--debug")] = False,
+) -> None:
+    """Rebuild report.html and report.md from a results.json alone (no models, no data)."""
+    from .diagnosis import Diagnosis
+    from .gate import load_results
+    from .report import render_html, render_markdown
+    from .runner import probe_outputs
+
+    def go() -> int:
+        target = out or results.parent
+        probe_outputs(target, None)
+        diag = Diagnosis.from_dict(load_results(results))
+        files = {"report.html": render_html(diag, cdn=cdn), "report.md": render_markdown(diag)}
+        for name, text in files.items():
+            _write_text(target / name, text, "--out")
+        if not quiet:
+            typer.echo(f"wrote {target / 'report.html'}, report.md")
+        return 0
+
+    raise typer.Exit(_guard(go, debug))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

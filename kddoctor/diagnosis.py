@@ -79,7 +79,14 @@ class Diagnosis:
         details = doc.get("details") or {}
         plots = details.get("checks", {})
         findings = [
-            Finding(c["id"], Status(c["status"]), c["summary"], c.get("evidence", {}), plots.get(c["id"], {}))
+            Finding(
+                c["id"],
+                Status(c["status"]),
+                c["summary"],
+                c.get("evidence", {}),
+                plots.get(c["id"], {}),
+                thresholds=c.get("thresholds", {}),
+            )
             for c in doc["checks"]
         ]
         return cls(

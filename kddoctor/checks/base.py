@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 import time
 import traceback
@@ -28,16 +29,22 @@ class Finding:
     status: Status
     summary: str
     evidence: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)  # aggregated plot data for the report (not in results.json)
+    details: dict = field(
+        default_factory=dict
+    )  # aggregated plot data for the report (results.json `details`)
     seconds: float = 0.0
+    thresholds: dict = field(default_factory=dict)  # the levels it graded against (registry defaults)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "id": self.id,
             "status": self.status.value,
             "summary": self.summary,
             "evidence": jsonable(self.evidence),
         }
+        if self.thresholds:
+            out["thresholds"] = jsonable(self.thresholds)
+        return out
 
 
 def jsonable(obj: object) -> object:
@@ -57,10 +64,16 @@ def jsonable(obj: object) -> object:
     return obj
 
 
-def grade(value: float, warn: float, fail: float, *, higher_is_worse: bool = True) -> Status:
-    """Threshold a value into pass/warn/fail."""
+class NotMeasured(Exception):
+    """A value a check grades could not be measured (NaN): the check is skipped, never passed."""
+
+
+def grade(
+    value: float, warn: float, fail: float, *, higher_is_worse: bool = True, what: str = "a graded value"
+) -> Status:
+    """Threshold a value into pass/warn/fail; NaN (or None) cannot pass: it raises NotMeasured."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return Status.PASS
+        raise NotMeasured(f"{what} could not be measured (NaN)")
     if not higher_is_worse:
         value, warn, fail = -value, -warn, -fail
     return Status.FAIL if value > fail else Status.WARN if value > warn else Status.PASS
@@ -80,6 +93,7 @@ class CheckSpec:
     doc: str
     order: int = 100
     min_samples: tuple[tuple[str, int], ...] = ()  # (split, n): below it the check is skipped
+    thresholds: tuple[tuple[str, float], ...] = ()  # the check's keyword defaults (warn/fail levels)
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
@@ -99,7 +113,9 @@ def register_check(
     the check, with the reason, when one is missing. The check never tests for that itself.
     `order` places it in the run (cheap input checks first, fine-tuning probes later).
     `min_samples` ({"train": n, "val": n}) is the evidence a check needs before it may conclude
-    anything: with fewer valid samples the runner skips it and says so.
+    anything: with fewer valid samples the runner skips it and says so. The check's keyword-only
+    arguments with defaults are its thresholds: the registry records them, results.json and the report
+    show them, and a graded value that is NaN makes the check `skipped` (see `grade`).
     """
 
     if isinstance(needs, str):
@@ -107,6 +123,8 @@ def register_check(
 
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
+        params = inspect.signature(fn).parameters.values()
+        thresholds = tuple((p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY)
         _REGISTRY[check_id] = CheckSpec(
             check_id,
             fn,
@@ -115,6 +133,7 @@ def register_check(
             doc[0] if doc else "",
             order,
             tuple(sorted((min_samples or {}).items())),
+            thresholds,
         )
         return fn
 
@@ -163,6 +182,8 @@ def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
         finding = spec.fn(ev)
     except KeyboardInterrupt:
         raise
+    except NotMeasured as e:
+        finding = Finding(spec.id, Status.SKIPPED, f"skipped: {e}", {"not_measured": str(e)})
     except Exception as e:  # a broken check never kills the run
         first = (str(e).strip().splitlines() or [""])[0][:200]
         msg = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -171,4 +192,5 @@ def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
             traceback.print_exc()
         finding = Finding(spec.id, Status.ERROR, f"the check failed: {msg}", evidence)
     finding.seconds = time.perf_counter() - start
+    finding.thresholds = dict(spec.thresholds)
     return finding

@@ -9,11 +9,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from ..metrics import N_BINS
-from .base import Finding, Status, grade, register_check, worst
-
-ECE_WARN, ECE_FAIL = 0.08, 0.15
-TEMP_WARN, TEMP_FAIL = math.log(2.0), math.log(3.0)  # optimal temperature outside [1/2, 2] / [1/3, 3]
-
+from .base import Finding, grade, register_check, worst
 
 LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3]
 LOG_T_PRIOR = 0.003  # weight of (log T)^2: a perfect model's NLL keeps falling as T -> 0, the prior stops it
@@ -46,7 +42,14 @@ def reliability(stats: dict, prefix: str) -> dict:
 
 
 @register_check("calibration", needs=("train", "val"), title="Calibration", order=40, min_samples={"val": 30})
-def calibration(ev) -> Finding:
+def calibration(
+    ev,
+    *,
+    ece_warn: float = 0.08,
+    ece_fail: float = 0.15,
+    log_temp_warn: float = math.log(2.0),  # optimal temperature outside [1/2, 2]
+    log_temp_fail: float = math.log(3.0),  # ... outside [1/3, 3]
+) -> Finding:
     """Student and teacher ECE (15 bins) on both splits, and how far their optimal temperature is from 1."""
     va = ev.val.metrics
     evidence = {
@@ -76,9 +79,9 @@ def calibration(ev) -> Finding:
         },
     }
     ece = va["student"]["ece"]
-    temp_status = grade(abs(math.log(t_s)), TEMP_WARN, TEMP_FAIL)
     status = worst(
-        Status.FAIL if ece > ECE_FAIL else Status.WARN if ece > ECE_WARN else Status.PASS, temp_status
+        grade(ece, ece_warn, ece_fail, what="the student's val ECE"),
+        grade(abs(math.log(t_s)), log_temp_warn, log_temp_fail, what="the student's optimal temperature"),
     )
     direction = (
         "well calibrated"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..convention import KDConvention
 from ._probes import finetune, n_params
-from .base import Finding, Status, register_check, worst
+from .base import Finding, Status, grade, register_check, worst
 
 FIT_TARGET = 0.99  # agreement a capable student reaches on a small train subset with pure KD
-FIT_FAIL = 0.95
-PROBE_GAP_WARN = 0.10  # teacher-feature probe accuracy minus student-feature probe accuracy
 CLOSED_ENOUGH = 0.5  # covering half the way to the target within the budget: trainable, not too small
 
 
@@ -41,8 +41,14 @@ def linear_probe(
     order=50,
     min_samples={"train": 32, "val": 20},
 )
-def capacity_probe(ev) -> Finding:
-    """Linear probes to the teacher's argmax, a pure-KD fit probe on a train subset, parameter ratio."""
+def capacity_probe(
+    ev, *, fit_warn: float = FIT_TARGET, fit_fail: float = 0.95, probe_gap_warn: float = 0.10
+) -> Finding:
+    """Linear probes to the teacher's argmax, a pure-KD fit probe on a train subset, parameter ratio.
+
+    fit_*: agreement the pure-KD fit probe must reach (FAIL only when it also covers less than half of
+    the way there: a student that climbs fast is trainable, not too small); probe_gap_warn: teacher-
+    feature minus student-feature linear-probe accuracy."""
     b = ev.config.budgets
     preds = {s: r.logits_subset["teacher"].argmax(1) for s, r in (("train", ev.train), ("val", ev.val))}
     probes = {
@@ -51,40 +57,55 @@ def capacity_probe(ev) -> Finding:
         )
         for m in ("student", "teacher")
     }
-    model, curve = finetune(
+    _, curve = finetune(
         ev, KDConvention.pure_kd(temperature=1.0), steps=b.fit_steps, eval_every=max(1, b.fit_steps // 4)
     )
-    del model
+    evidence = {**_fit(curve), **_sizes(ev)}
+    gap = (probes["teacher"] - probes["student"]) if None not in probes.values() else 0.0
+    evidence.update(
+        fit_steps=b.fit_steps,
+        fit_samples=len(ev.train.cache_x),
+        fit_curve=curve,
+        linear_probe_student=probes["student"],
+        linear_probe_teacher=probes["teacher"],
+        linear_probe_gap=gap,
+    )
+    fit, closed = evidence["fit_agreement"], evidence["fit_closed_fraction"]
+    fit_status = grade(fit, fit_warn, fit_fail, higher_is_worse=False, what="the fit probe's agreement")
+    if fit_status is Status.FAIL and closed >= CLOSED_ENOUGH:
+        fit_status = Status.WARN
+    status = worst(fit_status, grade(gap, probe_gap_warn, math.inf, what="the linear-probe gap"))
+    return Finding("capacity_probe", status, _summary(ev, evidence, probes), evidence)
+
+
+def _fit(curve: list) -> dict:
+    """What the fit probe's curve says: where it started, where it got, how much of the way it covered."""
     fit = curve[-1][1] if curve else float("nan")
     start = curve[0][1] if curve else float("nan")
     # Still climbing at the end of the budget means "trainable, not yet trained", not "too small";
     # so does a big jump in the first steps from where the checkpoint stands (the whole curve counts).
     trained = curve[1:]
     rising = trained[-1][1] - trained[len(trained) // 2 - 1][1] if len(trained) >= 2 else 0.0
-    jump = trained[0][1] - start if trained else 0.0
     # The share of the way from the checkpoint to the target that the probe covers: an under-trained
     # student covers most of it in a few dozen steps, one that is too small barely moves.
     room = FIT_TARGET - start
     closed = min(1.0, max(0.0, (fit - start) / room)) if room > 0.01 else 0.0
-    plateau_shortfall = max(0.0, FIT_TARGET - fit) * (1 - min(1.0, closed / CLOSED_ENOUGH))
-    params = {m: n_params(getattr(ev, m)) for m in ("student", "teacher")}
-    widths = {m: ev.train.features[m].shape[1] for m in ("student", "teacher")}
-    gap = (probes["teacher"] - probes["student"]) if None not in probes.values() else 0.0
-    evidence = {
+    return {
         "fit_agreement": fit,
         "fit_target": FIT_TARGET,
         "fit_rising": rising,
         "fit_start": start,
-        "fit_jump": jump,
+        "fit_jump": trained[0][1] - start if trained else 0.0,
         "fit_gain": fit - start,
         "fit_closed_fraction": closed,
-        "fit_plateau_shortfall": plateau_shortfall,
-        "fit_steps": b.fit_steps,
-        "fit_samples": len(ev.train.cache_x),
-        "fit_curve": curve,
-        "linear_probe_student": probes["student"],
-        "linear_probe_teacher": probes["teacher"],
-        "linear_probe_gap": gap,
+        "fit_plateau_shortfall": max(0.0, FIT_TARGET - fit) * (1 - min(1.0, closed / CLOSED_ENOUGH)),
+    }
+
+
+def _sizes(ev) -> dict:
+    params = {m: n_params(getattr(ev, m)) for m in ("student", "teacher")}
+    widths = {m: ev.train.features[m].shape[1] for m in ("student", "teacher")}
+    return {
         "student_params": params["student"],
         "teacher_params": params["teacher"],
         "param_ratio": params["student"] / max(params["teacher"], 1),
@@ -92,25 +113,21 @@ def capacity_probe(ev) -> Finding:
         "teacher_width": widths["teacher"],
         "width_ratio": widths["student"] / max(widths["teacher"], 1),
     }
-    status = worst(
-        Status.FAIL
-        if fit < FIT_FAIL and closed < CLOSED_ENOUGH
-        else Status.WARN
-        if fit < FIT_TARGET
-        else Status.PASS,
-        Status.WARN if gap > PROBE_GAP_WARN else Status.PASS,
-    )
-    reach = (
-        "reaches"
-        if fit >= FIT_TARGET
-        else "does not reach (but covers most of the way: trainable)"
-        if closed >= CLOSED_ENOUGH
-        else "does not reach"
-    )
-    summary = (
-        f"fine-tuned with pure KD on {len(ev.train.cache_x)} train samples for {b.fit_steps} steps, "
+
+
+def _summary(ev, e: dict, probes: dict) -> str:
+    fit, start = e["fit_agreement"], e["fit_start"]
+    if fit >= FIT_TARGET:
+        reach = "reaches"
+    elif e["fit_closed_fraction"] >= CLOSED_ENOUGH:
+        reach = "does not reach (but covers most of the way: trainable)"
+    else:
+        reach = "does not reach"
+    n_tr, n_va = len(ev.train.features["student"]), len(ev.val.features["student"])
+    return (
+        f"fine-tuned with pure KD on {e['fit_samples']} train samples for {e['fit_steps']} steps, "
         f"the student {reach} {FIT_TARGET:.0%} agreement ({start:.1%} -> {fit:.1%}); linear probe to "
-        f"the teacher's labels: student features {probes['student'] or 0:.1%}, teacher features "
-        f"{probes['teacher'] or 0:.1%}; {evidence['param_ratio']:.1%} of the teacher's parameters"
+        f"the teacher's labels ({n_tr} train / {n_va} val features): student features "
+        f"{probes['student'] or 0:.1%}, teacher features {probes['teacher'] or 0:.1%}; "
+        f"{e['param_ratio']:.1%} of the teacher's parameters"
     )
-    return Finding("capacity_probe", status, summary, evidence)

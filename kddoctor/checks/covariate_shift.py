@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .base import Finding, Status, register_check
+from .base import Finding, Status, grade, register_check
 
-SHIFT_WARN, SHIFT_FAIL = 0.60, 0.75  # domain AUC on both models' features
-MEMO_WARN = 0.10  # student AUC beyond the teacher's: student-only separability
 MAX_ROWS = 800  # per split: bounded cost
 
 
@@ -43,8 +43,12 @@ def domain_auc(train: np.ndarray, val: np.ndarray, seed: int) -> float:
     order=70,
     min_samples={"train": 20, "val": 20},
 )
-def covariate_shift(ev) -> Finding:
-    """Train-vs-val separability of each model's features: both -> data shift; student -> memorization."""
+def covariate_shift(
+    ev, *, shift_warn: float = 0.60, shift_fail: float = 0.75, memo_warn: float = 0.10
+) -> Finding:
+    """Train-vs-val separability of each model's features: both -> data shift; student -> memorization.
+
+    shift_*: domain AUC on both models' features; memo_warn: student AUC beyond the teacher's."""
     aucs = {
         m: domain_auc(ev.train.features[m], ev.val.features[m], ev.config.seed)
         for m in ("teacher", "student")
@@ -60,21 +64,22 @@ def covariate_shift(ev) -> Finding:
     }
     evidence["train_augmented"] = float(ev.train_augmented)
     evidence["train_source"] = ev.train_source
-    if ev.train_augmented and both > SHIFT_WARN:
+    shift = grade(both, shift_warn, shift_fail, what="the domain classifier's AUC")
+    if ev.train_augmented and shift is not Status.PASS:
         status, why = (
             Status.PASS,
             "expected: the train side is augmented (give a train_eval loader to compare)",
         )
-    elif both > SHIFT_FAIL:
+    elif shift is Status.FAIL:
         status, why = Status.FAIL, "both models separate train from val: the data itself shifted"
-    elif both > SHIFT_WARN:
+    elif shift is Status.WARN:
         status, why = Status.WARN, "both models separate train from val somewhat: a mild data shift"
-    elif excess > MEMO_WARN:
+    elif grade(excess, memo_warn, math.inf, what="the student's excess domain AUC") is Status.WARN:
         status, why = Status.WARN, "only the student separates them: it memorized its training samples"
     else:
         status, why = Status.PASS, "neither model tells train from val"
     summary = (
-        f"domain classifier AUC on teacher features {aucs['teacher']:.2f}, "
-        f"on student features {aucs['student']:.2f}: {why}"
+        f"domain classifier AUC ({evidence['rows_per_split']} samples per split) on teacher features "
+        f"{aucs['teacher']:.2f}, on student features {aucs['student']:.2f}: {why}"
     )
     return Finding("covariate_shift", status, summary, evidence)

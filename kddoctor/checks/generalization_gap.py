@@ -7,11 +7,8 @@ import math
 import numpy as np
 
 from ._probes import auc
-from .base import Finding, Status, register_check, worst
+from .base import Finding, grade, register_check, worst
 
-AGREE_EXCESS_WARN, AGREE_EXCESS_FAIL = 0.03, 0.08
-LOSS_EXCESS_WARN, LOSS_EXCESS_FAIL = 0.15, 0.40  # nats beyond the teacher's own loss gap
-MIA_EXCESS_WARN, MIA_EXCESS_FAIL = 0.07, 0.15  # student AUC minus teacher AUC
 LOSS_BINS = np.concatenate([[0.0], np.logspace(-4, np.log10(20), 30)])  # per-sample loss histogram edges
 
 
@@ -48,33 +45,56 @@ def _hist(values: np.ndarray) -> list[int]:
     order=30,
     min_samples={"train": 20, "val": 20},
 )
-def generalization_gap(ev) -> Finding:
+def generalization_gap(
+    ev,
+    *,
+    agreement_excess_warn: float = 0.03,
+    agreement_excess_fail: float = 0.08,
+    loss_excess_warn: float = 0.15,  # nats beyond the teacher's own loss gap
+    loss_excess_fail: float = 0.40,
+    mia_excess_warn: float = 0.07,  # membership AUC, student minus teacher
+    mia_excess_fail: float = 0.15,
+) -> Finding:
     """Student train->val degradation beyond the teacher's, and loss-based membership inference."""
+    evidence = {**_gaps(ev), **_membership(ev)}
+    details = {
+        "loss_bins": LOSS_BINS.tolist(),
+        "loss_hist": {
+            f"{m}_{s.name}": _hist(_valid(s, f"{m[0]}_loss"))
+            for m in ("teacher", "student")
+            for s in (ev.train, ev.val)
+        },
+    }
+    status = worst(
+        grade(evidence["excess_agreement_gap"], agreement_excess_warn, agreement_excess_fail, what="the gap"),
+        grade(evidence["excess_loss_gap"], loss_excess_warn, loss_excess_fail, what="the loss gap"),
+        grade(evidence["mia_auc_excess"], mia_excess_warn, mia_excess_fail, what="the membership AUC"),
+    )
+    e = evidence
+    summary = (
+        f"on {ev.train.n} {ev.train_source} and {ev.val.n} val samples: student loss rises "
+        f"{e['student_loss_gap']:+.3f} from train to val (teacher {e['teacher_loss_gap']:+.3f}); "
+        f"agreement falls {e['agreement_gap']:.1%} ({e['excess_agreement_gap']:+.1%} beyond the "
+        f"teacher's own accuracy drop); membership AUC (confidence) student "
+        f"{e['mia_auc_student']:.2f} vs teacher {e['mia_auc_teacher']:.2f}"
+    )
+    return Finding("generalization_gap", status, summary, evidence, details)
+
+
+def _gaps(ev) -> dict:
+    """Train-to-val changes of both models, the paired val gap and each gap's z-score."""
     tr, va = ev.train.metrics, ev.val.metrics
-    s_loss_gap = va["student"]["loss"] - tr["student"]["loss"]
-    t_loss_gap = va["teacher"]["loss"] - tr["teacher"]["loss"]
     t_acc_gap = tr["teacher"]["acc"] - va["teacher"]["acc"]
-    s_acc_gap = tr["student"]["acc"] - va["student"]["acc"]
     agree_gap = tr["agreement"] - va["agreement"]
     excess_agree = agree_gap - max(0.0, t_acc_gap)
-    excess_loss = s_loss_gap - max(0.0, t_loss_gap)
-    # Membership inference by confidence (max softmax, label-free, so label noise cannot fake it),
-    # and by per-sample loss against the labels.
-    mia = {
-        m: auc(_valid(ev.train, f"{m[0]}_conf"), _valid(ev.val, f"{m[0]}_conf"))
-        for m in ("student", "teacher")
-    }
-    mia_loss = {
-        m: auc(-_valid(ev.train, f"{m[0]}_loss"), -_valid(ev.val, f"{m[0]}_loss"))
-        for m in ("student", "teacher")
-    }
-    mia_excess = mia["student"] - mia["teacher"]
+    s_loss_gap = va["student"]["loss"] - tr["student"]["loss"]
+    t_loss_gap = va["teacher"]["loss"] - tr["teacher"]["loss"]
     val_gap, val_gap_z = paired_gap(ev.val)
     n_tr, n_va = ev.train.n, ev.val.n
     # Augmented train inputs are harder than val ones for both models: a train-vs-val difference on
     # them is no gap to explain, so the train-side gap signals carry no certainty (z = 0) then.
     train_ok = 0.0 if ev.train_augmented else 1.0
-    evidence = {
+    return {
         "train_augmented": 1.0 - train_ok,
         "train_source": ev.train_source,
         "val_acc_gap": val_gap,
@@ -87,8 +107,8 @@ def generalization_gap(ev) -> Finding:
         "train_shortfall_z": train_ok * proportion_z(1 - tr["agreement"], (tr["agreement"], n_tr)),
         "student_loss_gap": s_loss_gap,
         "teacher_loss_gap": t_loss_gap,
-        "excess_loss_gap": excess_loss,
-        "student_acc_gap": s_acc_gap,
+        "excess_loss_gap": s_loss_gap - max(0.0, t_loss_gap),
+        "student_acc_gap": tr["student"]["acc"] - va["student"]["acc"],
         "teacher_acc_gap": t_acc_gap,
         "agreement_gap": agree_gap,
         "excess_agreement_gap": excess_agree,
@@ -96,40 +116,25 @@ def generalization_gap(ev) -> Finding:
         "train_agreement": tr["agreement"],
         "val_agreement": va["agreement"],
         "train_shortfall": 1 - tr["agreement"],
+        "samples": {"train": n_tr, "val": n_va},
+    }
+
+
+def _membership(ev) -> dict:
+    """Membership inference by confidence (max softmax, label-free, so label noise cannot fake it)
+    and by per-sample loss against the labels: how well each model tells train from val samples."""
+    mia = {
+        m: auc(_valid(ev.train, f"{m[0]}_conf"), _valid(ev.val, f"{m[0]}_conf"))
+        for m in ("student", "teacher")
+    }
+    mia_loss = {
+        m: auc(-_valid(ev.train, f"{m[0]}_loss"), -_valid(ev.val, f"{m[0]}_loss"))
+        for m in ("student", "teacher")
+    }
+    return {
         "mia_auc_student": mia["student"],
         "mia_auc_teacher": mia["teacher"],
-        "mia_auc_excess": mia_excess,
+        "mia_auc_excess": mia["student"] - mia["teacher"],
         "mia_loss_auc_student": mia_loss["student"],
         "mia_loss_auc_teacher": mia_loss["teacher"],
     }
-    details = {
-        "loss_bins": LOSS_BINS.tolist(),
-        "loss_hist": {
-            f"{m}_{s.name}": _hist(_valid(s, f"{m[0]}_loss"))
-            for m in ("teacher", "student")
-            for s in (ev.train, ev.val)
-        },
-    }
-    status = worst(
-        Status.FAIL
-        if excess_agree > AGREE_EXCESS_FAIL
-        else Status.WARN
-        if excess_agree > AGREE_EXCESS_WARN
-        else Status.PASS,
-        Status.FAIL
-        if excess_loss > LOSS_EXCESS_FAIL
-        else Status.WARN
-        if excess_loss > LOSS_EXCESS_WARN
-        else Status.PASS,
-        Status.FAIL
-        if mia_excess > MIA_EXCESS_FAIL
-        else Status.WARN
-        if mia_excess > MIA_EXCESS_WARN
-        else Status.PASS,
-    )
-    summary = (
-        f"student loss rises {s_loss_gap:+.3f} from train to val (teacher {t_loss_gap:+.3f}); "
-        f"agreement falls {agree_gap:.1%} ({excess_agree:+.1%} beyond the teacher's own accuracy drop); "
-        f"membership AUC (confidence) student {mia['student']:.2f} vs teacher {mia['teacher']:.2f}"
-    )
-    return Finding("generalization_gap", status, summary, evidence, details)

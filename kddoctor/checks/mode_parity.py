@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._probes import cached, checkpoint_val_score, forward, teacher_logits, val_score
-from .base import Finding, Status, register_check, worst
+from .base import Finding, Status, grade, register_check, worst
 
-RECOVERY_WARN, RECOVERY_FAIL = 0.03, 0.10  # val accuracy regained by recomputing BN statistics
-LOSS_DROP_WARN, LOSS_DROP_FAIL = 0.15, 0.40  # relative val loss drop from recomputing BN statistics
-TEACHER_AGREE_WARN = 0.90  # teacher train-mode vs eval-mode top-1 agreement
 BN_BATCH = 64  # batch size whenever BatchNorm uses batch statistics (a typical training batch)
 
 
@@ -60,39 +58,33 @@ def _teacher_drift(ev) -> dict:
     order=20,
     min_samples={"train": 16, "val": 16},
 )
-def mode_parity(ev) -> Finding:
-    """Student val in eval mode vs batch statistics vs recalibrated BN; teacher train vs eval mode."""
+def mode_parity(
+    ev,
+    *,
+    recovery_warn: float = 0.03,
+    recovery_fail: float = 0.10,
+    loss_drop_warn: float = 0.15,
+    loss_drop_fail: float = 0.40,
+    teacher_agree_warn: float = 0.90,
+) -> Finding:
+    """Student val in eval mode vs batch statistics vs recalibrated BN; teacher train vs eval mode.
+
+    recovery_*: val accuracy regained by recomputing BN statistics; loss_drop_*: the relative val loss
+    drop it brings; teacher_agree_warn: teacher train-mode vs eval-mode top-1 agreement."""
     ev_score = checkpoint_val_score(ev)
     evidence: dict = {"eval_mode": ev_score, "student_bn_layers": len(_bn_layers(ev.student))}
+    evidence["subset"] = {"train": len(ev.train.cache_x), "val": len(ev.val.cache_x)}
     status, notes = Status.PASS, []
     if evidence["student_bn_layers"]:
-        batch_stats = copy.deepcopy(ev.student).eval()
-        for bn in _bn_layers(batch_stats):
-            bn.train()
-        evidence["batch_stats"] = val_score(ev, batch_stats)
-        recal = val_score(ev, recalibrated(ev))
-        evidence["recalibrated"] = recal
-        rec_acc = recal["acc"] - ev_score["acc"]
-        rec_loss = 1 - recal["loss"] / ev_score["loss"] if ev_score["loss"] > 0 else 0.0
-        rec_agree = recal["agreement"] - ev_score["agreement"]
-        evidence.update(
-            bn_recovery_acc=rec_acc,
-            bn_recovery_loss_rel=rec_loss,
-            bn_recovery_agreement=rec_agree,
-            # the share of teacher-student disagreement that recalibration removes, and what is left
-            bn_explained_fraction=max(0.0, rec_agree) / max(1e-9, 1 - ev_score["agreement"]),
-            bn_residual_disagreement=1 - recal["agreement"],
-        )
+        evidence.update(_bn_recovery(ev, ev_score))
         status = worst(
-            Status.FAIL
-            if rec_acc > RECOVERY_FAIL or rec_loss > LOSS_DROP_FAIL
-            else Status.WARN
-            if rec_acc > RECOVERY_WARN or rec_loss > LOSS_DROP_WARN
-            else Status.PASS
+            grade(evidence["bn_recovery_acc"], recovery_warn, recovery_fail, what="the BN recovery"),
+            grade(evidence["bn_recovery_loss_rel"], loss_drop_warn, loss_drop_fail, what="the BN loss drop"),
         )
+        recal = evidence["recalibrated"]
         notes.append(
             f"on a {len(ev.val.cache_x)}-sample val subset, re-estimating the student's BN statistics on "
-            f"train data moves val accuracy "
+            f"{len(ev.train.cache_x)} train samples moves val accuracy "
             f"{ev_score['acc']:.1%} -> {recal['acc']:.1%} and val loss {ev_score['loss']:.3f} -> "
             f"{recal['loss']:.3f}"
         )
@@ -101,11 +93,30 @@ def mode_parity(ev) -> Finding:
     drift = _teacher_drift(ev)
     evidence.update(drift)
     evidence["teacher_train_mode_disagreement"] = 1 - drift["teacher_train_mode_agreement"]
-    if drift["teacher_train_mode_agreement"] < TEACHER_AGREE_WARN:
-        status = worst(status, Status.WARN)
+    agree = drift["teacher_train_mode_agreement"]
+    what = "the teacher's train-mode agreement"
+    status = worst(status, grade(agree, teacher_agree_warn, -math.inf, higher_is_worse=False, what=what))
     notes.append(
-        f"a teacher left in train mode agrees with its eval-mode self on "
-        f"{drift['teacher_train_mode_agreement']:.1%} of train samples "
-        f"(KL {drift['teacher_train_mode_kl']:.3f})"
+        f"a teacher left in train mode agrees with its eval-mode self on {agree:.1%} of "
+        f"{len(ev.train.cache_x)} train samples (KL {drift['teacher_train_mode_kl']:.3f})"
     )
     return Finding("mode_parity", status, "; ".join(notes), evidence)
+
+
+def _bn_recovery(ev, ev_score: dict) -> dict:
+    """Val scores with batch statistics and with recalibrated BN, and what recalibration recovers."""
+    batch_stats = copy.deepcopy(ev.student).eval()
+    for bn in _bn_layers(batch_stats):
+        bn.train()
+    recal = val_score(ev, recalibrated(ev))
+    rec_agree = recal["agreement"] - ev_score["agreement"]
+    return {
+        "batch_stats": val_score(ev, batch_stats),
+        "recalibrated": recal,
+        "bn_recovery_acc": recal["acc"] - ev_score["acc"],
+        "bn_recovery_loss_rel": 1 - recal["loss"] / ev_score["loss"] if ev_score["loss"] > 0 else 0.0,
+        "bn_recovery_agreement": rec_agree,
+        # the share of teacher-student disagreement that recalibration removes, and what is left
+        "bn_explained_fraction": max(0.0, rec_agree) / max(1e-9, 1 - ev_score["agreement"]),
+        "bn_residual_disagreement": 1 - recal["agreement"],
+    }

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .base import Finding, Status, register_check, worst
+from .base import Finding, Status, grade, register_check, worst
 
 SMD_WARN, SMD_FAIL = 0.2, 0.5  # standardized mean difference (Cohen's d): small / medium effect
 LOG_STD_WARN, LOG_STD_FAIL = math.log(1.25), math.log(2.0)
@@ -117,46 +117,23 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
     order=10,
     min_samples={"train": 2, "val": 2},
 )
-def preprocessing_parity(ev) -> Finding:
-    """Train vs val input statistics per channel, and the normalization each model expects."""
+def preprocessing_parity(
+    ev,
+    *,
+    smd_warn: float = SMD_WARN,
+    smd_fail: float = SMD_FAIL,
+    log_std_warn: float = LOG_STD_WARN,
+    log_std_fail: float = LOG_STD_FAIL,
+) -> Finding:
+    """Train vs val input statistics per channel, and the normalization each model expects.
+
+    smd_*: standardized mean difference (Cohen's d) between train and val inputs on any channel;
+    log_std_*: |log| of their std ratio."""
     splits = {k: ev.splits[k].inputs for k in ("train", "train_eval", "val") if k in ev.splits}
-    val = splits["val"]
-    evidence: dict = {"inputs": splits}
-    notes: list[str] = []
-    status = Status.PASS
-    max_smd = max_lsr = 0.0
-    for ref in ("train", "train_eval"):
-        if ref not in splits:
-            continue
-        cmp = compare_inputs(splits[ref], val)
-        evidence[f"{ref}_vs_val"] = cmp
-        if cmp.get("channels_differ") or splits[ref]["shapes"] != val["shapes"]:
-            status = Status.FAIL
-            evidence["shape_mismatch"] = 1.0
-            notes.append(f"{ref} inputs have shape {splits[ref]['shapes']} but val {val['shapes']}")
-            continue
-        max_smd, max_lsr = max(max_smd, cmp["max_smd"]), max(max_lsr, cmp["max_log_std_ratio"])
-        c = cmp["worst_channel"]
-        if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN:
-            evidence["normalization_fix"] = normalization_fix(splits[ref], val)
-            notes.append(
-                f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
-                f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "
-                f"(shift {cmp['smd'][c]:.2f} std, std ratio {math.exp(cmp['log_std_ratio'][c]):.2f}x)"
-            )
-        status = worst(
-            status,
-            Status.FAIL
-            if cmp["max_smd"] > SMD_FAIL or cmp["max_log_std_ratio"] > LOG_STD_FAIL
-            else Status.WARN
-            if cmp["max_smd"] > SMD_WARN or cmp["max_log_std_ratio"] > LOG_STD_WARN
-            else Status.PASS,
-        )
-        if splits[ref]["dtypes"] != val["dtypes"]:
-            status = worst(status, Status.WARN)
-            notes.append(f"{ref} inputs are {splits[ref]['dtypes']} but val {val['dtypes']}")
-    evidence.update(max_smd=max_smd, max_log_std_ratio=max_lsr, max_std_ratio=math.exp(max_lsr))
-    exp, exp_notes, exp_status = _expectations(ev, val)
+    evidence: dict = {"inputs": splits, "shape_mismatch": 0.0, "norm_conflict": 0.0}
+    levels = (smd_warn, smd_fail, log_std_warn, log_std_fail)
+    status, notes = _compare_splits(splits, evidence, levels)
+    exp, exp_notes, exp_status = _expectations(ev, splits["val"])
     evidence.update(exp)
     evidence["norm_range_mismatch"] = 1 - min([v for k, v in exp.items() if k.endswith("range_iou")] or [1.0])
     notes += exp_notes
@@ -170,11 +147,48 @@ def preprocessing_parity(ev) -> Finding:
             f"{nonfinite} non-finite input values; {excluded} samples with non-finite logits "
             "excluded from every metric"
         )
+    n = ", ".join(f"{ev.splits[k].n} {k}" for k in splits)
     if not notes:
         summary = (
-            f"train and val inputs match (largest mean shift {max_smd:.2f} std, "
-            f"std ratio {math.exp(max_lsr):.2f}x)"
+            f"train and val inputs match over {n} samples (largest mean shift {evidence['max_smd']:.2f} "
+            f"std, std ratio {evidence['max_std_ratio']:.2f}x)"
         )
     else:
-        summary = "; ".join(notes[:3])
+        summary = f"over {n} samples: " + "; ".join(notes[:3])
     return Finding("preprocessing_parity", status, summary, evidence)
+
+
+def _compare_splits(splits: dict, evidence: dict, levels: tuple) -> tuple[Status, list[str]]:
+    """Each train side against val: shapes, per-channel shift and spread, dtypes; the Normalize that
+    would map val onto the train side when they differ (filled into `evidence`)."""
+    smd_warn, smd_fail, lsr_warn, lsr_fail = levels
+    val, status, notes = splits["val"], Status.PASS, []
+    max_smd = max_lsr = 0.0
+    for ref in ("train", "train_eval"):
+        if ref not in splits:
+            continue
+        cmp = compare_inputs(splits[ref], val)
+        evidence[f"{ref}_vs_val"] = cmp
+        if cmp.get("channels_differ") or splits[ref]["shapes"] != val["shapes"]:
+            status, evidence["shape_mismatch"] = Status.FAIL, 1.0
+            notes.append(f"{ref} inputs have shape {splits[ref]['shapes']} but val {val['shapes']}")
+            continue
+        max_smd, max_lsr = max(max_smd, cmp["max_smd"]), max(max_lsr, cmp["max_log_std_ratio"])
+        shift = worst(
+            grade(cmp["max_smd"], smd_warn, smd_fail, what="the train-val mean shift"),
+            grade(cmp["max_log_std_ratio"], lsr_warn, lsr_fail, what="the train-val spread ratio"),
+        )
+        if shift is not Status.PASS:
+            c = cmp["worst_channel"]
+            evidence["normalization_fix"] = normalization_fix(splits[ref], val)
+            notes.append(
+                f"channel {c}: {ref} mean {splits[ref]['mean'][c]:.3f} std {splits[ref]['std'][c]:.3f} "
+                f"vs val mean {val['mean'][c]:.3f} std {val['std'][c]:.3f} "
+                f"(shift {cmp['smd'][c]:.2f} std, std ratio {math.exp(cmp['log_std_ratio'][c]):.2f}x)"
+            )
+        status = worst(status, shift)
+        if splits[ref]["dtypes"] != val["dtypes"]:
+            status = worst(status, Status.WARN)
+            notes.append(f"{ref} inputs are {splits[ref]['dtypes']} but val {val['dtypes']}")
+    evidence.update(max_smd=max_smd, max_log_std_ratio=max_lsr, max_std_ratio=math.exp(max_lsr))
+    return status, notes

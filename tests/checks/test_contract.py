@@ -46,3 +46,42 @@ def test_a_raising_check_becomes_error():
 def test_missing_need_skips_with_reason():
     f = run_check(CheckSpec("needs_feats", lambda ev: None, ("features",), "x", ""), _Ev())
     assert f.status is Status.SKIPPED and "penultimate features" in f.summary
+
+
+def _catalogue_signals():
+    from kddoctor import causes
+
+    cat = causes.catalogue()
+    yield from ((s["check"], s["key"], "gap") for s in cat["gap"]["signals"])
+    yield from ((s["check"], s["z_key"], "gap") for s in cat["gap"]["signals"])
+    for cid in causes.CAUSE_IDS:
+        for mech in cat[cid]["mechanisms"].values():
+            for side in ("support", "against"):
+                yield from ((s["check"], s["key"], cid) for s in mech.get(side, []))
+
+
+def test_every_catalogue_signal_is_emitted_by_its_check(diagnose_scenario):
+    """A (check, key) in causes.toml that no check emits would silently never count: it fails here."""
+    diag = diagnose_scenario("healthy_cnn")
+    for check, key, where in _catalogue_signals():
+        f = diag.finding(check)
+        assert f is not None, f"causes.toml [{where}] reads unknown check {check!r}"
+        value = f.evidence.get(key)
+        assert isinstance(value, int | float) and not isinstance(value, bool), (
+            f"causes.toml [{where}] reads {check}.{key}, which the check does not emit as a number"
+        )
+
+
+def test_every_remedy_placeholder_is_provided(diagnose_scenario):
+    """Rendering every remedy of every cause (whatever its `when`) against a real run's context."""
+    from kddoctor import causes
+
+    doc = diagnose_scenario("healthy_cnn").to_dict()
+    ctx = causes.remedy_context(doc["checks"], doc["run"])
+    ctx["applies"] = {
+        r.get("when", "always") for cid in causes.CAUSE_IDS for r in causes.catalogue()[cid]["remedies"]
+    }
+    for cid in causes.CAUSE_IDS:
+        cause = causes.catalogue()[cid]
+        for mech in cause["mechanisms"]:
+            assert len(causes.render_remedies(cause, mech, ctx)) == len(cause["remedies"])
