@@ -169,13 +169,11 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
     ctx.update(soft_t_setting=ctx["higher_t_setting"], soft_t_code=ctx["higher_t_code"])
     ctx["soft_t_lang"] = ctx["higher_t_lang"]
     rec = evidence.get("alpha_sensitivity", {}).get("recommended")
-    ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_textbook="")
+    ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_share="")
     if rec:
         ctx["applies"].add("rebalance")
         ctx.update(rec_setting=rec["setting"], rec_code=rec["code"], rec_lang=rec["code_lang"])
-        ctx["rec_textbook"] = (
-            f"alpha={rec['alpha_kd']:g} on KD at T={rec['temperature']:g} in the textbook form"
-        )
+        ctx["rec_share"] = f"the KD term's effective share of the loss becomes {rec['alpha_kd']:.0%}"
     if conv.reduction == "mean":
         ctx["applies"].add("mean_reduction")
     if not conv.t2 and conv.temperature > 1:

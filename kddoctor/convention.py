@@ -322,14 +322,15 @@ class KDConvention:
     def weight_axis(self) -> str:
         """The knob a weight sweep moves, named as the user names it."""
         ce_name, kd_name = self._names()
-        if kd_name and ce_name:
-            return f"{kd_name} (KD weight; {ce_name} = total - it)"
-        return f"{kd_name} (KD weight)" if kd_name else f"{ce_name} (CE weight)"
+        if self.form == "alpha_ce":
+            return f"{ce_name} (CE weight" + (f"; {kd_name} = 1 - {ce_name})" if kd_name else ")")
+        if self.form == "alpha_kd":
+            return f"{kd_name} (KD weight)"
+        return f"{kd_name} (KD weight; {ce_name} = total - {kd_name})"
 
     def axis_value(self) -> float:
         """This setting's position on `weight_axis`."""
-        ce_name, kd_name = self._names()
-        return _r(self.kd_weight if kd_name else self.ce_weight)
+        return _r(self.ce_weight if self.form == "alpha_ce" else self.kd_weight, 8)
 
     def formula(self) -> str:
         if self.form == "alpha_kd":

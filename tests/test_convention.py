@@ -151,3 +151,31 @@ def test_round_trip_through_results_json():
     d = conv.to_dict(10)
     assert KDConvention.from_dict(d) == conv and d["user"] == {"alpha": 0.9, "beta": 0.3, "temperature": 2.0}
     assert math.isclose(d["alpha_kd_equivalent"], conv.kd_share(10))
+
+
+def test_a_torchdistill_run_reads_in_torchdistill_words(diagnose_scenario, tmp_path):
+    """alpha on CE, beta on KD: the console, report.md and report.html say alpha/beta, never 'alpha on KD'."""
+    import io
+
+    from rich.console import Console
+
+    from kddoctor._render import render_summary
+
+    diag = diagnose_scenario("fw_torchdistill_ce_heavy")
+    diag.save(tmp_path)
+    buf = io.StringIO()
+    render_summary(diag.to_dict(), Console(file=buf, width=300), str(tmp_path))
+    texts = {
+        "console": buf.getvalue(),
+        "markdown": (tmp_path / "report.md").read_text(),
+        "html": (tmp_path / "report.html").read_text(),
+    }
+    stated = "alpha=0.9, beta=0.1, temperature=4"
+    rec = diag.finding("alpha_sensitivity").evidence["recommended"]
+    assert rec and "beta=" in rec["setting"] and rec["code"].startswith("alpha: ")
+    for where, text in texts.items():
+        assert stated in text, where
+        assert "alpha on KD" not in text and "on the KD term" not in text, where
+    assert "alpha (CE weight; beta = 1 - alpha)" in texts["html"]  # the sweep's axis is their alpha
+    proposed = rec["setting"].split(" (")[0]  # e.g. alpha=0, beta=1, temperature=8
+    assert all(proposed in text for text in texts.values())

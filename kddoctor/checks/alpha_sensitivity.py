@@ -103,11 +103,12 @@ def recommendation(conv: KDConvention, best: dict, gain: float, num_classes: int
     rec = conv.to_user(best["alpha"], best["temperature"], num_classes)
     if rec.same_setting(conv):
         return None
+    note = " (torchdistill then returns the bare KL: pure KD without beta or T²)" if rec.bare_kl else ""
     return {
         "alpha_kd": best["alpha"],
         "temperature": best["temperature"],
         "user": rec.user_params(),
-        "setting": rec.setting(),
+        "setting": rec.setting() + note,
         "code": rec.code(),
         "code_lang": rec.code_lang,
     }
@@ -118,7 +119,7 @@ def _shares(conv: KDConvention, n_cls: int) -> dict:
     return {
         "without_t2": replace(conv, t2=False, reduction="batchmean").kd_share(n_cls),
         "with_mean_reduction": replace(conv, reduction="mean").kd_share(n_cls),
-        "textbook": replace(conv, t2=True, reduction="batchmean").kd_share(n_cls),
+        "with_t2_and_batchmean": replace(conv, t2=True, reduction="batchmean").kd_share(n_cls),
     }
 
 
