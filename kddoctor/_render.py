@@ -26,22 +26,27 @@ def render_verdict(d: dict, console: Console) -> None:
 
 def render_summary(d: dict, console: Console, out_dir: str | None = None) -> None:
     """Print a results.json document as rich tables."""
-    run, m = d["run"], d["metrics"]
+    run = d["run"]
     console.print(
         f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
         f"[dim]on {run['device']}, " + ", ".join(f"{k} n={v}" for k, v in run["n"].items()) + "[/]"
     )
     console.print(f"[dim]{escape(convention_sentence(run))}[/]")
+    console.print(_metrics_table(d["metrics"]))
+    if d["checks"]:
+        console.print(_checks_table(d["checks"]))
+    if d["causes"]:
+        console.print(_causes_table(d["causes"], (d.get("verdict") or {}).get("lead")))
+        render_verdict(d, console)
+    _gate_lines(d.get("gate") or {}, console)
+    if out_dir:
+        console.print(f"[dim]wrote {escape(str(out_dir))}/results.json, report.html, report.md[/]")
+
+
+def _metrics_table(m: dict) -> Table:
     t = Table(title="Teacher vs student", title_justify="left")
-    for col in (
-        "split",
-        "teacher loss",
-        "teacher acc",
-        "student loss",
-        "student acc",
-        "agreement",
-        "KL(t‖s)",
-    ):
+    cols = ("split", "teacher loss", "teacher acc", "student loss", "student acc", "agreement", "KL(t‖s)")
+    for col in cols:
         t.add_column(col, justify="right" if col != "split" else "left")
     for split in ("train", "val"):
         s = m[split]
@@ -54,39 +59,44 @@ def render_summary(d: dict, console: Console, out_dir: str | None = None) -> Non
             f"{s['agreement']:.1%}",
             "–" if s["kl"] is None else f"{s['kl']:.4f}",
         )
-    console.print(t)
-    if d["checks"]:
-        c = Table(title="Checks", title_justify="left", show_lines=False)
-        c.add_column("check")
-        c.add_column("status")
-        c.add_column("summary", overflow="fold")
-        for f in d["checks"]:
-            c.add_row(f["id"], f"[{STATUS_STYLE[f['status']]}]{f['status']}[/]", escape(f["summary"]))
-        console.print(c)
-    if d["causes"]:
-        r = Table(title="Causes, ranked", title_justify="left")
-        r.add_column("cause")
-        r.add_column("score", justify="right")
-        r.add_column("first remedy", overflow="fold")
-        lead = (d.get("verdict") or {}).get("lead")
-        for cause in d["causes"]:
-            style = "bold red" if cause["likely"] else "dim"
-            r.add_row(
-                f"[{style}]{cause['id']}[/]",
-                f"[{style}]{cause['score']:.2f}[/]",
-                escape(cause["remedies"][0]) if cause["likely"] or cause["id"] == lead else "",
-            )
-        console.print(r)
-        render_verdict(d, console)
-    gate = d.get("gate") or {}
-    if gate.get("policy"):
-        verdict = "[green]passed[/]" if gate["passed"] else "[bold red]FAILED[/]"
-        console.print(f"[bold]Gate[/] {escape(gate['policy'])}: {verdict}")
-        for f in gate.get("failures", []):
-            why = " (warn rule, failing under fail_on_warn)" if f.get("level") == "warn" else ""
-            console.print(f"  [red]✗[/] {f['rule']}: {f['value']} vs {f['threshold']}{why}")
-    if out_dir:
-        console.print(f"[dim]wrote {escape(str(out_dir))}/results.json, report.html, report.md[/]")
+    return t
+
+
+def _checks_table(checks: list[dict]) -> Table:
+    c = Table(title="Checks", title_justify="left", show_lines=False)
+    c.add_column("check")
+    c.add_column("status")
+    c.add_column("summary", overflow="fold")
+    for f in checks:
+        c.add_row(f["id"], f"[{STATUS_STYLE[f['status']]}]{f['status']}[/]", escape(f["summary"]))
+    return c
+
+
+def _causes_table(causes: list[dict], lead: str | None) -> Table:
+    """Every cause by score; the first remedy of the likely ones (or of the lead of an unexplained gap)."""
+    r = Table(title="Causes, ranked", title_justify="left")
+    r.add_column("cause")
+    r.add_column("score", justify="right")
+    r.add_column("first remedy", overflow="fold")
+    for cause in causes:
+        style = "bold red" if cause["likely"] else "dim"
+        shown = (cause["likely"] or cause["id"] == lead) and cause["remedies"]
+        r.add_row(
+            f"[{style}]{cause['id']}[/]",
+            f"[{style}]{cause['score']:.2f}[/]",
+            escape(cause["remedies"][0]) if shown else "",
+        )
+    return r
+
+
+def _gate_lines(gate: dict, console: Console) -> None:
+    if not gate.get("policy"):
+        return
+    verdict = "[green]passed[/]" if gate["passed"] else "[bold red]FAILED[/]"
+    console.print(f"[bold]Gate[/] {escape(gate['policy'])}: {verdict}")
+    for f in gate.get("failures", []):
+        why = " (warn rule, failing under fail_on_warn)" if f.get("level") == "warn" else ""
+        console.print(f"  [red]✗[/] {f['rule']}: {f['value']} vs {f['threshold']}{why}")
 
 
 def gate_rule_line(rule: dict) -> str:

@@ -222,6 +222,23 @@ def _compare(rule: str, value: float, threshold: float) -> bool:
 
 def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dict:
     """Apply a policy: returns {passed, policy, failures, warnings, rules}."""
+    rules = _metric_rules(results, policy, baseline) + _cause_and_check_rules(results, policy)
+    for r in rules:  # the one place that decides which broken rules fail the gate
+        r["failed"] = not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)
+    failures = [r for r in rules if r["failed"]]
+    warnings = [r for r in rules if not r["ok"] and not r["failed"]]
+    strip = lambda r: {k: r[k] for k in ("rule", "value", "threshold", "level", "what")}  # noqa: E731
+    return {
+        "passed": not failures,
+        "policy": policy.name,
+        "failures": [strip(r) for r in failures],
+        "warnings": [strip(r) for r in warnings],
+        "rules": rules,
+    }
+
+
+def _metric_rules(results: dict, policy: Policy, baseline: dict | None) -> list[dict]:
+    """Threshold rules on metrics (and, with a baseline, on regressions against it)."""
     rules: list[dict] = []
     fail = dict(policy.fail)
     if baseline is not None:
@@ -232,17 +249,22 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
             if rule in BASELINE_RULES and baseline is None:
                 continue
             value = METRIC_RULES[rule][1](results, baseline)
-            ok = _compare(rule, value, threshold)
             rules.append(
                 {
                     "rule": rule,
                     "level": level,
                     "value": round(value, 6) if math.isfinite(value) else None,
                     "threshold": threshold,
-                    "ok": ok,
+                    "ok": _compare(rule, value, threshold),
                     "what": METRIC_RULES[rule][0],
                 }
             )
+    return rules
+
+
+def _cause_and_check_rules(results: dict, policy: Policy) -> list[dict]:
+    """fail_on_likely, fail_on_check and fail_on_unexplained_gap."""
+    rules: list[dict] = []
     scores = {c["id"]: c for c in results.get("causes", [])}
     for cause in policy.fail_on_likely:
         c = scores.get(cause, {"score": 0.0, "likely": False})
@@ -271,18 +293,7 @@ def evaluate(results: dict, policy: Policy, baseline: dict | None = None) -> dic
         )
     if policy.fail_on_unexplained_gap:
         rules.append(_unexplained_gap_rule(results, scores))
-    for r in rules:  # the one place that decides which broken rules fail the gate
-        r["failed"] = not r["ok"] and (r["level"] == "fail" or policy.fail_on_warn)
-    failures = [r for r in rules if r["failed"]]
-    warnings = [r for r in rules if not r["ok"] and not r["failed"]]
-    strip = lambda r: {k: r[k] for k in ("rule", "value", "threshold", "level", "what")}  # noqa: E731
-    return {
-        "passed": not failures,
-        "policy": policy.name,
-        "failures": [strip(r) for r in failures],
-        "warnings": [strip(r) for r in warnings],
-        "rules": rules,
-    }
+    return rules
 
 
 def _unexplained_gap_rule(results: dict, scores: dict) -> dict:

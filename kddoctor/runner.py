@@ -196,6 +196,30 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
     return (diag if rank_world()[0] == 0 else None), args.target
 
 
+def _class_count(explicit: int | None, sds: dict, bundle, data_dir: Path | None) -> int | None:
+    """--num-classes, the checkpoints, the factory, else the --data-dir class folders."""
+    nc = resolve_num_classes(explicit, sds, bundle.num_classes if bundle else None)
+    if nc is None and data_dir is None:
+        raise UserError("cannot tell the number of classes: pass --num-classes N (or a checkpoint)")
+    if nc is None and (Path(data_dir) / "train").is_dir():
+        nc = sum(1 for p in (Path(data_dir) / "train").iterdir() if p.is_dir())
+    return nc
+
+
+def _folder_bundle(data_dir: Path, t_model, s_model, nc: int | None, config: DiagnoseConfig):
+    """--data-dir as a DataBundle under the student's timm eval transforms."""
+    bundle = image_folder(
+        data_dir,
+        s_model,
+        teacher=t_model,
+        batch_size=config.batch_size,
+        pin_memory=config.device.startswith("cuda") or config.device == "auto",
+    )
+    if nc is not None and bundle.num_classes != nc:
+        raise UserError(f"--data-dir has {bundle.num_classes} class folders but the models have {nc} classes")
+    return bundle
+
+
 def diagnose_specs(
     teacher: str,
     student: str,
@@ -216,50 +240,19 @@ def diagnose_specs(
     compile: bool = False,
 ) -> Diagnosis:
     explicit = explicit_num_classes(num_classes, teacher, student)
+    roles = (("teacher", teacher, teacher_ckpt, teacher_ema), ("student", student, student_ckpt, student_ema))
     sds = {
-        "teacher": load_state_dict(teacher_ckpt, role="teacher", ema=teacher_ema, trust=trust)
-        if teacher_ckpt
-        else None,
-        "student": load_state_dict(student_ckpt, role="student", ema=student_ema, trust=trust)
-        if student_ckpt
-        else None,
+        role: load_state_dict(ckpt, role=role, ema=ema, trust=trust) if ckpt else None
+        for role, _, ckpt, ema in roles
     }
     bundle = load_factory(data, parse_data_args(data_args), seed=config.seed) if data else None
-    nc = resolve_num_classes(explicit, sds, bundle.num_classes if bundle else None)
-    if nc is None and data_dir is None:
-        raise UserError("cannot tell the number of classes: pass --num-classes N (or a checkpoint)")
-    if nc is None and data_dir is not None:
-        nc = (
-            sum(1 for p in (Path(data_dir) / "train").iterdir() if p.is_dir())
-            if (Path(data_dir) / "train").is_dir()
-            else None
-        )
-    t_model = load_model(
-        teacher,
-        str(teacher_ckpt) if teacher_ckpt else None,
-        role="teacher",
-        num_classes=nc,
-        state_dict=sds["teacher"],
-    )
-    s_model = load_model(
-        student,
-        str(student_ckpt) if student_ckpt else None,
-        role="student",
-        num_classes=nc,
-        state_dict=sds["student"],
+    nc = _class_count(explicit, sds, bundle, data_dir)
+    t_model, s_model = (
+        load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=nc, state_dict=sds[role])
+        for role, spec, ckpt, _ in roles
     )
     if bundle is None:
-        bundle = image_folder(
-            data_dir,
-            s_model,
-            teacher=t_model,
-            batch_size=config.batch_size,
-            pin_memory=config.device.startswith("cuda") or config.device == "auto",
-        )
-        if nc is not None and bundle.num_classes != nc:
-            raise UserError(
-                f"--data-dir has {bundle.num_classes} class folders but the models have {nc} classes"
-            )
+        bundle = _folder_bundle(data_dir, t_model, s_model, nc, config)
     t_model, s_model = normalize_inputs(bundle, t_model, s_model)
     return diagnose_bundle(
         t_model,
