@@ -182,3 +182,15 @@ def test_debug_shows_traceback(demo_paths, tmp_path):
 def test_data_and_data_dir_are_exclusive(demo_paths, tmp_path):
     res = runner.invoke(app, diagnose_args(demo_paths, tmp_path, "--data-dir", str(tmp_path)))
     assert res.exit_code == 2 and "exactly one of --data" in res.stderr
+
+
+def test_report_is_rebuilt_from_results_json_alone(demo_run, tmp_path):
+    out, _ = demo_run
+    res = runner.invoke(app, ["report", str(out / "results.json"), "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    for name in ("report.html", "report.md"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    res = runner.invoke(app, ["report", str(bad)])
+    assert res.exit_code == 2 and "not a kddoctor results.json" in res.output

@@ -179,3 +179,23 @@ def test_limit_on_plain_iterables_is_order_free_or_said():
     assert any("smallest seeded content keys" in n for n in runs[0].notes)
     one_shot = diagnose(teacher, student, iter(batches), iter(batches), limit=150, quick=True, checks=[])
     assert one_shot.metrics["val"]["n"] == 150 and any("one-shot" in n for n in one_shot.notes)
+
+
+def test_nan_graded_value_skips_the_check():
+    """A check whose graded value is NaN says so and is skipped, never passed."""
+    import math
+
+    from kddoctor.checks.base import CheckSpec, Status, grade, run_check
+
+    class _Ev:
+        capabilities = {"train", "val"}
+
+    def nan_check(ev, *, warn: float = 0.1, fail: float = 0.2):
+        from kddoctor.checks.base import Finding
+
+        return Finding("nan_check", grade(math.nan, warn, fail, what="the val gap"), "never", {})
+
+    spec = CheckSpec("nan_check", nan_check, ("train",), "NaN", "", thresholds=(("warn", 0.1), ("fail", 0.2)))
+    f = run_check(spec, _Ev())
+    assert f.status is Status.SKIPPED and "the val gap could not be measured (NaN)" in f.summary
+    assert f.to_dict()["thresholds"] == {"warn": 0.1, "fail": 0.2}

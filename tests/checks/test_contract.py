@@ -85,3 +85,17 @@ def test_every_remedy_placeholder_is_provided(diagnose_scenario):
         cause = causes.catalogue()[cid]
         for mech in cause["mechanisms"]:
             assert len(causes.render_remedies(cause, mech, ctx)) == len(cause["remedies"])
+
+
+@pytest.mark.parametrize("check_id", list_checks())
+def test_thresholds_are_keyword_defaults_the_registry_records(diagnose_scenario, check_id):
+    import inspect
+
+    from kddoctor.checks.base import get_check
+
+    spec = get_check(check_id)
+    params = inspect.signature(spec.fn).parameters.values()
+    defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    assert defaults and dict(spec.thresholds) == defaults
+    f = diagnose_scenario("healthy_cnn").finding(check_id)
+    assert f.to_dict()["thresholds"] == defaults
