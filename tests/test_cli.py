@@ -142,6 +142,11 @@ def test_bad_input_is_one_line_exit_2_and_keeps_previous_report(demo_paths, tmp_
         ("--batch-size", "0", "--batch-size must be"),
         ("--limit", "0", "--limit must be"),
         ("--num-classes", "0", "--num-classes must be"),
+        ("--ce-weight", "0.5", "--ce-weight needs its pair"),
+        ("--convention", "mdistiller", "--alpha conflicts with --convention mdistiller"),
+        ("--convention", "fitnets", "--convention must be one of"),
+        ("--kd-reduction", "sum", "pass --train-batch-size"),
+        ("--train-batch-size", "0", "--train-batch-size must be"),
     ],
 )
 def test_bad_option_values(demo_paths, tmp_path, flag, value, match):
