@@ -157,16 +157,20 @@ def subset_loader(loader: Iterable, k: int, seed: int) -> tuple[Iterable, str] |
 
 
 class KeyFiltered:
-    """Re-iterable loader wrapper: yields only rows whose content key is among the k smallest.
+    """Loader wrapper: yields only rows whose content key is among the k smallest (one extra pass that
+    reads the data, no model, finds the k-th smallest key), or below a given threshold (one pass)."""
 
-    Costs one extra pass that reads the data (no model) to find the k-th smallest key.
-    """
-
-    def __init__(self, loader: Iterable, k: int, seed: int, split_batch) -> None:
+    def __init__(
+        self, loader: Iterable, k: int, seed: int, split_batch, threshold: float | None = None
+    ) -> None:
         self.loader, self.k, self.split_batch = loader, k, split_batch
         self.keys = ContentKeys(seed)
-        self.threshold: float | None = None
+        self.threshold = threshold  # given: keys are uniform on [0, 1), so a rate needs no first pass
         self.total = 0
+
+    @property
+    def expected(self) -> int | None:
+        return self.k
 
     def _find_threshold(self) -> None:
         all_keys = []
@@ -177,6 +181,11 @@ class KeyFiltered:
         self.total = len(keys)
         finite = np.sort(keys[np.isfinite(keys)])
         self.threshold = float(finite[self.k - 1]) if len(finite) >= self.k else math.inf
+
+    @property
+    def took_all(self) -> bool:
+        """The split turned out no larger than k: every row was kept."""
+        return self.threshold == math.inf
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.threshold is None:
@@ -217,3 +226,67 @@ def changed_fraction(
             changed += int((near > 1e-7 * np.maximum(1.0, np.abs(p))).sum())
             seen += len(p)
     return (changed / seen, seen) if seen else None
+
+
+def limit_loader(
+    loader: Iterable, limit: int | None, seed: int, split_batch, explicit: bool = True
+) -> tuple[Iterable, str | None]:
+    """The loader itself, or one over a seeded sample of about `limit` samples, independent of loader
+    order, and the sentence that says how it was drawn (None: the whole split).
+
+    Map-style DataLoader: a class-stratified subset of the dataset's indices (nothing else is read).
+    Otherwise, with a known size N: one pass keeping the rows whose content key is below limit/N (a
+    Bernoulli sample; the data is read once, the models see only the kept rows). Of unknown size, when
+    the user asked for that number (`explicit`): the `limit` smallest keys over two passes of a
+    re-iterable loader, the first `limit` samples of a one-shot iterator (said so); a default sample
+    of a split of unknown size is the whole split (never a biased or an extra-pass one)."""
+    if limit is None:
+        return loader, None
+    sub = subset_loader(loader, limit, seed)
+    if sub is not None:
+        return sub[0], (None if sub[1] == "all" else sub[1])
+    size = known_size(loader)
+    if size is not None:
+        if size <= limit:
+            return loader, None
+        rate = limit / size
+        return KeyFiltered(loader, limit, seed, split_batch, threshold=rate), (
+            f"a seeded Bernoulli sample at rate {rate:.3g} of {size} samples by content key "
+            f"(about {limit}; one pass)"
+        )
+    if not explicit:  # a default sample of a split of unknown size: reading it all is the unbiased way
+        return loader, None
+    if is_reiterable(loader):
+        return KeyFiltered(loader, limit, seed, split_batch), (
+            f"the {limit} samples with the smallest seeded content keys (a uniform random subset; "
+            "one extra pass reads the data)"
+        )
+    return _first(
+        loader, limit, split_batch
+    ), f"the first {limit} samples (the loader is a one-shot iterator)"
+
+
+def _first(loader: Iterable, limit: int, split_batch) -> Iterator:
+    seen = 0
+    for i, batch in enumerate(loader):
+        if seen >= limit:
+            return
+        x, y = split_batch(batch, "subset", i)
+        yield x[: limit - seen], y[: limit - seen]
+        seen += len(x)
+
+
+def known_size(loader: Iterable) -> int | None:
+    """The number of samples a loader yields, when its dataset says so without being read (a plain
+    list of batches says only how many batches it holds: unknown)."""
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
+
+
+def expected_samples(loader: Iterable) -> int | None:
+    """How many samples a (possibly sampled) loader will yield, for progress bars."""
+    if isinstance(loader, KeyFiltered):
+        return loader.expected
+    return known_size(loader)

@@ -23,7 +23,7 @@ from ._dist import rank_world
 from ._progress import progress
 from .causes import rank, verdict
 from .checks.base import Finding, get_check, list_checks, run_check
-from .config import DiagnoseConfig
+from .config import TRAIN_SAMPLES, DiagnoseConfig
 from .convention import KDConvention, resolve
 from .data import DataBundle
 from .diagnosis import Diagnosis, run_metadata
@@ -53,6 +53,8 @@ def diagnose(
     num_classes: int | None = None,
     class_names: list[str] | None = None,
     limit: int | None = None,
+    train_samples: int | None = TRAIN_SAMPLES,
+    val_samples: int | None = None,
     seed: int = 0,
     quick: bool = False,
     save_logits: bool = False,
@@ -76,6 +78,9 @@ def diagnose(
         convention: how the student was trained (`KDConvention`; default (1-0.7)*CE + 0.7*T²*KL at
             T=4). The older keywords alpha, alpha_on, temperature, t2, kd_reduction still work.
         device: "auto" picks CUDA when present.
+        limit: at most this many samples of every split.
+        train_samples: the train side is a seeded, class-stratified sample of this many samples
+            (None: the whole split); val_samples likewise for val (default: all of it).
         quick: shrink every probe budget (CPU-friendly smoke runs).
         checks: ids of the checks to run (default: all registered).
         compile: torch.compile both models (worth it for long runs on GPU).
@@ -89,6 +94,8 @@ def diagnose(
         convention=convention or _legacy_convention(legacy),
         device=device,
         limit=limit,
+        train_samples=train_samples,
+        val_samples=val_samples,
         seed=seed,
         quick=quick,
         save_logits=save_logits,
@@ -109,7 +116,9 @@ def diagnose(
             class_names,
         )
         num_classes = num_classes or len(splits["train"].stats["cls_count"])
-        ev = Evaluation(teacher, student, cfg, dev, int(num_classes), splits, class_names, *specs)
+        ev = Evaluation(
+            teacher, student, cfg, dev, int(num_classes), splits, class_names, *specs, progress=bar
+        )
         findings = _run_checks(ev, checks, bar, debug) if rank_world()[0] == 0 else []  # probes: rank 0
     found, run = [f.to_dict() for f in findings], run_metadata(ev)
     causes = rank(found, run)
@@ -160,7 +169,8 @@ def _evaluate_splits(
     cache_dir, teacher_id = cache
     splits = {}
     for name, loader in loaders.items():
-        tc = TeacherCache(Path(cache_dir), teacher_id, name, cfg.limit, rank_, world) if cache_dir else None
+        limit, explicit = cfg.split_limit(name)
+        tc = TeacherCache(Path(cache_dir), teacher_id, name, limit, rank_, world) if cache_dir else None
         splits[name] = evaluate_split(
             teacher,
             student,
@@ -168,7 +178,8 @@ def _evaluate_splits(
             name=name,
             num_classes=num_classes,
             device=dev,
-            limit=cfg.limit,
+            limit=limit,
+            explicit_limit=explicit,
             feature_rows=cfg.budgets.feature_rows,
             cache_rows=cfg.budgets.probe_samples,
             save_logits=cfg.save_logits,

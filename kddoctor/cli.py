@@ -256,7 +256,7 @@ def demo(
             data_args=[f"train_subset={demo_mod.DEMO_STUDENT_SUBSET}"],
             num_classes=None,
             config=cfg,
-            show_progress=not quiet,
+            show_progress=not quiet and sys.stderr.isatty(),
             debug=debug,
         )
         return _finish(diag, out, Outputs(policy=policy, quiet=quiet))

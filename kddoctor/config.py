@@ -5,16 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .convention import KDConvention
-from .errors import check_int, check_number  # noqa: F401  (re-exported)
+from .errors import UserError, check_int, check_number
 
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 @dataclass
 class Budgets:
-    """Fixed sample/step budgets for the checks that need more than the main pass.
+    """Sample, step and time budgets for the checks that need more than the main pass.
 
-    They never scale with the data set, so the full diagnose stays bounded.
+    Steps and samples never scale with the data set. Each fine-tuning probe also stops at a time
+    budget (whichever comes first, and says which): `probe_seconds`, or when None the larger of
+    `probe_floor_s` and `probe_share` of the main pass's wall time, so a slow device probes for
+    proportionally longer and a huge split does not buy longer probes than its sample does.
     """
 
     feature_rows: int = 2048  # per split: penultimate features + logits kept for probes
@@ -25,6 +28,15 @@ class Budgets:
     bn_batches: int = 16  # BN recalibration: forward passes over cached train inputs
     probe_batch: int = 32  # batch size of every fine-tuning step
     eval_batch: int = 256  # batch size of the probes' no-grad evaluations (cheaper per sample)
+    probe_seconds: float | None = None  # a fixed time budget per probe (None: scaled as above)
+    probe_floor_s: float = 15.0  # never less: the quick step budgets finish well inside it on a CPU
+    probe_share: float = 0.2  # of the main pass's wall time, per probe (3 probes: 0.6x the pass)
+
+    def probe_budget(self, main_pass_seconds: float) -> float:
+        """Seconds one fine-tuning probe may run."""
+        if self.probe_seconds is not None:
+            return self.probe_seconds
+        return max(self.probe_floor_s, self.probe_share * main_pass_seconds)
 
     @classmethod
     def quick(cls) -> Budgets:
@@ -40,6 +52,9 @@ class Budgets:
         )
 
 
+TRAIN_SAMPLES = 50_000  # the train side's default sample (bench/RESULTS.md: the convergence curve)
+
+
 @dataclass
 class DiagnoseConfig:
     """How the student was trained (as the user states it) and how to run the diagnosis."""
@@ -48,16 +63,36 @@ class DiagnoseConfig:
     convention: KDConvention = field(default_factory=KDConvention)
     device: str = "auto"
     batch_size: int = 256  # evaluation batch size for loaders we build ourselves
-    limit: int | None = None  # max samples per split
+    limit: int | None = None  # max samples per split (caps the two below)
+    train_samples: int | None = TRAIN_SAMPLES  # train side: a seeded stratified sample (None: all)
+    val_samples: int | None = None  # val: complete by default (None: all)
     seed: int = 0
     quick: bool = False
     save_logits: bool = False
     budgets: Budgets = field(default_factory=Budgets)
 
     def __post_init__(self) -> None:
-        if self.limit is not None:
-            check_int("--limit", self.limit, 1)
+        for flag, value in (
+            ("--limit", self.limit),
+            ("--train-samples", self.train_samples),
+            ("--val-samples", self.val_samples),
+        ):
+            if value is not None:
+                check_int(flag, value, 1)
+        if (
+            self.budgets.probe_seconds is not None
+            and check_number("--probe-seconds", self.budgets.probe_seconds) <= 0
+        ):
+            raise UserError(f"--probe-seconds must be > 0, got {self.budgets.probe_seconds}")
         check_int("--batch-size", self.batch_size, 1)
         check_int("--seed", self.seed, 0, MAX_SEED)
         if self.quick and self.budgets == Budgets():
             self.budgets = Budgets.quick()
+
+    def split_limit(self, split: str) -> tuple[int | None, bool]:
+        """How many samples of a split to read, and whether the user asked for that number (a default
+        train sample is never taken in a way that could bias it, see engine.limit_loader)."""
+        own = self.val_samples if split == "val" else self.train_samples
+        caps = [v for v in (self.limit, own) if v is not None]
+        explicit = self.limit is not None or (split != "val" and self.train_samples != TRAIN_SAMPLES)
+        return (min(caps) if caps else None), explicit or split == "val"

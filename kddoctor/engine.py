@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,16 +17,8 @@ import torch
 from torch import nn
 
 from ._cache import TeacherCache, batch_fingerprint
-from ._sampling import (
-    ContentKeys,
-    KeyFiltered,
-    Reservoir,
-    changed_fraction,
-    is_reiterable,
-    merge_results,
-    subset_loader,
-)
-from .data import iter_batches, loader_length, split_batch
+from ._sampling import ContentKeys, Reservoir, changed_fraction, expected_samples, limit_loader, merge_results
+from .data import iter_batches, split_batch
 from .errors import UserError
 from .metrics import PairMetrics, SampleColumns
 from .models import CLASSIFIER_HINTS
@@ -305,6 +297,7 @@ def evaluate_split(
     num_classes: int | None,
     device: torch.device,
     limit: int | None = None,
+    explicit_limit: bool = True,
     feature_rows: int = 0,
     cache_rows: int = 0,
     save_logits: bool = False,
@@ -320,126 +313,128 @@ def evaluate_split(
     """Run both models over one split in a single streaming pass (the teacher's logits may come from
     the teacher cache; rank r of `world` takes every world-th batch and the state is all-reduced).
 
-    `limit` keeps a seeded, loader-order-independent subset of that many samples (see _sampling)."""
+    `limit` keeps a seeded, loader-order-independent subset of that many samples (see
+    _sampling.limit_loader; `explicit_limit`: the user asked for that number)."""
     start = time.perf_counter()
-    cuda = device.type == "cuda"
-    run = _MicroBatcher(num_classes)
     label_notes: set[str] = set()
     labels = {"class_names": class_names, "num_classes": num_classes, "notes": label_notes}
     split = functools.partial(split_batch, **labels)
-    loader, sampled = limit_loader(loader, limit, seed, split)
-    taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(student)}
-    metrics: PairMetrics | None = None
-    columns, inputs, keys = SampleColumns(), InputStats(), ContentKeys(seed)
-    kept = _Retained(cache_rows, feature_rows, save_logits, cuda)
-    projections: list[torch.Tensor] = []
-    task = bar.add_task(f"evaluating {name}", total=loader_length(loader, None)) if bar else None
+    loader, sampled = limit_loader(loader, limit, seed, split, explicit=explicit_limit)
+    kept = _Retained(cache_rows, feature_rows, save_logits, device.type == "cuda")
+    p = _Pass(teacher, student, device, num_classes, seed, kept, channels_last, teacher_cache)
+    task = bar.add_task(f"{name}: teacher + student", total=expected_samples(loader)) if bar else None
     try:
         with torch.inference_mode():
             for index, (x_cpu, y_cpu) in enumerate(iter_batches(loader, name, None, rank, world, **labels)):
-                x = x_cpu.to(device, non_blocking=cuda)
-                y = y_cpu.to(device, non_blocking=cuda)
-                if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                inputs.update(x)
-                proj = keys.project(x)
-                taps["student"].take()  # one module as both teacher and student fires both hooks
-                t, from_cache = _teacher_logits(teacher, x, x_cpu, index, run, teacher_cache)
-                feats = {"teacher": taps["teacher"].take()}
-                if from_cache:  # the teacher did not run: its features only for rows that may be kept
-                    feats["teacher"] = _entering_features(
-                        teacher, x, proj, kept.outputs, run, taps["teacher"]
-                    )
-                taps["student"].take()
-                s = run(student, x, cuda)
-                feats["student"] = taps["student"].take()
-                taps["teacher"].take()
-                if metrics is None:
-                    _check_shapes(t, s, x, num_classes)
-                    num_classes = t.shape[1]
-                    metrics = PairMetrics(num_classes, device)
-                cols = metrics.update(t, s, y)
-                columns.append(cols)
-                projections.append(proj)
-                key = torch.where(cols[:, -1] > 0, ContentKeys.key(proj), torch.full_like(proj, math.inf))
-                kept.add(key, x, y, t, s, feats, y_cpu)
+                p.step(index, x_cpu, y_cpu)
                 if bar is not None:
-                    bar.advance(task)
+                    bar.advance(task, len(x_cpu))
     finally:
-        for tap in taps.values():
-            tap.close()
+        p.close()
         if bar is not None:
             bar.remove_task(task)
-    if metrics is None:  # this rank received no batch
-        raise UserError(f"the {name} split has fewer batches than there are ranks ({world})")
-    if cuda:
-        torch.cuda.synchronize(device)  # the non_blocking copies above are complete from here on
-    local_rows = int(metrics.stats["n"])
-    if world > 1:
-        metrics.all_reduce()
-        inputs.all_reduce()
-    stats = metrics.state()
-    if stats["bad_target"] > 0:
-        raise UserError(
-            f"{int(stats['bad_target'])} {name} labels lie outside [0, {num_classes}); "
-            "check --num-classes and the label encoding"
-        )
-    samples = columns.finish()
-    proj_all = torch.cat(projections).cpu().numpy()
-    result = SplitResult(
-        name=name,
-        metrics={**metrics.compute(), "n": int(stats["n"]), "excluded_nonfinite": int(stats["nonfinite"])},
-        stats=stats,
-        samples=_gather_samples(samples) if world > 1 else samples,
-        inputs=inputs.compute(),
-        proj=_gather_samples({"p": proj_all})["p"] if world > 1 else proj_all,
-        seconds=time.perf_counter() - start,
-        local_rows=local_rows,
-        micro_batch_splits=run.splits,
-        teacher_cache=None
-        if teacher_cache is None
-        else {"hits": teacher_cache.hits, "misses": teacher_cache.misses},
-        sampled=sampled,
-        label_notes=sorted(label_notes),
-    )
-    if world > 1:
-        kept = _merge_ranks(kept)
-    kept.fill(result)
-    if teacher_cache is not None:
-        teacher_cache.save()
+    if getattr(loader, "took_all", False):
+        sampled = None  # the split held fewer samples than the limit
+    result = p.result(name, world, sampled, sorted(label_notes))
+    result.seconds = time.perf_counter() - start
     if probe_augmentation:
         changed = changed_fraction(loader, result.proj, seed, device, split)
         result.augmented = None if changed is None else changed[0]
     return result
 
 
-def limit_loader(
-    loader: Iterable, limit: int | None, seed: int, split=split_batch
-) -> tuple[Iterable, str | None]:
-    """The loader itself, or one over a seeded subset of `limit` samples independent of loader order
-    (`split` turns a batch into (inputs, class indices))."""
-    if limit is None:
-        return loader, None
-    sub = subset_loader(loader, limit, seed)
-    if sub is not None:
-        return sub[0], (None if sub[1] == "all" else sub[1])
-    if is_reiterable(loader):
-        return (
-            KeyFiltered(loader, limit, seed, split),
-            f"the {limit} samples with the smallest seeded content keys (a uniform random subset; "
-            "one extra pass reads the data)",
+class _Pass:
+    """The state of one split's pass: metrics, per-sample columns, input statistics, reservoirs."""
+
+    def __init__(self, teacher, student, device, num_classes, seed, kept, channels_last, cache) -> None:
+        self.teacher, self.student, self.device, self.num_classes = teacher, student, device, num_classes
+        self.cuda, self.channels_last, self.cache, self.kept = (
+            device.type == "cuda",
+            channels_last,
+            cache,
+            kept,
         )
-    return _first(loader, limit, split), f"the first {limit} samples (the loader is a one-shot iterator)"
+        self.run = _MicroBatcher(num_classes)
+        self.taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(student)}
+        self.metrics: PairMetrics | None = None
+        self.columns, self.inputs, self.keys = SampleColumns(), InputStats(), ContentKeys(seed)
+        self.projections: list[torch.Tensor] = []
 
+    def step(self, index: int, x_cpu: torch.Tensor, y_cpu: torch.Tensor) -> None:
+        """One batch through both models, into every accumulator (no host sync on CUDA)."""
+        x = x_cpu.to(self.device, non_blocking=self.cuda)
+        y = y_cpu.to(self.device, non_blocking=self.cuda)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.inputs.update(x)
+        proj = self.keys.project(x)
+        taps = self.taps
+        taps["student"].take()  # one module as both teacher and student fires both hooks
+        t, from_cache = _teacher_logits(self.teacher, x, x_cpu, index, self.run, self.cache)
+        feats = {"teacher": taps["teacher"].take()}
+        if from_cache:  # the teacher did not run: its features only for rows that may be kept
+            feats["teacher"] = _entering_features(
+                self.teacher, x, proj, self.kept.outputs, self.run, taps["teacher"]
+            )
+        taps["student"].take()
+        s = self.run(self.student, x, self.cuda)
+        feats["student"] = taps["student"].take()
+        taps["teacher"].take()
+        if self.metrics is None:
+            _check_shapes(t, s, x, self.num_classes)
+            self.num_classes = t.shape[1]
+            self.metrics = PairMetrics(self.num_classes, self.device)
+        cols = self.metrics.update(t, s, y)
+        self.columns.append(cols)
+        self.projections.append(proj)
+        key = torch.where(cols[:, -1] > 0, ContentKeys.key(proj), torch.full_like(proj, math.inf))
+        self.kept.add(key, x, y, t, s, feats, y_cpu)
 
-def _first(loader: Iterable, limit: int, split) -> Iterator:
-    seen = 0
-    for i, batch in enumerate(loader):
-        if seen >= limit:
-            return
-        x, y = split(batch, "subset", i)
-        yield x[: limit - seen], y[: limit - seen]
-        seen += len(x)
+    def close(self) -> None:
+        for tap in self.taps.values():
+            tap.close()
+
+    def result(self, name: str, world: int, sampled: str | None, label_notes: list[str]) -> SplitResult:
+        """The split's result, read back once (all-reduced across ranks under torchrun)."""
+        metrics = self.metrics
+        if metrics is None:  # this rank received no batch
+            raise UserError(f"the {name} split has fewer batches than there are ranks ({world})")
+        if self.cuda:
+            torch.cuda.synchronize(self.device)  # the non_blocking copies are complete from here on
+        local_rows = int(metrics.stats["n"])
+        if world > 1:
+            metrics.all_reduce()
+            self.inputs.all_reduce()
+        stats = metrics.state()
+        if stats["bad_target"] > 0:
+            raise UserError(
+                f"{int(stats['bad_target'])} {name} labels lie outside [0, {self.num_classes}); "
+                "check --num-classes and the label encoding"
+            )
+        samples = self.columns.finish()
+        proj_all = torch.cat(self.projections).cpu().numpy()
+        cache = self.cache
+        result = SplitResult(
+            name=name,
+            metrics={
+                **metrics.compute(),
+                "n": int(stats["n"]),
+                "excluded_nonfinite": int(stats["nonfinite"]),
+            },
+            stats=stats,
+            samples=_gather_samples(samples) if world > 1 else samples,
+            inputs=self.inputs.compute(),
+            proj=_gather_samples({"p": proj_all})["p"] if world > 1 else proj_all,
+            local_rows=local_rows,
+            micro_batch_splits=self.run.splits,
+            teacher_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+            sampled=sampled,
+            label_notes=label_notes,
+        )
+        (_merge_ranks(self.kept) if world > 1 else self.kept).fill(result)
+        if cache is not None:
+            cache.save()
+        return result
 
 
 def _merge_ranks(kept: _Retained) -> _Retained:

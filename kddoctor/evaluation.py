@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +32,24 @@ class Evaluation:
     teacher_spec: str = "teacher"
     student_spec: str = "student"
     memo: dict = field(default_factory=dict)  # intermediate results shared between checks
+    progress: object = None  # the run's rich progress (or None): probes show their steps on it
+
+    @property
+    def probe_budget(self) -> float:
+        """Seconds each fine-tuning probe may run (config.Budgets.probe_budget of the main pass)."""
+        return self.config.budgets.probe_budget(sum(r.seconds for r in self.splits.values()))
+
+    @contextlib.contextmanager
+    def progress_task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
+        """A progress line for one probe (steps/s and ETA); yields the function that advances it."""
+        if self.progress is None:
+            yield lambda: None
+            return
+        task = self.progress.add_task(f"probe: {label}", total=total)
+        try:
+            yield lambda: self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
 
     @property
     def train(self) -> SplitResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,7 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
         teacher_ema=args.teacher_ema,
         student_ema=args.student_ema,
         trust=args.trust_checkpoint,
-        show_progress=not args.quiet and rank_world()[0] == 0,
+        show_progress=not args.quiet and sys.stderr.isatty() and rank_world()[0] == 0,
         debug=args.debug,
         teacher_cache=None if args.no_cache else (args.cache_dir or default_cache() / "teacher-outputs"),
         compile=args.compile,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,6 +55,24 @@ def score(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> dict:
     }
 
 
+@dataclass
+class Tuned:
+    """A fine-tuned student copy and what the probe measured: the steps it ran and why it stopped."""
+
+    model: nn.Module
+    curve: list[tuple[int, float]]  # (step, train-cache agreement), when asked for
+    steps: int
+    stopped_by: str  # "steps": the step budget ran out; "time": the time budget did first
+    seconds: float
+
+    def evidence(self, name: str) -> dict:
+        return {
+            f"{name}_steps_done": self.steps,
+            f"{name}_stopped_by": self.stopped_by,
+            f"{name}_seconds": self.seconds,
+        }
+
+
 def finetune(
     ev,
     convention: KDConvention,
@@ -60,11 +80,12 @@ def finetune(
     steps: int,
     seed: int = 0,
     eval_every: int = 0,
-) -> tuple[nn.Module, list[tuple[int, float]]]:
-    """A copy of the student fine-tuned on the cached train inputs with the given KD objective.
-
-    Returns the copy (in eval mode) and, if eval_every > 0, its train-cache agreement curve.
-    """
+    budget_s: float | None = None,
+    label: str = "fine-tuning",
+) -> Tuned:
+    """A copy of the student fine-tuned on the cached train inputs with the given KD objective, for
+    `steps` steps or `budget_s` seconds, whichever comes first (the curve's last point is where it
+    stopped). With eval_every > 0 the train-cache agreement is recorded along the way."""
     x, y = cached(ev, "train")
     t = teacher_logits(ev, "train")
     model = copy.deepcopy(ev.student).to(ev.device)
@@ -83,7 +104,8 @@ def finetune(
 
     if eval_every:  # step 0: the checkpoint as it stands, so the curve shows the first steps' jump
         curve.append((0, agreement()))
-    with torch.enable_grad():
+    start, done, stopped_by = time.perf_counter(), 0, "steps"
+    with torch.enable_grad(), ev.progress_task(label, steps) as advance:
         for step in range(1, steps + 1):
             model.train()
             idx = torch.randint(0, len(x), (bs,), generator=gen).to(x.device)
@@ -93,9 +115,15 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if eval_every and (step % eval_every == 0 or step == steps):
+            done = step
+            advance()
+            out_of_time = budget_s is not None and time.perf_counter() - start > budget_s and step < steps
+            if eval_every and (step % eval_every == 0 or step == steps or out_of_time):
                 curve.append((step, agreement()))
-    return model.eval(), curve
+            if out_of_time:
+                stopped_by = "time"
+                break
+    return Tuned(model.eval(), curve, done, stopped_by, time.perf_counter() - start)
 
 
 def val_score(ev, model: nn.Module) -> dict:

@@ -59,13 +59,20 @@ def sweep(ev) -> dict:
 
     Each point runs the textbook objective (alpha on KD, T², batchmean) and is labelled with the same
     effective setting in the user's own convention (`user`, `axis`)."""
-    conv, steps, n_cls = ev.config.convention, ev.config.budgets.sweep_steps, ev.num_classes
+    conv, n_cls = ev.config.convention, ev.num_classes
     runs: dict = {}
+    # The first run (the user's setting) gets a tenth of the time budget; every other run then takes
+    # the steps it managed, so all settings are compared at the same number of steps.
+    budget = {"steps": ev.config.budgets.sweep_steps, "seconds": ev.probe_budget / 10, "stopped_by": "steps"}
 
     def run(c: KDConvention) -> dict:
         if c not in runs:
-            model, _ = finetune(ev, c, steps=steps, seed=1)
-            runs[c] = val_score(ev, model)
+            tuned = finetune(
+                ev, c, steps=budget["steps"], seed=1, budget_s=budget["seconds"], label="alpha/T sweep"
+            )
+            if budget["seconds"] is not None:
+                budget.update(steps=tuned.steps, seconds=None, stopped_by=tuned.stopped_by)
+            runs[c] = val_score(ev, tuned.model)
         return runs[c]
 
     def point(a: float, T: float) -> dict:
@@ -89,7 +96,8 @@ def sweep(ev) -> dict:
         "alpha_curve": alpha_curve,
         "temperature_curve": temp_curve,
         "best": best,
-        "steps": steps,
+        "steps": budget["steps"],
+        "stopped_by": budget["stopped_by"],
         "axis": conv.weight_axis,
         "temperature_axis": PRESETS[conv.preset].t_name,
     }
@@ -161,6 +169,7 @@ def alpha_sensitivity(
         "reduction_is_mean": float(conv.reduction == "mean"),
         "t2_missing": float(not conv.t2 and conv.temperature > 1),
         "sweep_steps": sw["steps"],
+        "sweep_stopped_by": sw["stopped_by"],
         "sweep_samples": {"train": len(ev.train.cache_x), "val": len(ev.val.cache_x)},
     }
     details = {k: sw[k] for k in ("alpha_curve", "temperature_curve", "axis", "temperature_axis")}
@@ -179,6 +188,7 @@ def alpha_sensitivity(
 def _summary(ev, conv: KDConvention, eff: dict, grads: dict, sw: dict, gain: float) -> str:
     best, base = sw["best"], sw["baseline"]
     n_tr, n_va = len(ev.train.cache_x), len(ev.val.cache_x)
+    cut = " (as many as the time budget allowed)" if sw["stopped_by"] == "time" else ""
     bugs = []
     if conv.reduction == "mean":
         bugs.append(f"reduction='mean' divides the KD term by {ev.num_classes} classes")
@@ -186,7 +196,7 @@ def _summary(ev, conv: KDConvention, eff: dict, grads: dict, sw: dict, gain: flo
         bugs.append(f"without T² the KD gradients shrink by {conv.temperature**2:g}x")
     summary = (
         f"KD carries {eff['kd_share']:.0%} of the effective loss weight "
-        f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); {sw['steps']} fine-tuning steps "
+        f"(gradient norm ratio KD/CE {grads['grad_ratio_kd_ce']:.2f}); {sw['steps']} fine-tuning steps{cut} "
         f"on {n_tr} train samples with {best['user']} reach val agreement {best['agreement']:.1%} vs "
         f"{base['agreement']:.1%} continuing with your setting ({conv.setting()}), on {n_va} val samples"
     )

@@ -57,10 +57,16 @@ def capacity_probe(
         )
         for m in ("student", "teacher")
     }
-    _, curve = finetune(
-        ev, KDConvention.pure_kd(temperature=1.0), steps=b.fit_steps, eval_every=max(1, b.fit_steps // 4)
+    tuned = finetune(
+        ev,
+        KDConvention.pure_kd(temperature=1.0),
+        steps=b.fit_steps,
+        eval_every=max(1, b.fit_steps // 4),
+        budget_s=ev.probe_budget,
+        label="capacity fit",
     )
-    evidence = {**_fit(curve), **_sizes(ev)}
+    curve = tuned.curve
+    evidence = {**_fit(curve), **_sizes(ev), **tuned.evidence("fit")}
     gap = (probes["teacher"] - probes["student"]) if None not in probes.values() else 0.0
     evidence.update(
         fit_steps=b.fit_steps,
@@ -125,7 +131,8 @@ def _summary(ev, e: dict, probes: dict) -> str:
         reach = "does not reach"
     n_tr, n_va = len(ev.train.features["student"]), len(ev.val.features["student"])
     return (
-        f"fine-tuned with pure KD on {e['fit_samples']} train samples for {e['fit_steps']} steps, "
+        f"fine-tuned with pure KD on {e['fit_samples']} train samples for {e['fit_steps_done']} steps"
+        f"{' (stopped by its time budget)' if e['fit_stopped_by'] == 'time' else ''}, "
         f"the student {reach} {FIT_TARGET:.0%} agreement ({start:.1%} -> {fit:.1%}); linear probe to "
         f"the teacher's labels ({n_tr} train / {n_va} val features): student features "
         f"{probes['student'] or 0:.1%}, teacher features {probes['teacher'] or 0:.1%}; "

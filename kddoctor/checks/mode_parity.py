@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,18 @@ def recalibrated(ev) -> nn.Module:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the recalibration batches
         bn.train()
-    bs = BN_BATCH
-    with torch.no_grad():
+    bs, budget, began = BN_BATCH, ev.probe_budget, time.perf_counter()
+    with (
+        torch.no_grad(),
+        ev.progress_task("BatchNorm recalibration", ev.config.budgets.bn_batches) as advance,
+    ):
         for i in range(ev.config.budgets.bn_batches):
             start = (i * bs) % max(len(x), 1)
             model(x[start : start + bs])
+            advance()
+            if time.perf_counter() - began > budget:  # at least one batch, then the time budget
+                break
+    ev.memo["bn_batches_done"] = i + 1
     return model.eval()
 
 
@@ -113,6 +121,7 @@ def _bn_recovery(ev, ev_score: dict) -> dict:
     return {
         "batch_stats": val_score(ev, batch_stats),
         "recalibrated": recal,
+        "bn_batches_done": ev.memo["bn_batches_done"],
         "bn_recovery_acc": recal["acc"] - ev_score["acc"],
         "bn_recovery_loss_rel": 1 - recal["loss"] / ev_score["loss"] if ev_score["loss"] > 0 else 0.0,
         "bn_recovery_agreement": rec_agree,
