@@ -147,6 +147,13 @@ def diagnose(
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, Opt(help="Batch size for loaders kddoctor builds (--data-dir).")] = 256,
     limit: Annotated[int | None, Opt(help="At most N samples per split.")] = None,
+    train_samples: Annotated[
+        str | None, Opt(help="Train-side sample size, N or 'all' (default 50000, class-stratified).")
+    ] = None,
+    val_samples: Annotated[str | None, Opt(help="Val sample size, N or 'all' (default all).")] = None,
+    probe_seconds: Annotated[
+        float | None, Opt(help="Time budget per probe (default: 0.2x the main pass, at least 15 s).")
+    ] = None,
     seed: Annotated[int, Opt(help="Seed for every probe.")] = 0,
     quick: Annotated[bool, Opt("--quick", help="Small probe budgets: a bounded CPU-friendly run.")] = False,
     policy: Annotated[Path | None, Opt(help="Gate policy TOML: exit 1 when a rule fails.")] = None,

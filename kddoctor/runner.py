@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .api import Diagnosis, diagnose_bundle
-from .config import DiagnoseConfig, check_int
+from .config import TRAIN_SAMPLES, DiagnoseConfig, check_int
 from .convention import resolve
 from .data import image_folder, load_factory, normalize_inputs, parse_data_args
 from .errors import UserError
@@ -87,6 +87,21 @@ def probe_outputs(out: Path | None, junit: Path | None) -> None:
         _probe_dir(junit.parent, "--junit", junit)
 
 
+def sample_size(flag: str, value: str | None, default: int | None) -> int | None:
+    """N or 'all' (None: the whole split)."""
+    if value is None:
+        return default
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"{flag} must be a positive integer or 'all', got {value!r}")
+    return n
+
+
 @dataclass(frozen=True)
 class DiagnoseArgs:
     """The `kddoctor diagnose` options as the user typed them (None: not given)."""
@@ -111,6 +126,9 @@ class DiagnoseArgs:
     device: str = "auto"
     batch_size: int = 256
     limit: int | None = None
+    train_samples: str | None = None
+    val_samples: str | None = None
+    probe_seconds: float | None = None
     seed: int = 0
     quick: bool = False
     policy: Path | None = None
@@ -141,15 +159,21 @@ class DiagnoseArgs:
             train_batch_size=self.train_batch_size,
             preset=self.convention,
         )
-        return DiagnoseConfig(
+        cfg = DiagnoseConfig(
             convention=conv,
             device=device,
             batch_size=self.batch_size,
             limit=self.limit,
+            train_samples=sample_size("--train-samples", self.train_samples, TRAIN_SAMPLES),
+            val_samples=sample_size("--val-samples", self.val_samples, None),
             seed=self.seed,
             quick=self.quick,
             save_logits=self.save_logits,
         )
+        if self.probe_seconds is not None:
+            cfg.budgets.probe_seconds = self.probe_seconds
+            cfg.__post_init__()  # validates it like every other flag
+        return cfg
 
     def check(self) -> None:
         """Everything that can be refused before any work is."""

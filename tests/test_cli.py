@@ -147,6 +147,10 @@ def test_bad_input_is_one_line_exit_2_and_keeps_previous_report(demo_paths, tmp_
         ("--convention", "fitnets", "--convention must be one of"),
         ("--kd-reduction", "sum", "pass --train-batch-size"),
         ("--train-batch-size", "0", "--train-batch-size must be"),
+        ("--train-samples", "0", "--train-samples must be a positive integer or 'all'"),
+        ("--train-samples", "abc", "--train-samples must be a positive integer or 'all'"),
+        ("--val-samples", "-3", "--val-samples must be a positive integer or 'all'"),
+        ("--probe-seconds", "0", "--probe-seconds must be > 0"),
     ],
 )
 def test_bad_option_values(demo_paths, tmp_path, flag, value, match):

@@ -148,7 +148,9 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> list[float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 % and 100 % the bound is exact, not a rounding error away from it
+    return [0.0 if successes <= 0 else lo, 1.0 if successes >= n else hi]
 
 
 def proportion_intervals(stats: dict) -> dict:
