@@ -28,14 +28,17 @@ class Budgets:
     bn_batches: int = 16  # BN recalibration: forward passes over cached train inputs
     probe_batch: int = 32  # batch size of every fine-tuning step
     eval_batch: int = 256  # batch size of the probes' no-grad evaluations (cheaper per sample)
-    probe_seconds: float | None = None  # a fixed time budget per probe (None: scaled as above)
-    probe_floor_s: float = 15.0  # never less: the quick step budgets finish well inside it on a CPU
-    probe_share: float = 0.2  # of the main pass's wall time, per probe (3 probes: 0.6x the pass)
+    probe_seconds: float | None = None  # a fixed time budget per probe (None: scaled as below)
+    probe_floor_s: float = 3.0  # never less (a probe's step budget on digits takes well under 0.5 s)
+    probe_share: float = 0.1  # of the main pass's wall time, per probe (3 probes: 0.3x the pass)
+    timed: bool = True  # --quick: steps only (small and deterministic), unless probe_seconds is set
 
-    def probe_budget(self, main_pass_seconds: float) -> float:
-        """Seconds one fine-tuning probe may run."""
+    def probe_budget(self, main_pass_seconds: float) -> float | None:
+        """Seconds one fine-tuning probe may run (None: no time budget, the steps alone)."""
         if self.probe_seconds is not None:
             return self.probe_seconds
+        if not self.timed:
+            return None
         return max(self.probe_floor_s, self.probe_share * main_pass_seconds)
 
     @classmethod
@@ -49,6 +52,7 @@ class Budgets:
             bn_batches=8,
             probe_batch=32,
             eval_batch=256,
+            timed=False,
         )
 
 

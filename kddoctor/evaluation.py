@@ -35,7 +35,7 @@ class Evaluation:
     progress: object = None  # the run's rich progress (or None): probes show their steps on it
 
     @property
-    def probe_budget(self) -> float:
+    def probe_budget(self) -> float | None:
         """Seconds each fine-tuning probe may run (config.Budgets.probe_budget of the main pass)."""
         return self.config.budgets.probe_budget(sum(r.seconds for r in self.splits.values()))
 

@@ -94,6 +94,7 @@ def test_the_probe_budget_scales_with_the_main_pass():
 
     b = Budgets()
     assert b.probe_budget(1.0) == b.probe_floor_s  # a fast pass: the floor
-    assert b.probe_budget(1000.0) == pytest.approx(200.0)  # a slow device probes for longer
-    b.probe_seconds = 3.0
-    assert b.probe_budget(1000.0) == 3.0
+    assert b.probe_budget(1000.0) == pytest.approx(100.0)  # a slow device probes for longer
+    b.probe_seconds = 2.0
+    assert b.probe_budget(1000.0) == 2.0
+    assert Budgets.quick().probe_budget(1000.0) is None  # --quick: the step budgets alone

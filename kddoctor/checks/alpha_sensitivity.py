@@ -14,6 +14,7 @@ from ._probes import cached, checkpoint_val_score, finetune, teacher_logits, val
 from .base import Finding, Status, grade, register_check, worst
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SWEEP_RUN_FLOOR_S = 0.3  # each of the ~10 sweep runs gets a tenth of the probe budget, never less
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -63,14 +64,17 @@ def sweep(ev) -> dict:
     runs: dict = {}
     # The first run (the user's setting) gets a tenth of the time budget; every other run then takes
     # the steps it managed, so all settings are compared at the same number of steps.
-    budget = {"steps": ev.config.budgets.sweep_steps, "seconds": ev.probe_budget / 10, "stopped_by": "steps"}
+    seconds = None if ev.probe_budget is None else ev.probe_budget / 10
+    if seconds is not None and ev.config.budgets.probe_seconds is None:  # a scaled budget has a floor
+        seconds = max(seconds, SWEEP_RUN_FLOOR_S)
+    budget = {"steps": ev.config.budgets.sweep_steps, "seconds": seconds, "stopped_by": "steps"}
 
     def run(c: KDConvention) -> dict:
         if c not in runs:
             tuned = finetune(
                 ev, c, steps=budget["steps"], seed=1, budget_s=budget["seconds"], label="alpha/T sweep"
             )
-            if budget["seconds"] is not None:
+            if budget["seconds"] is not None:  # the first run sets the steps of all the others
                 budget.update(steps=tuned.steps, seconds=None, stopped_by=tuned.stopped_by)
             runs[c] = val_score(ev, tuned.model)
         return runs[c]

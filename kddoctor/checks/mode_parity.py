@@ -38,7 +38,7 @@ def recalibrated(ev) -> nn.Module:
             start = (i * bs) % max(len(x), 1)
             model(x[start : start + bs])
             advance()
-            if time.perf_counter() - began > budget:  # at least one batch, then the time budget
+            if budget is not None and time.perf_counter() - began > budget:  # one batch, then the time
                 break
     ev.memo["bn_batches_done"] = i + 1
     return model.eval()
