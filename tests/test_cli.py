@@ -203,3 +203,21 @@ def test_report_is_rebuilt_from_results_json_alone(demo_run, tmp_path):
     bad.write_text("{}")
     res = runner.invoke(app, ["report", str(bad)])
     assert res.exit_code == 2 and "not a kddoctor results.json" in res.output
+
+
+def test_report_reads_results_from_the_previous_release(demo_run, tmp_path):
+    """Files written before the convention type, thresholds and plot details still render."""
+    _, doc = demo_run
+    old = json.loads(json.dumps(doc))
+    old.pop("details")
+    old["run"]["convention"] = old["run"]["convention"]["sentence"]
+    for c in old["causes"]:
+        c.pop("remedy_lang")
+    for f in old["checks"]:
+        f.pop("thresholds", None)
+        if f["id"] == "alpha_sensitivity":
+            f["evidence"]["recommended"] = {"alpha": 0.5, "alpha_on": "kd", "temperature": 4.0}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    res = runner.invoke(app, ["report", str(tmp_path / "results.json"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "alpha=0.5 on KD" in (tmp_path / "report.html").read_text()
