@@ -1,0 +1,140 @@
+"""Token-level teacher/student metrics for causal LMs, streamed in fixed-size state.
+
+The groundwork of causal-LM diagnosis: on the tokens a causal-LM loss counts (labels != -100, each
+position predicting the next token, as Hugging Face models shift them), both models' NLL and top-1
+accuracy, their agreement, top-k overlap, KL(t||s) and entropies, 15-bin reliability histograms and
+agreement per position in the sequence. Everything is computed in fp32 on chunks of counted tokens,
+so a [B, L, V] batch in bf16 is never materialized in fp32 (a chunk holds at most `chunk_elems`
+floats: 150k-vocabulary rows are taken a few at a time).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # the label Hugging Face collators give masked (pad, prompt) tokens
+N_BINS = 15
+_SUMS = (
+    "tokens",
+    "t_nll",
+    "s_nll",
+    "t_correct",
+    "s_correct",
+    "agree",
+    "kl",
+    "t_entropy",
+    "s_entropy",
+    "topk",
+)
+
+
+class TokenMetrics:
+    """update(teacher logits, student logits, labels) per batch; compute() once; merge() across ranks."""
+
+    def __init__(
+        self, device: torch.device | str = "cpu", *, top_k: int = 5, chunk_elems: int = 2**22
+    ) -> None:
+        self.device, self.top_k, self.chunk_elems = torch.device(device), top_k, chunk_elems
+        self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _SUMS}
+        self.bins = {
+            f"{m}_{k}": torch.zeros(N_BINS, dtype=torch.float64, device=self.device)
+            for m in ("t", "s")
+            for k in ("count", "conf", "correct")
+        }
+        self.position = {
+            k: torch.zeros(0, dtype=torch.float64, device=self.device) for k in ("count", "agree")
+        }
+
+    def update(self, t_logits: torch.Tensor, s_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one batch of [B, L, V] logits and [B, L] labels (shifted here: position i predicts i+1)."""
+        if t_logits.shape != s_logits.shape:
+            raise ValueError(f"teacher logits {list(t_logits.shape)} vs student {list(s_logits.shape)}")
+        target = labels[:, 1:]
+        counted = target != IGNORE
+        rows_t, rows_s = t_logits[:, :-1][counted], s_logits[:, :-1][counted]  # [N, V], original dtype
+        y = target[counted]
+        pos = torch.nonzero(counted)[:, 1]
+        step = max(1, self.chunk_elems // max(t_logits.shape[-1], 1))
+        for i in range(0, len(y), step):
+            self._chunk(
+                rows_t[i : i + step].float(), rows_s[i : i + step].float(), y[i : i + step], pos[i : i + step]
+            )
+
+    def _chunk(self, t: torch.Tensor, s: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> None:
+        logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
+        p_t, p_s = logp_t.exp(), logp_s.exp()
+        pred_t, pred_s = t.argmax(-1), s.argmax(-1)
+        k = min(self.top_k, t.shape[-1])
+        top_t, top_s = t.topk(k, -1).indices, s.topk(k, -1).indices
+        overlap = (top_t[:, :, None] == top_s[:, None, :]).any(-1).float().sum(-1) / k
+        agree = (pred_t == pred_s).double()
+        add = {
+            "tokens": float(len(y)),
+            "t_nll": -logp_t.gather(1, y[:, None]).sum(),
+            "s_nll": -logp_s.gather(1, y[:, None]).sum(),
+            "t_correct": (pred_t == y).sum(),
+            "s_correct": (pred_s == y).sum(),
+            "agree": agree.sum(),
+            "kl": (p_t * (logp_t - logp_s)).sum(),
+            "t_entropy": -(p_t * logp_t).sum(),
+            "s_entropy": -(p_s * logp_s).sum(),
+            "topk": overlap.sum(),
+        }
+        for key, value in add.items():
+            self.sums[key] += value
+        for m, p, pred in (("t", p_t, pred_t), ("s", p_s, pred_s)):
+            conf = p.gather(1, pred[:, None]).squeeze(1).double()
+            b = torch.clamp((conf * N_BINS).long(), max=N_BINS - 1)
+            self.bins[f"{m}_count"].index_add_(0, b, torch.ones_like(conf))
+            self.bins[f"{m}_conf"].index_add_(0, b, conf)
+            self.bins[f"{m}_correct"].index_add_(0, b, (pred == y).double())
+        self._positions(pos, agree)
+
+    def _positions(self, pos: torch.Tensor, agree: torch.Tensor) -> None:
+        need = int(pos.max()) + 1 if len(pos) else 0  # one sync per chunk, bounded by the context length
+        if need > len(self.position["count"]):
+            for k, v in self.position.items():
+                self.position[k] = torch.cat([v, v.new_zeros(need - len(v))])
+        self.position["count"].index_add_(0, pos, torch.ones_like(agree))
+        self.position["agree"].index_add_(0, pos, agree)
+
+    def merge(self, other: TokenMetrics) -> TokenMetrics:
+        """Add another accumulator's state (another rank's, or another part of the stream)."""
+        for k in self.sums:
+            self.sums[k] += other.sums[k]
+        for k in self.bins:
+            self.bins[k] += other.bins[k]
+        for k in self.position:
+            a, b = self.position[k], other.position[k]
+            n = max(len(a), len(b))
+            self.position[k] = F.pad(a, (0, n - len(a))) + F.pad(b, (0, n - len(b)))
+        return self
+
+    def compute(self) -> dict:
+        """Per counted token: NLL, perplexity, top-1 accuracy, ECE of both models; agreement, top-k
+        overlap, KL(t||s) and entropies; agreement per position (None where no token was counted)."""
+        s = {k: float(v) for k, v in self.sums.items()}
+        n = s["tokens"]
+        if n == 0:
+            raise ValueError("no counted tokens: every label is -100")
+        out: dict = {
+            "tokens": int(n),
+            "agreement": s["agree"] / n,
+            "top_k_overlap": s["topk"] / n,
+            "kl": s["kl"] / n,
+        }
+        for m, name in (("t", "teacher"), ("s", "student")):
+            nll = s[f"{m}_nll"] / n
+            out[name] = {
+                "loss": nll,
+                "perplexity": float(torch.tensor(nll).exp()),
+                "acc": s[f"{m}_correct"] / n,
+                "ece": float((self.bins[f"{m}_conf"] - self.bins[f"{m}_correct"]).abs().sum() / n),
+                "entropy": s[f"{m}_entropy"] / n,
+            }
+        count, agree = self.position["count"], self.position["agree"]
+        out["agreement_by_position"] = [
+            float(a / c) if c else None for a, c in zip(agree, count, strict=True)
+        ]
+        return out
