@@ -163,11 +163,6 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
     }
     _target("more_kd", conv.to_user(SOFT_KD, conv.temperature, n), conv, share < SOFT_KD - 0.005, ctx)
     _target("higher_t", conv.to_user(share, SOFT_T, n), conv, conv.temperature < SOFT_T, ctx)
-    ctx.update(
-        soft_setting=ctx["more_kd_setting"], soft_code=ctx["more_kd_code"], soft_lang=ctx["more_kd_lang"]
-    )
-    ctx.update(soft_t_setting=ctx["higher_t_setting"], soft_t_code=ctx["higher_t_code"])
-    ctx["soft_t_lang"] = ctx["higher_t_lang"]
     rec = evidence.get("alpha_sensitivity", {}).get("recommended")
     ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_share="")
     if rec:
