@@ -379,7 +379,7 @@ def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, re
             f"--alpha conflicts with {named}, which states two weights ({p.ce_name}, {p.kd_name}): "
             "pass them as --ce-weight and --kd-weight"
         )
-    if alpha_on is not None and preset and p.form != f"alpha_{alpha_on}":
+    if alpha_on in ("kd", "ce") and p.name != "kd" and p.form != f"alpha_{alpha_on}":
         raise UserError(f"--alpha-on {alpha_on} conflicts with {named}, whose alpha weights another term")
     if no_t2 and p.t2:
         raise UserError(f"--no-t2 conflicts with {named}, which multiplies the KD term by T²")

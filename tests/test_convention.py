@@ -106,6 +106,11 @@ def test_code_is_written_where_the_user_writes_it(conv):
         assert all(":" in line for line in code.splitlines())
 
 
+def test_the_default_preset_named_explicitly_still_takes_alpha_on():
+    assert resolve(preset="kd", alpha=0.2, alpha_on="ce").setting() == "alpha=0.2, T=4"
+    assert resolve(preset="kd", alpha=0.2, alpha_on="ce").ce_weight == 0.2
+
+
 def test_user_words_per_preset():
     assert resolve(preset="torchdistill", alpha=0.1).user_params() == {
         "alpha": 0.1,
