@@ -1,0 +1,91 @@
+"""The causal-LM pass: batches as collators give them, both models scored on the counted tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kddoctor.errors import UserError
+from kddoctor.lm import evaluate_lm
+from kddoctor.metrics.tokens import IGNORE, TokenMetrics
+
+
+class TinyLM(nn.Module):
+    """Next-token logits from the current token (a bigram model): enough to score token by token."""
+
+    def __init__(self, vocab: int = 23, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.out = nn.Embedding(vocab, 16), nn.Linear(16, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.out(self.emb(input_ids))
+
+
+def _batches(vocab: int = 23, n: int = 3):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (4, 10), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 7:] = 0  # right padding
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        labels[2, :5] = IGNORE  # a prompt the loss skips
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def test_the_pass_scores_the_counted_tokens():
+    teacher, student = TinyLM(seed=1), TinyLM(seed=2)
+    got = evaluate_lm(teacher, student, _batches(), name="val")
+    want = TokenMetrics()
+    with torch.no_grad():
+        for b in _batches():
+            want.update(teacher(b["input_ids"]), student(b["input_ids"]), b["labels"])
+    assert got == want.compute()
+    counted = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in _batches())
+    assert got["tokens"] == counted
+    same = evaluate_lm(teacher, teacher, _batches(), name="val")
+    assert same["agreement"] == 1.0 and same["kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_labels_default_to_the_attended_input_ids():
+    teacher, student = TinyLM(seed=1), TinyLM(seed=2)
+    no_labels = [{k: v for k, v in b.items() if k != "labels"} for b in _batches()]
+    got = evaluate_lm(teacher, student, no_labels, name="train")
+    padded = sum(int((b["attention_mask"][:, 1:] == 0).sum()) for b in _batches())
+    assert got["tokens"] == sum(b["input_ids"][:, 1:].numel() for b in _batches()) - padded
+
+
+@pytest.mark.parametrize(
+    "batch, words",
+    [
+        (
+            {"input_ids": torch.zeros(2, 5, dtype=torch.long), "labels": torch.zeros(2, 5, dtype=torch.long)},
+            "no attention_mask",
+        ),
+        ((torch.zeros(2, 5), torch.zeros(2)), "a mapping with 'input_ids'"),
+        ({"input_ids": torch.zeros(5, dtype=torch.long)}, "[batch, tokens]"),
+    ],
+)
+def test_bad_batches_are_one_clear_line(batch, words):
+    with pytest.raises(UserError) as e:
+        evaluate_lm(TinyLM(), TinyLM(), [batch], name="train")
+    assert words in str(e.value) and "train batch 0" in str(e.value)
+
+
+def test_padded_vocabularies_need_the_flag():
+    teacher, student = TinyLM(vocab=23), TinyLM(vocab=29)  # student's extra rows: padding
+    batches = _batches(vocab=23)
+    with pytest.raises(UserError, match="--allow-vocab-truncation"):
+        evaluate_lm(teacher, student, batches, name="val")
+    got = evaluate_lm(teacher, student, batches, name="val", allow_vocab_truncation=True)
+    assert got["tokens"] > 0 and 0.0 <= got["agreement"] <= 1.0
+
+
+def test_a_split_without_counted_tokens_is_refused():
+    b = _batches(n=1)[0]
+    b["labels"] = torch.full_like(b["labels"], IGNORE)
+    with pytest.raises(UserError, match="no counted tokens"):
+        evaluate_lm(TinyLM(), TinyLM(), [b], name="val")
