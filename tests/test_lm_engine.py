@@ -43,7 +43,7 @@ def test_the_pass_scores_the_counted_tokens():
     with torch.no_grad():
         for b in _batches():
             want.update(teacher(b["input_ids"]), student(b["input_ids"]), b["labels"])
-    assert got == want.compute()
+    assert got == {**want.compute(), "vocab": 23}
     counted = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in _batches())
     assert got["tokens"] == counted
     same = evaluate_lm(teacher, teacher, _batches(), name="val")
@@ -89,3 +89,28 @@ def test_a_split_without_counted_tokens_is_refused():
     b["labels"] = torch.full_like(b["labels"], IGNORE)
     with pytest.raises(UserError, match="no counted tokens"):
         evaluate_lm(TinyLM(), TinyLM(), [b], name="val")
+
+
+def test_diagnose_lm_gives_the_token_gap_picture_and_claims_no_cause(tmp_path):
+    import json
+
+    from kddoctor.diagnosis import Diagnosis
+    from kddoctor.gate import schema_problem
+    from kddoctor.lm.api import diagnose_lm
+    from kddoctor.report import render_html
+
+    d = diagnose_lm(
+        TinyLM(seed=1), TinyLM(seed=2), _batches(), _batches(n=2), teacher_spec="t", student_spec="s"
+    )
+    assert d.run["task"] == "causal-lm" and d.run["vocab"] == 23
+    assert d.verdict["kind"] == "not_assessed" and not d.likely_causes and d.checks == []
+    assert d.metrics["val"]["n"] == sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in _batches(n=2))
+    lo, hi = d.metrics["val"]["ci95"]["agreement"]
+    assert lo <= d.metrics["val"]["agreement"] <= hi
+    assert any("per counted token" in n for n in d.notes)
+    d.save(tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert schema_problem(doc) is None
+    html = (tmp_path / "report.html").read_text()
+    assert "Agreement by position" in html and "top-5 overlap" in html
+    assert render_html(Diagnosis.from_dict(doc)) == html  # the report rebuilds from results.json

@@ -68,10 +68,10 @@ def evaluate_lm(
     device: torch.device | str = "cpu",
     allow_vocab_truncation: bool = False,
 ) -> dict:
-    """Both models over one split (eval mode, no grad); the token metrics of TokenMetrics.compute()."""
+    """Both models over one split (eval mode, no grad): TokenMetrics.compute() and the vocabulary size."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    metrics = TokenMetrics(device)
+    metrics, vocab = TokenMetrics(device), 0
     with torch.inference_mode():
         for index, batch in enumerate(loader):
             ids, mask, labels = (v.to(device, non_blocking=cuda) for v in lm_batch(batch, name, index))
@@ -80,6 +80,7 @@ def evaluate_lm(
                 s = lm_logits(student(input_ids=ids, attention_mask=mask))
             t, s = _vocab(t, s, allow_vocab_truncation)
             metrics.update(t, s, labels)
+            vocab = t.shape[-1]
     if float(metrics.sums["tokens"]) == 0:
         raise UserError(f"the {name} split has no counted tokens (every label is -100 or it is empty)")
-    return metrics.compute()
+    return {**metrics.compute(), "vocab": vocab}

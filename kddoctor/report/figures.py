@@ -267,11 +267,36 @@ def fit_figure(curve: list, target: float) -> dict:
     }
 
 
+def position_figure(lm: dict) -> dict:
+    """Causal LMs: teacher-student top-1 agreement by position in the sequence, train and val."""
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": f"{split} agreement",
+            "x": list(range(1, len(v["agreement_by_position"]) + 1)),
+            "y": v["agreement_by_position"],
+            "connectgaps": False,
+            "line": {"color": color},
+        }
+        for split, color in (("train", TEACHER), ("val", STUDENT))
+        if (v := lm.get(split))
+    ]
+    layout = _layout(
+        "Agreement by position (the token each position predicts)",
+        xaxis={"title": "position in the sequence"},
+        yaxis={"title": "top-1 agreement", "range": [0, 1]},
+    )
+    return {"data": data, "layout": layout}
+
+
 def build_figures(doc: dict, details: dict) -> dict[str, dict]:
     """Every figure the page can show, keyed by where it goes; a missing check just drops its figure."""
     checks = details.get("checks", {})
     evidence = {c["id"]: c["evidence"] for c in doc["checks"]}
     figs = {"gap": gap_figure(doc["metrics"])}
+    if details.get("lm"):
+        figs["positions"] = position_figure(details["lm"])
     cal = checks.get("calibration")
     if cal:
         figs["reliability_val"] = reliability_figure(cal["reliability"], "val")
