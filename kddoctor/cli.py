@@ -140,6 +140,12 @@ def diagnose(
     train_batch_size: Annotated[
         int | None, Opt(help="The training batch size (what --kd-reduction sum scales by).")
     ] = None,
+    task: Annotated[
+        str, Opt(help="classification, or causal-lm (token-level metrics; checks not built yet).")
+    ] = "classification",
+    allow_vocab_truncation: Annotated[
+        bool, Opt("--allow-vocab-truncation", help="causal-lm: compare the first min(V) vocabulary rows.")
+    ] = False,
     convention: Annotated[
         str | None,
         Opt(help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit."),

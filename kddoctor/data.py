@@ -283,6 +283,10 @@ def split_batch(
     sentence per interpretation ("val labels given as [B, 1] floats: thresholded at 0.5").
     """
     if isinstance(batch, Mapping):
+        if "input_ids" in batch:
+            raise UserError(
+                f"{split} batch {index} holds input_ids: a causal-LM batch; pass --task causal-lm"
+            )
         x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
         y = next((batch[k] for k in TARGET_KEYS if k in batch), None)
         if x is None or y is None:

@@ -495,6 +495,11 @@ def _gather_samples(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _check_shapes(t: torch.Tensor, s: torch.Tensor, x: torch.Tensor, num_classes: int | None) -> None:
+    if t.ndim == 3 and s.ndim == 3:
+        raise UserError(
+            f"the models return [batch, tokens, vocab] logits ({list(t.shape)}): causal LMs; "
+            "pass --task causal-lm"
+        )
     if t.ndim != 2 or s.ndim != 2:
         raise UserError(
             f"models must return [B, classes] logits; teacher gave {list(t.shape)}, "

@@ -123,6 +123,8 @@ class DiagnoseArgs:
     kd_reduction: str | None = None
     train_batch_size: int | None = None
     convention: str | None = None
+    task: str = "classification"
+    allow_vocab_truncation: bool = False
     device: str = "auto"
     batch_size: int = 256
     limit: int | None = None
@@ -184,10 +186,50 @@ class DiagnoseArgs:
                 raise UserError(f"{p} not found")
         if self.num_classes is not None:
             check_int("--num-classes", self.num_classes, 1)
+        if self.task not in TASKS:
+            raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "causal-lm" and self.data is None:
+            raise UserError(
+                "--task causal-lm needs --data FACTORY (batches of input_ids, attention_mask, labels)"
+            )
 
     @property
     def target(self) -> Path:
         return self.out or Path("reports") / run_name(self.student, self.teacher)
+
+
+TASKS = ("classification", "causal-lm")
+
+
+def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
+    """--task causal-lm: the token-level pass (kddoctor.lm); file or module SPECs for now."""
+    from .lm.api import diagnose_lm
+
+    models = []
+    for role, spec, ckpt, ema in (
+        ("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema),
+        ("student", args.student, args.student_ckpt, args.student_ema),
+    ):
+        if spec.startswith("hf:"):
+            raise UserError(
+                f"--{role} {spec}: hf: SPECs are not supported yet; pass file.py:FUNC or module:FUNC "
+                "returning the model (it may load your checkpoint itself)"
+            )
+        sd = load_state_dict(ckpt, role=role, ema=ema, trust=args.trust_checkpoint) if ckpt else None
+        models.append(
+            load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
+        )
+    bundle = load_factory(args.data, parse_data_args(args.data_arg or []), seed=cfg.seed)
+    return diagnose_lm(
+        *models,
+        bundle.splits["train"],
+        bundle.splits["val"],
+        convention=cfg.convention,
+        device=cfg.device,
+        allow_vocab_truncation=args.allow_vocab_truncation,
+        teacher_spec=args.teacher,
+        student_spec=args.student,
+    )
 
 
 def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
@@ -200,6 +242,8 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
     args.check()
     pick_device(cfg.device)  # an unusable --device is refused before any work, like the flags above
     probe_outputs(args.target, args.junit)
+    if args.task == "causal-lm":
+        return _diagnose_lm_command(args, cfg), args.target
     diag = diagnose_specs(
         args.teacher,
         args.student,

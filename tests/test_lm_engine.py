@@ -114,3 +114,77 @@ def test_diagnose_lm_gives_the_token_gap_picture_and_claims_no_cause(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "Agreement by position" in html and "top-5 overlap" in html
     assert render_html(Diagnosis.from_dict(doc)) == html  # the report rebuilds from results.json
+
+
+LM_FILES = """
+import torch
+from torch import nn
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=23, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.out = nn.Embedding(vocab, 16), nn.Linear(16, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.out(self.emb(input_ids))
+
+
+def teacher():
+    return TinyLM(seed=1)
+
+
+def student():
+    return TinyLM(seed=2)
+
+
+def wide_student():
+    return TinyLM(vocab=29, seed=2)
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    def split(n):
+        ids = torch.randint(0, 23, (n, 12), generator=g)
+        mask = torch.ones_like(ids)
+        return [{"input_ids": ids[i : i + 4], "attention_mask": mask[i : i + 4], "labels": ids[i : i + 4]}
+                for i in range(0, n, 4)]
+    return {"train": split(16), "val": split(8)}
+"""
+
+
+def _lm_cli(tmp_path, *extra, student="student"):
+    from typer.testing import CliRunner
+
+    from kddoctor.cli import app
+
+    (tmp_path / "lm_files.py").write_text(LM_FILES)
+    f = tmp_path / "lm_files.py"
+    args = ["diagnose", "--teacher", f"{f}:teacher", "--student", f"{f}:{student}", "--data", f"{f}:loaders"]
+    return CliRunner().invoke(app, [*args, "--quiet", "--out", str(tmp_path / "out"), *extra])
+
+
+def test_the_cli_diagnoses_a_causal_lm_pair(tmp_path):
+    import json
+
+    res = _lm_cli(tmp_path, "--task", "causal-lm")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["run"]["task"] == "causal-lm" and doc["verdict"]["kind"] == "not_assessed"
+    assert doc["metrics"]["train"]["n"] == 4 * 4 * 11
+
+
+@pytest.mark.parametrize(
+    "extra, student, words",
+    [
+        (("--num-classes", "23"), "student", "holds input_ids: a causal-LM batch; pass --task causal-lm"),
+        (("--task", "causal-lm"), "wide_student", "--allow-vocab-truncation"),
+        (("--task", "vision"), "student", "--task must be one of classification, causal-lm"),
+        (("--task", "causal-lm", "--teacher", "hf:/nowhere"), "student", "hf: SPECs are not supported yet"),
+    ],
+)
+def test_causal_lm_bad_inputs_are_one_line(tmp_path, extra, student, words):
+    res = _lm_cli(tmp_path, *extra, student=student)
+    assert res.exit_code == 2 and words in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1
