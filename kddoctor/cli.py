@@ -239,7 +239,10 @@ def gate(
 
 @app.command()
 def demo(
-    out: Annotated[Path, Opt(help="Output directory.")] = Path("reports/demo"),
+    out: Annotated[Path | None, Opt(help="Output directory (default reports/demo, reports/lm-demo).")] = None,
+    task: Annotated[
+        str, Opt(help="classification (digits CNNs) or causal-lm (tiny byte-level GPTs).")
+    ] = "classification",
     quick: Annotated[bool, Opt("--quick", help="Small probe budgets.")] = False,
     policy: Annotated[Path | None, Opt(help="Gate policy TOML.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
@@ -253,10 +256,15 @@ def demo(
     def go() -> int:
         from .runner import probe_outputs
 
-        probe_outputs(out, None)
+        if task not in ("classification", "causal-lm"):
+            raise UserError(f"--task must be one of classification, causal-lm, got {task!r}")
+        target = out or Path("reports/demo" if task == "classification" else "reports/lm-demo")
+        probe_outputs(target, None)
         con = Console(stderr=True)
         if not quiet:
             con.print("[dim]building the demo pair (cached after the first run)...[/]")
+        if task == "causal-lm":
+            return _lm_demo(target, Outputs(policy=policy, quiet=quiet))
         t_path, s_path = demo_mod.build_demo_pair()
         cfg = DiagnoseConfig(convention=demo_mod.demo_convention(), quick=quick)
         diag = diagnose_specs(
@@ -272,9 +280,31 @@ def demo(
             show_progress=not quiet and sys.stderr.isatty(),
             debug=debug,
         )
-        return _finish(diag, out, Outputs(policy=policy, quiet=quiet))
+        return _finish(diag, target, Outputs(policy=policy, quiet=quiet))
 
     raise typer.Exit(_guard(go, debug))
+
+
+def _lm_demo(out: Path, outputs: Outputs) -> int:
+    """`kddoctor demo --task causal-lm`: the tiny GPT pair on the standard library's source."""
+    from .lm.demo import build_lm_demo_pair
+    from .runner import DiagnoseArgs, diagnose_command
+
+    t_path, s_path = build_lm_demo_pair()
+    args = DiagnoseArgs(
+        teacher="kddoctor.lm.demo:teacher_lm",
+        student="kddoctor.lm.demo:student_lm",
+        teacher_ckpt=t_path,
+        student_ckpt=s_path,
+        data="kddoctor.lm.demo:loaders",
+        task="causal-lm",
+        alpha=0.7,
+        temperature=2.0,
+        out=out,
+        quiet=outputs.quiet,
+    )
+    diag, target = diagnose_command(args)
+    return _finish(diag, target, outputs)
 
 
 @app.command()

@@ -188,3 +188,20 @@ def test_causal_lm_bad_inputs_are_one_line(tmp_path, extra, student, words):
     res = _lm_cli(tmp_path, *extra, student=student)
     assert res.exit_code == 2 and words in res.stderr, res.stderr
     assert res.stderr.count("\n") == 1
+
+
+def test_the_lm_demo_runs_and_shows_the_position_curve(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kddoctor.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--task", "causal-lm", "--quiet", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["run"]["task"] == "causal-lm" and doc["run"]["vocab"] == 256
+    # the student was distilled on one module: it tracks the teacher better there than on unseen modules
+    assert doc["metrics"]["train"]["agreement"] > doc["metrics"]["val"]["agreement"]
+    assert len(doc["details"]["lm"]["val"]["agreement_by_position"]) == 63
+    assert "Agreement by position" in (tmp_path / "report.html").read_text()

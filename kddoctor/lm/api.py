@@ -60,13 +60,12 @@ def diagnose_lm(
     run["timings"] = timings
     metrics = {name: _contract_metrics(m) for name, m in splits.items()}
     details = {"lm": {name: _lm_details(m) for name, m in splits.items()}, "per_class": {}, "checks": {}}
-    gap = metrics["train"]["agreement"] - metrics["val"]["agreement"]
     verdict = {
         "kind": "not_assessed",
         "lead": None,
         "sentence": "Not assessed: no causal-LM check ran yet. Token agreement "
-        f"{metrics['val']['agreement']:.1%} on val ({gap:+.1%} from train), KL(t||s) "
-        f"{metrics['val']['kl']:.3f} nats per token.",
+        f"{metrics['val']['agreement']:.1%} on val, {metrics['train']['agreement']:.1%} on train; "
+        f"KL(t||s) {metrics['val']['kl']:.3f} nats per token on val.",
     }
     return Diagnosis(
         run=run,
