@@ -26,17 +26,19 @@ CAUSE_IDS = (
     "insufficient_capacity",
     "optimization",
 )
+LM_CAUSE_IDS = CAUSE_IDS  # causal-LM runs (lm_causes.toml) use the same ids
+CATALOGUES = {"causes.toml": CAUSE_IDS, "lm_causes.toml": LM_CAUSE_IDS}
 LIKELY = 0.5
 SICK_VAL_GAP = 0.03  # a student this far below its teacher on val is never called fine
 
 
 @cache
-def catalogue() -> dict:
-    """The shipped cause/remedy catalogue."""
-    text = resources.files("kddoctor").joinpath("causes.toml").read_text()
+def catalogue(name: str = "causes.toml") -> dict:
+    """A shipped cause/remedy catalogue: causes.toml (classification) or lm_causes.toml (causal LMs)."""
+    text = resources.files("kddoctor").joinpath(name).read_text()
     data = tomllib.loads(text)
     causes = tuple(k for k in data if k != "gap")
-    assert causes == CAUSE_IDS, f"catalogue causes {causes} != {CAUSE_IDS}"
+    assert causes == CATALOGUES[name], f"{name} causes {causes} != {CATALOGUES[name]}"
     return data
 
 
@@ -81,13 +83,13 @@ def _signals(signals: list[dict], evidence: dict[str, dict], field: str) -> tupl
     return strengths, [t[1] for t in sentences]
 
 
-def gap_strength(evidence: dict[str, dict]) -> dict:
+def gap_strength(evidence: dict[str, dict], name: str = "causes.toml") -> dict:
     """How big and how certain the gap is that a cause would explain (0: none, 1: clear).
 
     Each gap signal scores ramp(size) * ramp(z): a large gap inside the noise of a small split is no
     more a gap than a tiny, certain one.
     """
-    cfg = catalogue()["gap"]
+    cfg = catalogue(name)["gap"]
     best, sentences, values = 0.0, [], {}
     for sig in cfg["signals"]:
         value = _value(evidence, sig["check"], sig["key"])
@@ -257,17 +259,21 @@ def _ran(findings: list[dict]) -> dict[str, dict]:
     return {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
 
 
-def rank(findings: list[dict], run: dict | None = None) -> list[dict]:
+def rank(
+    findings: list[dict], run: dict | None = None, *, name: str = "causes.toml", context: dict | None = None
+) -> list[dict]:
     """Findings (results.json `checks` entries) -> every cause, scored and sorted, its remedies
     rendered against the run (`run`: results.json's run facts; the KD convention above all).
 
     Only checks that ran (pass/warn/fail) contribute evidence; skipped or errored checks say nothing.
+    `name` picks the catalogue (lm_causes.toml for causal LMs, whose remedy `context` the caller builds).
     """
     evidence = _ran(findings)
-    gap = gap_strength(evidence)["strength"]
-    cat, ctx = catalogue(), remedy_context(findings, run or {})
-    out = [_score_cause(cid, cat[cid], evidence, gap, ctx) for cid in CAUSE_IDS]
-    out.sort(key=lambda c: (-c["score"], -c["raw_score"], CAUSE_IDS.index(c["id"])))
+    gap = gap_strength(evidence, name)["strength"]
+    cat, ctx = catalogue(name), context if context is not None else remedy_context(findings, run or {})
+    ids = CATALOGUES[name]
+    out = [_score_cause(cid, cat[cid], evidence, gap, ctx) for cid in ids]
+    out.sort(key=lambda c: (-c["score"], -c["raw_score"], ids.index(c["id"])))
     return out
 
 

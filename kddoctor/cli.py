@@ -135,14 +135,21 @@ def diagnose(
     temperature: Annotated[float | None, Opt(help="KD temperature T used in training (default 4).")] = None,
     no_t2: Annotated[bool, Opt("--no-t2", help="The training loss did NOT multiply KD by T².")] = False,
     kd_reduction: Annotated[
-        str | None, Opt(help="How training reduced the KL: batchmean (default), mean or sum.")
+        str | None,
+        Opt(help="How training reduced the KL: batchmean (default), mean, sum; causal-lm: also token."),
     ] = None,
     train_batch_size: Annotated[
         int | None, Opt(help="The training batch size (what --kd-reduction sum scales by).")
     ] = None,
     task: Annotated[
-        str, Opt(help="classification, or causal-lm (token-level metrics; checks not built yet).")
+        str, Opt(help="classification, or causal-lm (per-token metrics and the LM checks; hf:DIR SPECs).")
     ] = "classification",
+    teacher_top_k: Annotated[
+        int | None, Opt(help="causal-lm: the KD target kept only the teacher's top K logits.")
+    ] = None,
+    kd_dtype: Annotated[
+        str, Opt(help="causal-lm: the dtype the KD loss ran in: float32 (default), bfloat16, float16.")
+    ] = "float32",
     allow_vocab_truncation: Annotated[
         bool, Opt("--allow-vocab-truncation", help="causal-lm: compare the first min(V) vocabulary rows.")
     ] = False,
@@ -241,7 +248,7 @@ def gate(
 def demo(
     out: Annotated[Path | None, Opt(help="Output directory (default reports/demo, reports/lm-demo).")] = None,
     task: Annotated[
-        str, Opt(help="classification (digits CNNs) or causal-lm (tiny byte-level GPTs).")
+        str, Opt(help="classification (digits CNNs) or causal-lm (tiny byte-level GPT-2s; kddoctor[lm]).")
     ] = "classification",
     quick: Annotated[bool, Opt("--quick", help="Small probe budgets.")] = False,
     policy: Annotated[Path | None, Opt(help="Gate policy TOML.")] = None,
@@ -286,20 +293,21 @@ def demo(
 
 
 def _lm_demo(out: Path, outputs: Outputs) -> int:
-    """`kddoctor demo --task causal-lm`: the tiny GPT pair on the standard library's source."""
-    from .lm.demo import build_lm_demo_pair
+    """`kddoctor demo --task causal-lm`: tiny GPT-2s (transformers, random init, trained here) as hf: dirs."""
+    from .lm.demo import DEMO_SEQUENCES, build_lm_demo_pair
+    from .lm.scenarios import Distill
     from .runner import DiagnoseArgs, diagnose_command
 
-    t_path, s_path = build_lm_demo_pair()
+    t_dir, s_dir = build_lm_demo_pair()
+    recipe = Distill()
     args = DiagnoseArgs(
-        teacher="kddoctor.lm.demo:teacher_lm",
-        student="kddoctor.lm.demo:student_lm",
-        teacher_ckpt=t_path,
-        student_ckpt=s_path,
-        data="kddoctor.lm.demo:loaders",
+        teacher=f"hf:{t_dir}",
+        student=f"hf:{s_dir}",
+        data="kddoctor.lm.scenarios:loaders",
+        data_arg=[f"sequences={DEMO_SEQUENCES}"],
         task="causal-lm",
-        alpha=0.7,
-        temperature=2.0,
+        alpha=recipe.alpha_kd,
+        temperature=recipe.temperature,
         out=out,
         quiet=outputs.quiet,
     )

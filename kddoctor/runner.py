@@ -124,6 +124,8 @@ class DiagnoseArgs:
     train_batch_size: int | None = None
     convention: str | None = None
     task: str = "classification"
+    teacher_top_k: int | None = None
+    kd_dtype: str = "float32"
     allow_vocab_truncation: bool = False
     device: str = "auto"
     batch_size: int = 256
@@ -150,6 +152,7 @@ class DiagnoseArgs:
 
     def config(self, device: str) -> DiagnoseConfig:
         """The run configuration; the KD convention resolved from its flags (conflicts: exit 2)."""
+        lm = self.task == "causal-lm"  # its reduction is stated per token (kddoctor.lm.checks.REDUCTIONS)
         conv = resolve(
             alpha=self.alpha,
             alpha_on=self.alpha_on,
@@ -157,7 +160,7 @@ class DiagnoseArgs:
             kd_weight=self.kd_weight,
             temperature=self.temperature,
             no_t2=self.no_t2,
-            reduction=self.kd_reduction,
+            reduction=None if lm else self.kd_reduction,
             train_batch_size=self.train_batch_size,
             preset=self.convention,
         )
@@ -192,6 +195,14 @@ class DiagnoseArgs:
             raise UserError(
                 "--task causal-lm needs --data FACTORY (batches of input_ids, attention_mask, labels)"
             )
+        if self.task == "causal-lm":
+            from .lm.api import validate_lm_options
+
+            validate_lm_options(
+                self.kd_reduction or "token", self.teacher_top_k, self.kd_dtype, self.train_batch_size
+            )
+        elif self.teacher_top_k is not None or self.kd_dtype != "float32":
+            raise UserError("--teacher-top-k and --kd-dtype describe a causal-LM loss: add --task causal-lm")
 
     @property
     def target(self) -> Path:
@@ -201,34 +212,46 @@ class DiagnoseArgs:
 TASKS = ("classification", "causal-lm")
 
 
-def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
-    """--task causal-lm: the token-level pass (kddoctor.lm); file or module SPECs for now."""
-    from .lm.api import diagnose_lm
+def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool):
+    """A causal LM from hf:DIR (transformers, local files only) or a file/module SPEC (+ checkpoint)."""
+    from .lm.models import load_hf
 
-    models = []
-    for role, spec, ckpt, ema in (
-        ("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema),
-        ("student", args.student, args.student_ckpt, args.student_ema),
-    ):
+    if spec.startswith("hf:"):
+        if ckpt:
+            raise UserError(f"--{role}-ckpt: an hf: directory holds its own weights; drop --{role}-ckpt")
+        return load_hf(spec, role, trust=trust)
+    sd = load_state_dict(ckpt, role=role, ema=ema, trust=trust) if ckpt else None
+    return load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
+
+
+def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
+    """--task causal-lm: the token-level pass, the LM checks and causes (kddoctor.lm)."""
+    from .lm.api import diagnose_lm
+    from .lm.models import hf_dir, tokenizer_info
+
+    for role, spec in (("teacher", args.teacher), ("student", args.student)):
         if spec.startswith("hf:"):
-            raise UserError(
-                f"--{role} {spec}: hf: SPECs are not supported yet; pass file.py:FUNC or module:FUNC "
-                "returning the model (it may load your checkpoint itself)"
-            )
-        sd = load_state_dict(ckpt, role=role, ema=ema, trust=args.trust_checkpoint) if ckpt else None
-        models.append(
-            load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
-        )
+            hf_dir(spec, role)  # a bad directory is refused before anything loads
+    models = [
+        _lm_model("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema, args.trust_checkpoint),
+        _lm_model("student", args.student, args.student_ckpt, args.student_ema, args.trust_checkpoint),
+    ]
     bundle = load_factory(args.data, parse_data_args(args.data_arg or []), seed=cfg.seed)
     return diagnose_lm(
         *models,
         bundle.splits["train"],
         bundle.splits["val"],
         convention=cfg.convention,
+        reduction=args.kd_reduction or "token",
+        top_k=args.teacher_top_k,
+        kd_dtype=args.kd_dtype,
         device=cfg.device,
         allow_vocab_truncation=args.allow_vocab_truncation,
+        tokenizers={"teacher": tokenizer_info(args.teacher), "student": tokenizer_info(args.student)},
         teacher_spec=args.teacher,
         student_spec=args.student,
+        seed=cfg.seed,
+        debug=args.debug,
     )
 
 

@@ -1,9 +1,10 @@
-"""Causal-LM distillation (in progress): the token-level pass over teacher and student.
+"""Causal-LM distillation: the token-level pass over teacher and student, the LM checks and causes.
 
 `evaluate_lm` streams a split's batches (`input_ids`, `attention_mask`, `labels` with -100 masked, as
 Hugging Face collators produce them) through both models and scores them on the tokens the loss
-counts (`kddoctor.metrics.tokens.TokenMetrics`); `api.diagnose_lm` reports it. LM checks and causes are
-not built yet.
+counts (`kddoctor.metrics.tokens.TokenMetrics`) and gathers the facts the LM checks read
+(`facts.LMFacts`); `api.diagnose_lm` runs the checks (`checks`) and ranks the causes (lm_causes.toml).
+`models` loads `hf:DIR`; `scenarios` is the LM zoo; `demo` the embedded pair.
 """
 
 from .engine import evaluate_lm, lm_batch, lm_logits

@@ -1,12 +1,14 @@
-"""diagnose_lm(): a causal-LM teacher and student over train and val, per counted token.
+"""diagnose_lm(): a causal-LM teacher and student over train and val, per counted token, with the LM
+checks and the LM cause catalogue (lm_causes.toml).
 
-Metrics only for now: the token-level gap picture (both models' NLL, accuracy and ECE, their
-agreement, top-k overlap and KL on train and val) and agreement by position. No LM check runs yet,
-so the verdict says that no cause was assessed rather than calling the pair healthy.
+Stages as for images: one streaming pass per split (token metrics + the facts the checks read) ->
+exposure-bias sampling on a few val sequences -> `LMEvaluation` -> LM checks (`Finding`s) ->
+`causes.rank(..., name="lm_causes.toml")` -> verdict -> `Diagnosis`.
 """
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from collections.abc import Iterable
@@ -15,17 +17,20 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..causes import rank
+from ..causes import LIKELY, gap_strength, rank
 from ..convention import KDConvention
 from ..diagnosis import Diagnosis
 from ..engine import pick_device
+from ..errors import UserError
 from ..metrics.functional import wilson_interval
-from .engine import evaluate_lm
+from .checks import REDUCTIONS, LMEvaluation, kd_multiplier, run_lm_checks
+from .engine import evaluate_lm, lm_batch
+from .exposure import exposure
+from .facts import DTYPES
 
-NOTE = (
-    "causal-LM run: every metric is per counted token (labels != -100); the causal-LM checks (vocabulary, "
-    "mask and reduction parity, precision, exposure bias) are not built yet, so no cause was assessed"
-)
+CATALOGUE = "lm_causes.toml"
+PRECISION_ROWS = 4096  # val tokens on which the KD term's KL is computed in the training dtype too
+NOTE = "causal-LM run: every metric is per counted token (labels != -100), each position predicting the next"
 
 
 def diagnose_lm(
@@ -35,13 +40,33 @@ def diagnose_lm(
     val: Iterable,
     *,
     convention: KDConvention | None = None,
+    reduction: str = "token",
+    top_k: int | None = None,
+    kd_dtype: str = "float32",
     device: str = "auto",
     allow_vocab_truncation: bool = False,
+    tokenizers: dict | None = None,
     teacher_spec: str = "teacher",
     student_spec: str = "student",
+    seed: int = 0,
+    debug: bool = False,
 ) -> Diagnosis:
-    """Both causal LMs over train and val (batches with input_ids, attention_mask, labels)."""
+    """Both causal LMs over train and val (batches with input_ids, attention_mask, labels).
+
+    `reduction` is how the training code reduced its KL over [B, L, V] logits (token: per counted
+    token; batchmean: by the batch only; mean: by every element; sum); `top_k` the size of a top-k
+    truncated teacher target, if one was used; `kd_dtype` the dtype the KD loss ran in;
+    `tokenizers`: {"teacher": info, "student": info} from `models.tokenizer_info`.
+    """
     start, dev, conv = time.perf_counter(), pick_device(device), convention or KDConvention()
+    validate_lm_options(reduction, top_k, kd_dtype, conv.train_batch_size)
+    tokenizers = tokenizers or {}
+    facts = {
+        "pad_id": _pad_id(tokenizers, train),
+        "top_k": top_k,
+        "temperature": conv.temperature,
+        "dtype": kd_dtype,
+    }
     modes = (teacher.training, student.training)
     teacher.to(dev).eval()
     student.to(dev).eval()
@@ -50,32 +75,109 @@ def diagnose_lm(
         for name, loader in (("train", train), ("val", val)):
             began = time.perf_counter()
             splits[name] = evaluate_lm(
-                teacher, student, loader, name=name, device=dev, allow_vocab_truncation=allow_vocab_truncation
+                teacher,
+                student,
+                loader,
+                name=name,
+                device=dev,
+                allow_vocab_truncation=allow_vocab_truncation,
+                facts={**facts, "precision_rows": PRECISION_ROWS if name == "val" else 0},
             )
             timings[f"eval_{name}"] = round(time.perf_counter() - began, 4)
+        began = time.perf_counter()
+        drift = _exposure(teacher, student, val, splits["val"]["vocab"], dev, seed)
+        timings["exposure"] = round(time.perf_counter() - began, 4)
     finally:
         teacher.train(modes[0])
         student.train(modes[1])
-    run = _run(conv, dev, splits, teacher_spec, student_spec, time.perf_counter() - start)
-    run["timings"] = timings
-    metrics = {name: _contract_metrics(m) for name, m in splits.items()}
-    details = {"lm": {name: _lm_details(m) for name, m in splits.items()}, "per_class": {}, "checks": {}}
-    verdict = {
-        "kind": "not_assessed",
-        "lead": None,
-        "sentence": "Not assessed: no causal-LM check ran yet. Token agreement "
-        f"{metrics['val']['agreement']:.1%} on val, {metrics['train']['agreement']:.1%} on train; "
-        f"KL(t||s) {metrics['val']['kl']:.3f} nats per token on val.",
-    }
+    ev = LMEvaluation(splits, conv, reduction, top_k, kd_dtype, conv.train_batch_size, tokenizers, drift)
+    findings = run_lm_checks(ev, debug)
+    run = _run(ev, dev, teacher_spec, student_spec, time.perf_counter() - start)
+    run["timings"] = {**timings, **{f"check_{f.id}": round(f.seconds, 4) for f in findings}}
+    rows = [f.to_dict() for f in findings]
+    causes = rank(rows, run, name=CATALOGUE, context={"applies": {"always"}})
     return Diagnosis(
         run=run,
-        metrics=metrics,
-        checks=[],
-        causes=rank([], run),
-        verdict=verdict,
-        notes=[NOTE],
-        details=details,
+        metrics={name: _contract_metrics(m) for name, m in splits.items()},
+        checks=findings,
+        causes=causes,
+        verdict=lm_verdict(rows, causes, splits),
+        notes=[NOTE, *_notes(ev)],
+        details={
+            "lm": {name: _lm_details(m) for name, m in splits.items()},
+            "per_class": {},
+            "checks": {f.id: f.details for f in findings if f.details},
+        },
     )
+
+
+def validate_lm_options(
+    reduction: str, top_k: int | None, kd_dtype: str, train_batch_size: int | None
+) -> None:
+    """The causal-LM loss facts as stated; a bad one is one clear line (exit 2)."""
+    if reduction not in REDUCTIONS:
+        raise UserError(
+            f"--kd-reduction for causal LMs must be one of {', '.join(REDUCTIONS)}, got {reduction!r}"
+        )
+    if reduction == "sum" and train_batch_size is None:
+        raise UserError(
+            "--kd-reduction sum scales the KD term by the training batch: pass --train-batch-size B"
+        )
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--teacher-top-k must be a positive integer, got {top_k}")
+    if kd_dtype not in DTYPES:
+        raise UserError(f"--kd-dtype must be one of {', '.join(DTYPES)}, got {kd_dtype!r}")
+
+
+def _pad_id(tokenizers: dict, train: Iterable) -> int | None:
+    """The pad token: the tokenizers' pad (else eos) id, or the most common id under a zero
+    attention mask in the first train batch (when the loader can be read twice); None if no padding."""
+    for role in ("student", "teacher"):
+        ids = (tokenizers.get(role) or {}).get("special_ids") or {}
+        if ids.get("pad") is not None:
+            return int(ids["pad"])
+    if iter(train) is train:  # a one-shot stream: never consume it here
+        return None
+    for batch in itertools.islice(train, 1):
+        ids, mask, _ = lm_batch(batch, "train", 0)
+        padded = ids[~mask]
+        if padded.numel():
+            return int(torch.mode(padded).values)
+    return None
+
+
+def _exposure(teacher, student, val: Iterable, vocab: int, dev, seed: int) -> dict | None:
+    if iter(val) is val:
+        return None
+    batches = [lm_batch(b, "val", i) for i, b in enumerate(itertools.islice(val, 8))]
+    return exposure(teacher, student, batches, vocab=vocab, device=dev, seed=seed)
+
+
+def lm_verdict(rows: list[dict], causes: list[dict], splits: dict) -> dict:
+    """Likely causes, else healthy: a smaller student is always some tokens behind its teacher, so a
+    gap without a measured mechanism is the expected price of size, not an unexplained failure."""
+    gap = gap_strength(
+        {r["id"]: r["evidence"] for r in rows if r["status"] in ("pass", "warn", "fail")}, CATALOGUE
+    )
+    likely = [c for c in causes if c["score"] >= LIKELY]
+    if likely:
+        top = likely[0]
+        return {
+            "gap": gap,
+            "kind": "likely",
+            "lead": top["id"],
+            "sentence": f"Most likely: {top['title']} ({top['score']:.2f}; {top['mechanism_title']}) — "
+            f"{top['evidence'][0]}",
+        }
+    va, tr = splits["val"], splits["train"]
+    return {
+        "gap": gap,
+        "kind": "healthy",
+        "lead": None,
+        "sentence": "No likely cause: no check found a fault; token agreement "
+        f"{va['agreement']:.1%} on val and {tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} "
+        "nats/token on val (the distance a student of this size keeps)",
+    }
 
 
 def _contract_metrics(m: dict) -> dict:
@@ -99,10 +201,40 @@ def _contract_metrics(m: dict) -> dict:
 
 
 def _lm_details(m: dict) -> dict:
-    return {"agreement_by_position": m["agreement_by_position"], "top_k_overlap": m["top_k_overlap"]}
+    return {
+        "agreement_by_position": m["agreement_by_position"],
+        "top_k_overlap": m["top_k_overlap"],
+        "facts": {k: v for k, v in m["facts"].items() if k != "precision"},
+    }
 
 
-def _run(conv: KDConvention, dev, splits: dict, teacher: str, student: str, seconds: float) -> dict:
+def lm_convention_sentence(ev: LMEvaluation) -> str:
+    """The KD objective as stated, with the KD share it really had at the measured sequence lengths."""
+    conv, ft = ev.convention, ev.splits["train"]["facts"]
+    vocab = ev.splits["train"]["vocab"]
+    mult = kd_multiplier(ev.reduction, ft["tokens_per_sequence"], vocab, ev.train_batch_size)
+    eff = conv.effective(vocab)
+    kd = eff["kd_effective"] * mult
+    share = kd / (kd + eff["ce"]) if kd + eff["ce"] else 0.0
+    t2 = f"KD multiplied by T²={conv.temperature**2:g}" if conv.t2 else "KD not multiplied by T² (--no-t2)"
+    red = {
+        "token": "KL averaged per counted token",
+        "batchmean": "KL summed over tokens and divided by the batch ('batchmean' on [B, L, V])",
+        "mean": "KL averaged over every [B, L, V] element ('mean')",
+        "sum": f"KL summed over [B, L, V] and training batches of {ev.train_batch_size}",
+    }[ev.reduction]
+    top = f", teacher target truncated to its top {ev.top_k}" if ev.top_k else ""
+    return (
+        f"{conv.formula()} with T={conv.temperature:g}, {t2}, {red}{top}, KD computed in {ev.kd_dtype}; "
+        f"at {ft['tokens_per_sequence']:.1f} counted tokens per sequence the KD term carries {share:.0%} "
+        "of the loss"
+    )
+
+
+def _run(ev: LMEvaluation, dev, teacher: str, student: str, seconds: float) -> dict:
+    conv, splits = ev.convention, ev.splits
+    convention = conv.to_dict(splits["val"]["vocab"])
+    convention["sentence"] = lm_convention_sentence(ev)
     return {
         "kddoctor_version": __version__,
         "torch_version": torch.__version__,
@@ -114,11 +246,32 @@ def _run(conv: KDConvention, dev, splits: dict, teacher: str, student: str, seco
         "alpha_on": conv.alpha_on,
         "temperature": conv.temperature,
         "t2": conv.t2,
-        "kd_reduction": conv.reduction,
-        "convention": conv.to_dict(splits["val"]["vocab"]),  # a 'mean' KL divides by the vocabulary
+        "kd_reduction": ev.reduction,
+        "teacher_top_k": ev.top_k,
+        "kd_dtype": ev.kd_dtype,
+        "convention": convention,
         "vocab": splits["val"]["vocab"],
         "n": {name: m["tokens"] for name, m in splits.items()},
+        "sequences": {name: m["facts"]["sequences"] for name, m in splits.items()},
         "seconds": round(seconds, 3),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
+
+
+def _notes(ev: LMEvaluation) -> list[str]:
+    out = []
+    va = ev.splits["val"]
+    if va["teacher_vocab"] != va["student_vocab"]:
+        out.append(
+            f"vocabularies differ ({va['teacher_vocab']:,} vs {va['student_vocab']:,}): compared on the "
+            f"first {va['vocab']:,} rows (--allow-vocab-truncation)"
+        )
+    if ev.exposure is None:
+        out.append(
+            "exposure bias not measured: the val loader is a one-shot stream or its sequences are short"
+        )
+    return out
+
+
+__all__ = ["diagnose_lm", "lm_verdict", "validate_lm_options"]

@@ -1,38 +1,40 @@
-"""The embedded causal-LM demo: tiny GPT-style byte-level models on the Python standard library's own
-source (text every machine has), trained on the CPU in well under a minute and cached.
+"""The embedded causal-LM demo: tiny byte-level GPT-2 models built from a transformers config (random
+init), trained on the CPU in about a minute on the Python standard library's own source (text every
+machine has), saved with `save_pretrained` next to a byte-level tokenizer, and diagnosed as `hf:DIR`.
 
-The teacher (2 layers, width 96) learns from 16 standard-library modules; the student (1 layer, width
-48) is distilled from it on one module only, for many steps: it fits its distillation text and falls
-behind the teacher on held-out modules.
+The pair is the LM zoo's `pad_in_loss` pathology (kddoctor.lm.scenarios): the student's distillation
+loop left padding inside its CE and KD terms. `TinyGPT` is the pure-torch model the zoo trains.
 """
 
 from __future__ import annotations
 
+import shutil
 import sysconfig
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from .._io import atomic_write
-from ..convention import KDConvention
 
 VOCAB = 256  # bytes
 SEQ = 64  # tokens per training and evaluation sequence
-DEMO = {"teacher_steps": 400, "student_steps": 400, "version": 1}
-TRAIN_FILES = ("argparse", "ast", "calendar", "csv", "dataclasses", "datetime", "difflib", "enum")
-TRAIN_FILES += ("fractions", "functools", "glob", "heapq", "inspect", "json/decoder", "random", "string")
-STUDENT_FILES = ("argparse",)
-VAL_FILES = ("textwrap", "shlex", "statistics", "tokenize")
+DEMO = {
+    "teacher": (96, 2, 4),
+    "student": (32, 1, 2),
+    "teacher_steps": 600,
+    "scenario": "pad_in_loss",
+    "version": 2,
+}
+DEMO_SEQUENCES = 1024  # per split: enough val tokens that a 1-2 point token gap is outside the noise
 
 
 class TinyGPT(nn.Module):
     """A decoder-only transformer: token + position embeddings, pre-norm causal self-attention blocks."""
 
-    def __init__(self, width: int = 96, layers: int = 2, heads: int = 4, vocab: int = VOCAB) -> None:
+    def __init__(
+        self, width: int = 96, layers: int = 2, heads: int = 4, vocab: int = VOCAB, seq: int = SEQ
+    ) -> None:
         super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(SEQ, width)
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(seq, width)
         block = nn.TransformerEncoderLayer(
             width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -46,79 +48,80 @@ class TinyGPT(nn.Module):
         return self.head(self.norm(self.blocks(h, mask=causal, is_causal=True)))
 
 
-def teacher_lm() -> nn.Module:
-    return TinyGPT(width=96, layers=2)
-
-
-def student_lm() -> nn.Module:
-    return TinyGPT(width=48, layers=1, heads=2)
-
-
 def _text(names: tuple[str, ...]) -> torch.Tensor:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     data = b"".join((stdlib / f"{n}.py").read_bytes() for n in names)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
-def _sequences(tokens: torch.Tensor, limit: int | None = None) -> torch.Tensor:
-    n = len(tokens) // SEQ
-    seqs = tokens[: n * SEQ].view(n, SEQ)
-    return seqs[:limit] if limit else seqs
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for every byte (the ByteLevel pre-tokenizer's alphabet)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return chars
 
 
-def loaders(batch_size: int = 32, max_sequences: int = 256) -> dict:
-    """Data factory: batches as Hugging Face collators give them (input_ids, attention_mask, labels).
-    train: the student's distillation text; val: modules neither model was trained on."""
+def byte_tokenizer(pad_id: int = 0):
+    """A transformers tokenizer whose ids are the raw bytes (so id b is byte b); NUL pads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    def batches(seqs: torch.Tensor) -> list[dict]:
-        return [
-            {"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()}
-            for b in seqs.split(batch_size)
-        ]
-
-    return {
-        "train": batches(_sequences(_text(STUDENT_FILES), max_sequences)),
-        "val": batches(_sequences(_text(VAL_FILES), max_sequences)),
-    }
+    chars = _bytes_to_unicode()
+    tok = Tokenizer(models.BPE({c: b for b, c in chars.items()}, merges=[]))  # no merges: one id per byte
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=chars[pad_id])
 
 
-def _train(
-    model: nn.Module, seqs: torch.Tensor, steps: int, teacher: nn.Module | None, seed: int
-) -> nn.Module:
-    """Next-token training (teacher None) or KD: (1-0.7)*CE + 0.7*T²*KL per token at T=2."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    kd = KDConvention.from_alpha(0.7, temperature=2.0)
-    model.train()
-    for _ in range(steps):
-        x = seqs[torch.randint(0, len(seqs), (32,), generator=gen)]
-        logits = model(x)[:, :-1].reshape(-1, VOCAB)
-        y = x[:, 1:].reshape(-1)
-        if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
-            with torch.no_grad():
-                t = teacher(x)[:, :-1].reshape(-1, VOCAB)
-            loss = kd.loss(logits, t, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+def gpt2(width: int, layers: int, heads: int) -> nn.Module:
+    """A GPT-2 from a config (random init): byte vocabulary, SEQ positions, no dropout."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=SEQ,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg)
 
 
 def build_lm_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
-    """Train (once, cached under $KDDOCTOR_CACHE) the demo teacher and student; their checkpoint paths."""
+    """Train (once, cached under $KDDOCTOR_CACHE) the demo teacher and student; their hf: directories."""
     from ..demo import cache_dir, recipe_key
+    from ..lm.models import _transformers
+    from . import scenarios
 
+    _transformers("kddoctor demo --task causal-lm")
     d = (root or cache_dir()) / f"lm-demo-{recipe_key(DEMO)}"
-    t_path, s_path = d / "teacher.pt", d / "student.pt"
-    if t_path.is_file() and s_path.is_file():
-        return t_path, s_path
-    d.mkdir(parents=True, exist_ok=True)
+    dirs = d / "teacher", d / "student"
+    if all((p / "config.json").is_file() for p in dirs):
+        return dirs
     torch.manual_seed(0)
-    teacher = _train(teacher_lm(), _sequences(_text(TRAIN_FILES)), DEMO["teacher_steps"], None, seed=0)
+    text = _text(scenarios.TEACHER_FILES)
+    n = len(text) // SEQ
+    teacher = scenarios._pretrain(
+        gpt2(*DEMO["teacher"]), text[: n * SEQ].view(n, SEQ), DEMO["teacher_steps"], 0
+    )
     torch.manual_seed(1)
-    student = _train(student_lm(), _sequences(_text(STUDENT_FILES)), DEMO["student_steps"], teacher, seed=1)
-    atomic_write(d, {"teacher.pt": lambda f: torch.save(teacher.state_dict(), f)})
-    atomic_write(d, {"student.pt": lambda f: torch.save(student.state_dict(), f)})
-    return t_path, s_path
+    recipe = scenarios.get(DEMO["scenario"]).distill
+    student = scenarios.distill(gpt2(*DEMO["student"]), teacher, recipe, draw=0)
+    tok = byte_tokenizer()
+    for model, path in zip((teacher, student), dirs, strict=True):
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tok.save_pretrained(partial)
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)  # a killed build never leaves a directory that looks complete
+    return dirs

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..metrics.tokens import IGNORE, TokenMetrics
+from .facts import LMFacts
 
 
 def lm_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,20 +68,31 @@ def evaluate_lm(
     name: str,
     device: torch.device | str = "cpu",
     allow_vocab_truncation: bool = False,
+    facts: dict | None = None,
 ) -> dict:
-    """Both models over one split (eval mode, no grad): TokenMetrics.compute() and the vocabulary size."""
+    """Both models over one split (eval mode, no grad): TokenMetrics.compute(), the vocabulary sizes and,
+    under "facts", LMFacts.compute() (`facts`: LMFacts keywords: pad_id, top_k, temperature, dtype)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    metrics, vocab = TokenMetrics(device), 0
+    metrics, gathered = TokenMetrics(device), LMFacts(device, **(facts or {}))
+    sizes = (0, 0)
     with torch.inference_mode():
         for index, batch in enumerate(loader):
             ids, mask, labels = (v.to(device, non_blocking=cuda) for v in lm_batch(batch, name, index))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                t = lm_logits(teacher(input_ids=ids, attention_mask=mask))
-                s = lm_logits(student(input_ids=ids, attention_mask=mask))
-            t, s = _vocab(t, s, allow_vocab_truncation)
-            metrics.update(t, s, labels)
-            vocab = t.shape[-1]
+                t_full = lm_logits(teacher(input_ids=ids, attention_mask=mask))
+                s_full = lm_logits(student(input_ids=ids, attention_mask=mask))
+            t, s = _vocab(t_full, s_full, allow_vocab_truncation)
+            gathered.batch(t_full, s_full, mask, labels, t.shape[-1])
+            metrics.update(t, s, labels, on_chunk=gathered.chunk)
+            sizes = (t_full.shape[-1], s_full.shape[-1])
+            del t_full, s_full, t, s  # before the next forward: never three batches of logits at once
     if float(metrics.sums["tokens"]) == 0:
         raise UserError(f"the {name} split has no counted tokens (every label is -100 or it is empty)")
-    return {**metrics.compute(), "vocab": vocab}
+    return {
+        **metrics.compute(),
+        "vocab": min(sizes),
+        "teacher_vocab": sizes[0],
+        "student_vocab": sizes[1],
+        "facts": gathered.compute(),
+    }

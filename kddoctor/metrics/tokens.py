@@ -29,6 +29,11 @@ _SUMS = (
 )
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two [N, V] chunks."""
+    return (a * b).sum(-1)
+
+
 class TokenMetrics:
     """update(teacher logits, student logits, labels) per batch; compute() once; merge() across ranks."""
 
@@ -46,29 +51,35 @@ class TokenMetrics:
             k: torch.zeros(0, dtype=torch.float64, device=self.device) for k in ("count", "agree")
         }
 
-    def update(self, t_logits: torch.Tensor, s_logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add one batch of [B, L, V] logits and [B, L] labels (shifted here: position i predicts i+1)."""
+    def update(
+        self, t_logits: torch.Tensor, s_logits: torch.Tensor, labels: torch.Tensor, on_chunk=None
+    ) -> None:
+        """Add one batch of [B, L, V] logits and [B, L] labels (shifted here: position i predicts i+1).
+
+        `on_chunk(t, s, logp_t, p_t, logp_s)`, when given, sees every fp32 chunk with the log-softmaxes
+        already computed (the LM facts reuse them instead of a second pass over the vocabulary)."""
         if t_logits.shape != s_logits.shape:
             raise ValueError(f"teacher logits {list(t_logits.shape)} vs student {list(s_logits.shape)}")
         target = labels[:, 1:]
         counted = target != IGNORE
-        rows_t, rows_s = t_logits[:, :-1][counted], s_logits[:, :-1][counted]  # [N, V], original dtype
         y = target[counted]
-        pos = torch.nonzero(counted)[:, 1]
+        rows, pos = torch.nonzero(counted).unbind(1)
         step = max(1, self.chunk_elems // max(t_logits.shape[-1], 1))
-        for i in range(0, len(y), step):
-            self._chunk(
-                rows_t[i : i + step].float(), rows_s[i : i + step].float(), y[i : i + step], pos[i : i + step]
-            )
+        for i in range(0, len(y), step):  # gather one chunk of counted rows at a time: never [N, V] whole
+            r, p = rows[i : i + step], pos[i : i + step]
+            self._chunk(t_logits[r, p].float(), s_logits[r, p].float(), y[i : i + step], p, on_chunk)
 
-    def _chunk(self, t: torch.Tensor, s: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> None:
+    def _chunk(self, t, s, y, pos, on_chunk=None) -> None:
         logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
-        p_t, p_s = logp_t.exp(), logp_s.exp()
-        pred_t, pred_s = t.argmax(-1), s.argmax(-1)
+        p_t = logp_t.exp()
         k = min(self.top_k, t.shape[-1])
         top_t, top_s = t.topk(k, -1).indices, s.topk(k, -1).indices
+        pred_t, pred_s = t.argmax(-1), s.argmax(-1)  # argmax: ties (common in bf16) go to the lowest id
         overlap = (top_t[:, :, None] == top_s[:, None, :]).any(-1).float().sum(-1) / k
         agree = (pred_t == pred_s).double()
+        h_t = -_dot(p_t, logp_t)
+        cross = -_dot(p_t, logp_s)
+        h_s = -_dot(logp_s.exp(), logp_s)
         add = {
             "tokens": float(len(y)),
             "t_nll": -logp_t.gather(1, y[:, None]).sum(),
@@ -76,20 +87,22 @@ class TokenMetrics:
             "t_correct": (pred_t == y).sum(),
             "s_correct": (pred_s == y).sum(),
             "agree": agree.sum(),
-            "kl": (p_t * (logp_t - logp_s)).sum(),
-            "t_entropy": -(p_t * logp_t).sum(),
-            "s_entropy": -(p_s * logp_s).sum(),
+            "kl": (cross - h_t).sum(),
+            "t_entropy": h_t.sum(),
+            "s_entropy": h_s.sum(),
             "topk": overlap.sum(),
         }
         for key, value in add.items():
             self.sums[key] += value
-        for m, p, pred in (("t", p_t, pred_t), ("s", p_s, pred_s)):
-            conf = p.gather(1, pred[:, None]).squeeze(1).double()
+        for m, logp, pred in (("t", logp_t, pred_t), ("s", logp_s, pred_s)):
+            conf = logp.gather(1, pred[:, None]).squeeze(1).double().exp()
             b = torch.clamp((conf * N_BINS).long(), max=N_BINS - 1)
             self.bins[f"{m}_count"].index_add_(0, b, torch.ones_like(conf))
             self.bins[f"{m}_conf"].index_add_(0, b, conf)
             self.bins[f"{m}_correct"].index_add_(0, b, (pred == y).double())
         self._positions(pos, agree)
+        if on_chunk is not None:
+            on_chunk(t, s, logp_t, p_t, logp_s)
 
     def _positions(self, pos: torch.Tensor, agree: torch.Tensor) -> None:
         need = int(pos.max()) + 1 if len(pos) else 0  # one sync per chunk, bounded by the context length

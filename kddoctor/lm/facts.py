@@ -1,0 +1,175 @@
+"""What the causal-LM checks read besides the token metrics, gathered in the same streaming pass.
+
+Fixed-size state per split: how the batches mask tokens (padding, prompt, counted, per sequence),
+both models' probability on the pad token where tokens are counted, the teacher's mass in its top-k
+(the kept mass of a top-k truncated KD target) and in vocabulary rows a truncation drops, and, on the
+first `precision_rows` counted tokens, the KD term's KL at the training temperature in the training
+dtype next to fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..metrics.tokens import IGNORE
+
+TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def token_kl(s: torch.Tensor, t: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """Per-token KL(t||s) at a temperature, every op in `dtype` (what a KD loss computes there)."""
+    s, t = s.to(dtype) / temperature, t.to(dtype) / temperature
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
+
+
+class LMFacts:
+    """update(teacher logits, student logits, ids, mask, labels, full vocab sizes) per batch; compute()."""
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        *,
+        pad_id: int | None = None,
+        top_k: int | None = None,
+        temperature: float = 1.0,
+        dtype: str = "float32",
+        precision_rows: int = 4096,
+        sample_rows: int = 16384,
+        chunk_elems: int = 2**22,
+    ) -> None:
+        self.device, self.pad_id, self.chunk_elems = torch.device(device), pad_id, chunk_elems
+        self.ks = tuple(sorted({*TOP_KS, *([top_k] if top_k else [])}))
+        self.temperature, self.dtype, self.precision_rows = temperature, dtype, precision_rows
+        self.sample_rows = sample_rows  # counted tokens on which the teacher's top-k kept mass is measured
+        keys = ("sequences", "positions", "attended", "counted", "prompt", "counted_sq")
+        keys += ("t_pad", "s_pad", "t_dropped", "s_dropped", "kl32", "kl_low", "kl_zero", "kl_nonfinite")
+        keys += ("prec_rows", "kept_rows") + tuple(f"kept_{k}" for k in self.ks)
+        self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in keys}
+        self._prec_taken = self._kept_taken = 0  # host-side counts: the samples need no device sync
+
+    def update(
+        self,
+        t_full: torch.Tensor,
+        s_full: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        shared: int,
+    ) -> None:
+        """Standalone use: `batch` plus `chunk` over the counted rows (the engine instead hands `chunk`
+        to TokenMetrics.update, which has the log-softmaxes already)."""
+        self.batch(t_full, s_full, mask, labels, shared)
+        counted = labels[:, 1:] != IGNORE
+        rows_t, rows_s = t_full[:, :-1, :shared][counted], s_full[:, :-1, :shared][counted]
+        step = max(1, self.chunk_elems // max(shared, 1))
+        for i in range(0, rows_t.shape[0], step):
+            t, s = rows_t[i : i + step].float(), rows_s[i : i + step].float()
+            logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
+            self.chunk(t, s, logp_t, logp_t.exp(), logp_s)
+
+    def batch(
+        self,
+        t_full: torch.Tensor,
+        s_full: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        shared: int,
+    ) -> None:
+        """Per batch: the mask counts, and the mass in vocabulary rows past the `shared` ones."""
+        self._masks(mask, labels)
+        if max(t_full.shape[-1], s_full.shape[-1]) == shared:
+            return
+        counted = labels[:, 1:] != IGNORE
+        for key, full in (("t_dropped", t_full), ("s_dropped", s_full)):
+            if full.shape[-1] > shared:
+                rows = full[:, :-1][counted]
+                step = max(1, self.chunk_elems // full.shape[-1])
+                for i in range(0, rows.shape[0], step):
+                    self.sums[key] += F.softmax(rows[i : i + step].float(), -1)[:, shared:].sum()
+
+    def _masks(self, mask: torch.Tensor, labels: torch.Tensor) -> None:
+        counted = (labels[:, 1:] != IGNORE).double()
+        per_seq = counted.sum(1)
+        attended = mask[:, 1:].double()
+        add = {
+            "sequences": float(mask.shape[0]),
+            "positions": float(attended.numel()),
+            "attended": attended.sum(),
+            "counted": per_seq.sum(),
+            "counted_sq": (per_seq**2).sum(),
+            "prompt": (attended * (1 - counted)).sum(),
+        }
+        for k, v in add.items():
+            self.sums[k] += v
+
+    def chunk(
+        self, t: torch.Tensor, s: torch.Tensor, logp_t: torch.Tensor, p_t: torch.Tensor, logp_s: torch.Tensor
+    ) -> None:
+        """Per fp32 chunk of counted rows over the shared vocabulary (log-softmaxes given)."""
+        if self.pad_id is not None and self.pad_id < t.shape[-1]:
+            self.sums["t_pad"] += p_t[:, self.pad_id].sum()
+            self.sums["s_pad"] += logp_s[:, self.pad_id].exp().sum()
+        take = min(self.sample_rows - self._kept_taken, t.shape[0])  # a bounded sample: topk is costly
+        if take > 0:
+            self._kept_taken += take
+            self.sums["kept_rows"] += float(take)
+            top = p_t[:take].topk(min(max(self.ks), t.shape[-1]), -1).values.cumsum(-1)
+            for k in self.ks:
+                self.sums[f"kept_{k}"] += top[:, min(k, top.shape[-1]) - 1].sum()
+        self._precision(t, s)
+
+    def _precision(self, t: torch.Tensor, s: torch.Tensor) -> None:
+        take = min(self.precision_rows - self._prec_taken, t.shape[0])
+        if take <= 0:
+            return
+        self._prec_taken += take
+        ref = token_kl(s[:take], t[:take], self.temperature, torch.float32).double()
+        low = (
+            ref
+            if self.dtype == "float32"
+            else token_kl(s[:take], t[:take], self.temperature, DTYPES[self.dtype])
+        )
+        low = low.double()
+        finite = torch.isfinite(low)
+        add = {
+            "prec_rows": float(take),
+            "kl32": ref.sum(),
+            "kl_low": torch.where(finite, low, 0.0).sum(),
+            "kl_zero": ((low <= 0) & (ref > 1e-6)).sum(),
+            "kl_nonfinite": (~finite).sum(),
+        }
+        for k, v in add.items():
+            self.sums[k] += v
+
+    def compute(self) -> dict:
+        s = {k: float(v) for k, v in self.sums.items()}
+        n, seqs, rows = max(s["counted"], 1.0), max(s["sequences"], 1.0), max(s["prec_rows"], 1.0)
+        mean_len = s["counted"] / seqs
+        return {
+            "sequences": int(s["sequences"]),
+            "positions": int(s["positions"]),
+            "counted_fraction": s["counted"] / max(s["positions"], 1.0),
+            "counted_of_attended": s["counted"] / max(s["attended"], 1.0),
+            "pad_fraction": 1.0 - s["attended"] / max(s["positions"], 1.0),
+            "prompt_fraction": s["prompt"] / max(s["positions"], 1.0),
+            "tokens_per_sequence": mean_len,
+            "tokens_per_sequence_sd": max(s["counted_sq"] / seqs - mean_len**2, 0.0) ** 0.5,
+            "pad_id": self.pad_id,
+            "teacher_pad_mass": s["t_pad"] / n if self.pad_id is not None else None,
+            "student_pad_mass": s["s_pad"] / n if self.pad_id is not None else None,
+            "teacher_dropped_mass": s["t_dropped"] / n,
+            "student_dropped_mass": s["s_dropped"] / n,
+            "teacher_kept_mass": {k: s[f"kept_{k}"] / max(s["kept_rows"], 1.0) for k in self.ks},
+            "kept_mass_tokens": int(s["kept_rows"]),
+            "precision": {
+                "dtype": self.dtype,
+                "temperature": self.temperature,
+                "tokens": int(s["prec_rows"]),
+                "kl_fp32": s["kl32"] / rows,
+                "kl_dtype": s["kl_low"] / rows,
+                "zero_fraction": s["kl_zero"] / rows,
+                "nonfinite_fraction": s["kl_nonfinite"] / rows,
+            },
+        }

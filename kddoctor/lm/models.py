@@ -1,0 +1,80 @@
+"""Causal LMs from SPECs: `hf:DIR` (transformers, local files only) or file/module factories; and what
+their tokenizers say (vocabulary size, special tokens, a content hash) when a directory carries one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UserError
+
+LM_EXTRA = "pip install 'kddoctor[lm]'"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _transformers(what: str):
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(f"{what} needs transformers: {LM_EXTRA}") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def hf_dir(spec: str, role: str) -> Path:
+    """The directory of an `hf:DIR` SPEC, refused with one line unless it holds a model config."""
+    path = Path(spec[3:]).expanduser()
+    if not spec[3:]:
+        raise UserError(f"--{role} hf: needs a directory: hf:path/to/model (a save_pretrained output)")
+    if not path.is_dir():
+        raise UserError(
+            f"--{role} {spec}: no such directory (hf: loads a local save_pretrained directory; "
+            "kddoctor never downloads from a hub)"
+        )
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"--{role} {spec}: {path} has no config.json; point hf: at the directory that "
+            "model.save_pretrained(DIR) wrote"
+        )
+    return path
+
+
+def load_hf(spec: str, role: str, *, trust: bool = False) -> nn.Module:
+    """AutoModelForCausalLM from a local directory (never a hub download), in eval mode."""
+    path = hf_dir(spec, role)
+    tf = _transformers(f"--{role} {spec}")
+    try:
+        model = tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+        hint = " (custom model code needs --trust-checkpoint)" if "trust_remote_code" in str(e) else ""
+        raise UserError(f"--{role} {spec}: transformers could not load it: {first}{hint}") from None
+    return model.eval()
+
+
+def tokenizer_info(spec: str) -> dict | None:
+    """Vocabulary size, special token ids and a content hash of the tokenizer in an hf: directory
+    (None when the SPEC is no hf: directory or the directory carries no tokenizer)."""
+    if not spec.startswith("hf:"):
+        return None
+    path = Path(spec[3:]).expanduser()
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    tf = _transformers(f"the tokenizer in {path}")
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        return None
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    specials = {name: getattr(tok, f"{name}_token_id", None) for name in ("pad", "eos", "bos", "unk")}
+    template = getattr(tok, "chat_template", None)
+    digest = hashlib.sha256(json.dumps([vocab, specials], ensure_ascii=False).encode()).hexdigest()
+    return {
+        "size": len(tok),
+        "special_ids": specials,
+        "hash": digest[:16],
+        "chat_template_hash": hashlib.sha256(str(template).encode()).hexdigest()[:16] if template else None,
+    }

@@ -1,0 +1,172 @@
+"""The causal-LM facts and checks on inputs whose answer is known by construction."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kddoctor.checks.base import Status
+from kddoctor.convention import KDConvention
+from kddoctor.errors import UserError
+from kddoctor.lm.checks import (
+    LM_CHECKS,
+    LMEvaluation,
+    kd_multiplier,
+    lm_mask_parity,
+    lm_precision,
+    lm_reduction,
+    lm_topk,
+    lm_vocab_parity,
+)
+from kddoctor.lm.facts import LMFacts, token_kl
+from kddoctor.metrics.tokens import IGNORE
+
+
+def _batch(b=4, length=10, vocab=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(b, length, vocab, generator=g) * 2
+    s = t + torch.randn(b, length, vocab, generator=g) * 0.5
+    ids = torch.randint(1, vocab, (b, length), generator=g)
+    return t, s, ids
+
+
+def test_facts_count_masks_and_kept_mass_exactly():
+    t, s, ids = _batch()
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # 4 padded positions in row 0
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    labels[:, :3] = IGNORE  # a 3-token prompt everywhere
+    f = LMFacts(top_k=3, pad_id=0)
+    f.update(t, s, ids, mask, labels, shared=12)
+    out = f.compute()
+    target = labels[:, 1:] != IGNORE  # positions 1..9 predict tokens 2..10 (shifted)
+    assert out["tokens_per_sequence"] == pytest.approx(target.sum().item() / 4)
+    assert out["pad_fraction"] == pytest.approx(1 - mask[:, 1:].sum().item() / mask[:, 1:].numel())
+    rows = t[:, :-1][target]
+    kept = F.softmax(rows, -1).topk(3, -1).values.sum(-1).mean().item()
+    assert out["teacher_kept_mass"][3] == pytest.approx(kept, rel=1e-5)
+    assert out["teacher_pad_mass"] == pytest.approx(F.softmax(rows, -1)[:, 0].mean().item(), rel=1e-5)
+
+
+def test_facts_measure_mass_in_rows_a_truncation_drops():
+    t, s, ids = _batch(vocab=12)
+    mask, labels = torch.ones_like(ids), ids.clone()
+    f = LMFacts()
+    f.update(t, s, ids, mask, labels, shared=10)
+    dropped = F.softmax(t[:, :-1].reshape(-1, 12), -1)[:, 10:].sum(-1).mean().item()
+    assert f.compute()["teacher_dropped_mass"] == pytest.approx(dropped, rel=1e-5)
+
+
+def test_low_precision_kl_reads_zero_where_fp32_does_not():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(512, 1000, generator=g) * 3
+    s = t + 1e-3 * torch.randn(512, 1000, generator=g)  # nearly identical: fp32 KL ~5e-7
+    ref = token_kl(s, t, 1.0, torch.float32)
+    low = token_kl(s, t, 1.0, torch.bfloat16).float()
+    assert ref.median() > 1e-7
+    assert ((low <= 0) | ((low - ref).abs() > ref)).float().mean() > 0.5  # bf16 cannot resolve it
+
+
+def _ev(**facts_over):
+    base = {
+        "sequences": 10,
+        "counted_fraction": 1.0,
+        "counted_of_attended": 1.0,
+        "pad_fraction": 0.0,
+        "prompt_fraction": 0.0,
+        "tokens_per_sequence": 50.0,
+        "pad_id": None,
+        "teacher_pad_mass": None,
+        "student_pad_mass": None,
+        "teacher_dropped_mass": 0.0,
+        "student_dropped_mass": 0.0,
+        "teacher_kept_mass": {1: 0.5, 2: 0.7, 5: 0.9, 20: 0.99},
+        "precision": {
+            "dtype": "float32",
+            "temperature": 1.0,
+            "tokens": 100,
+            "kl_fp32": 0.1,
+            "kl_dtype": 0.1,
+            "zero_fraction": 0.0,
+            "nonfinite_fraction": 0.0,
+        },
+    }
+    split = {
+        "tokens": 500,
+        "vocab": 100,
+        "teacher_vocab": 100,
+        "student_vocab": 100,
+        "agreement": 0.6,
+        "kl": 0.3,
+        "teacher": {"loss": 2.0, "acc": 0.5, "entropy": 2.0},
+        "student": {"loss": 2.2, "acc": 0.45, "entropy": 2.1},
+    }
+    train = {**split, "facts": {**base, **facts_over.pop("train", {})}}
+    val = {**split, "facts": {**base, **facts_over.pop("val", {})}}
+    return LMEvaluation(
+        {"train": train, "val": val}, KDConvention.from_alpha(0.5, temperature=1.0), **facts_over
+    )
+
+
+def test_batchmean_over_tokens_multiplies_the_kd_term_by_the_length():
+    assert kd_multiplier("batchmean", 50.0, 100, None) == 50.0
+    assert kd_multiplier("mean", 50.0, 100, None) == pytest.approx(0.01)
+    assert kd_multiplier("token", 50.0, 100, None) == 1.0
+    f = lm_reduction(_ev(reduction="batchmean"))
+    assert f.status is Status.FAIL and f.evidence["kd_share_effective"] == pytest.approx(50 / 51)
+    assert lm_reduction(_ev()).status is Status.PASS
+
+
+def test_mask_parity_flags_a_val_collator_that_counts_the_prompt_and_a_student_that_predicts_padding():
+    assert lm_mask_parity(_ev(train={"counted_of_attended": 0.7})).status is Status.FAIL
+    f = lm_mask_parity(_ev(val={"pad_id": 0, "teacher_pad_mass": 1e-5, "student_pad_mass": 0.02}))
+    assert f.status is Status.FAIL and f.evidence["student_pad_excess"] == pytest.approx(0.02 - 1e-5)
+    assert lm_mask_parity(_ev()).status is Status.PASS
+
+
+def test_vocab_parity_compares_tokenizers_and_catches_a_teacher_that_reads_other_ids():
+    tok = {"size": 100, "special_ids": {"pad": 0}, "hash": "a", "chat_template_hash": None}
+    same = lm_vocab_parity(_ev(tokenizers={"teacher": tok, "student": dict(tok)}))
+    assert same.status is Status.PASS and same.evidence["tokenizer_differs"] == 0
+    other = lm_vocab_parity(_ev(tokenizers={"teacher": tok, "student": {**tok, "hash": "b"}}))
+    assert other.status is Status.FAIL and other.evidence["tokenizer_differs"] == 1
+    ev = _ev()
+    ev.splits["val"]["teacher"] = {"loss": 3.0, "acc": 0.3, "entropy": 2.0}  # worse than its student
+    assert lm_vocab_parity(ev).status is Status.FAIL
+
+
+def test_topk_is_skipped_unless_stated_and_grades_the_dropped_mass():
+    assert lm_topk(_ev()).status is Status.SKIPPED
+    f = lm_topk(_ev(top_k=2))
+    assert f.status is Status.FAIL and f.evidence["dropped_target_mass"] == pytest.approx(0.3)
+    assert lm_topk(_ev(top_k=20)).status is Status.PASS
+
+
+def test_precision_grades_the_stated_dtype():
+    assert lm_precision(_ev()).status is Status.PASS
+    prec = {"dtype": "bfloat16", "kl_dtype": 0.1, "zero_fraction": 0.2}
+    f = lm_precision(_ev(val={"precision": {**_ev().splits["val"]["facts"]["precision"], **prec}}))
+    assert f.status is Status.FAIL
+
+
+def test_every_lm_check_records_its_thresholds():
+    for spec in LM_CHECKS.values():
+        assert spec.thresholds and all(isinstance(v, float) and math.isfinite(v) for _, v in spec.thresholds)
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"reduction": "perseq"}, "--kd-reduction for causal LMs must be one of"),
+        ({"kd_dtype": "int8"}, "--kd-dtype must be one of"),
+        ({"top_k": 0}, "--teacher-top-k must be a positive integer"),
+        ({"reduction": "sum"}, "--train-batch-size"),
+    ],
+)
+def test_bad_lm_loss_facts_are_refused(kw, words):
+    from kddoctor.lm.api import validate_lm_options
+
+    args = {"reduction": "token", "top_k": None, "kd_dtype": "float32", "train_batch_size": None, **kw}
+    with pytest.raises(UserError, match=words):
+        validate_lm_options(**args)

@@ -1,0 +1,35 @@
+"""The causal-LM zoo (tuning draw): every planted pathology is named and likely, its counterfactual
+(only the planted factor fixed) and the healthy pairs are calm."""
+
+import pytest
+
+from kddoctor.causes import CAUSE_IDS
+from kddoctor.lm import scenarios
+
+PLANTED = [s for s in scenarios.SCENARIOS if s.expected]
+CALM = [s for s in scenarios.SCENARIOS if not s.expected] + [s.fixed() for s in PLANTED]
+
+
+def test_zoo_shape():
+    assert len(PLANTED) >= 6 and len([s for s in scenarios.SCENARIOS if not s.expected]) >= 2
+    assert {s.expected for s in PLANTED} <= set(CAUSE_IDS)
+    for s in PLANTED:  # a counterfactual changes the planted factor and nothing else
+        fixed = s.fixed()
+        assert fixed.distill != s.distill or fixed.data != s.data or fixed.stated != s.stated, s.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scn", PLANTED, ids=lambda s: s.name)
+def test_the_planted_cause_is_named(scn):
+    diag = scenarios.run(scn, draw=0)
+    assert scenarios.judge(scn, diag), (
+        diag.verdict["sentence"],
+        [(c["id"], c["score"]) for c in diag.causes],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scn", CALM, ids=lambda s: s.name)
+def test_healthy_and_fixed_pairs_are_calm(scn):
+    diag = scenarios.run(scn, draw=0)
+    assert diag.verdict["kind"] == "healthy", [(c["id"], c["score"]) for c in diag.causes]
