@@ -23,7 +23,7 @@ from ..diagnosis import Diagnosis
 from ..engine import pick_device
 from ..errors import UserError
 from ..metrics.functional import wilson_interval
-from .checks import REDUCTIONS, LMEvaluation, kd_multiplier, run_lm_checks
+from .checks import REDUCTIONS, LMEvaluation, kd_shares, run_lm_checks
 from .engine import evaluate_lm, lm_batch
 from .exposure import exposure
 from .facts import DTYPES
@@ -211,11 +211,7 @@ def _lm_details(m: dict) -> dict:
 def lm_convention_sentence(ev: LMEvaluation) -> str:
     """The KD objective as stated, with the KD share it really had at the measured sequence lengths."""
     conv, ft = ev.convention, ev.splits["train"]["facts"]
-    vocab = ev.splits["train"]["vocab"]
-    mult = kd_multiplier(ev.reduction, ft["tokens_per_sequence"], vocab, ev.train_batch_size)
-    eff = conv.effective(vocab)
-    kd = eff["kd_effective"] * mult
-    share = kd / (kd + eff["ce"]) if kd + eff["ce"] else 0.0
+    share = kd_shares(ev)[2]
     t2 = f"KD multiplied by T²={conv.temperature**2:g}" if conv.t2 else "KD not multiplied by T² (--no-t2)"
     red = {
         "token": "KL averaged per counted token",

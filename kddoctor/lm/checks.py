@@ -212,18 +212,24 @@ def kd_multiplier(reduction: str, tokens_per_sequence: float, vocab: int, batch:
     }[reduction]
 
 
+def kd_shares(ev: LMEvaluation) -> tuple[float, float, float]:
+    """(the stated reduction's per-token multiplier of the KD term, the KD share of the loss the weights
+    state, the share it really has at the measured tokens per train sequence)."""
+    vocab = ev.splits["train"]["vocab"]
+    tokens = ev.splits["train"]["facts"]["tokens_per_sequence"]
+    mult = kd_multiplier(ev.reduction, tokens, vocab, ev.train_batch_size)
+    eff = ev.convention.effective(vocab)  # per token: T² and the weights (a 'token' reduction is 1)
+    kd = eff["kd_effective"] * mult
+    return mult, eff["kd_share"], kd / (kd + eff["ce"]) if kd + eff["ce"] > 0 else 0.0
+
+
 @lm_check("lm_reduction", "KD reduction accounting", 40)
 def lm_reduction(
     ev: LMEvaluation, *, share_shift_warn: float = 0.05, share_shift_fail: float = 0.15
 ) -> Finding:
     """The KD term's effective share of the loss under the stated reduction at the measured lengths."""
     ft = ev.splits["train"]["facts"]
-    vocab = ev.splits["train"]["vocab"]
-    mult = kd_multiplier(ev.reduction, ft["tokens_per_sequence"], vocab, ev.train_batch_size)
-    eff = ev.convention.effective(vocab)  # per token: T² and the weights (a 'token' reduction is 1)
-    stated = eff["kd_share"]
-    kd = eff["kd_effective"] * mult
-    share = kd / (kd + eff["ce"]) if kd + eff["ce"] > 0 else 0.0
+    mult, stated, share = kd_shares(ev)
     evidence = {
         "reduction": ev.reduction,
         "tokens_per_sequence": ft["tokens_per_sequence"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..metrics.tokens import IGNORE
+from ..metrics.tokens import IGNORE, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,11 +61,8 @@ class LMFacts:
         """Standalone use: `batch` plus `chunk` over the counted rows (the engine instead hands `chunk`
         to TokenMetrics.update, which has the log-softmaxes already)."""
         self.batch(t_full, s_full, mask, labels, shared)
-        counted = labels[:, 1:] != IGNORE
-        rows_t, rows_s = t_full[:, :-1, :shared][counted], s_full[:, :-1, :shared][counted]
-        step = max(1, self.chunk_elems // max(shared, 1))
-        for i in range(0, rows_t.shape[0], step):
-            t, s = rows_t[i : i + step].float(), rows_s[i : i + step].float()
+        shared_rows = (t_full[..., :shared], s_full[..., :shared])
+        for (t, s), _, _ in counted_chunks(labels, self.chunk_elems, *shared_rows):
             logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
             self.chunk(t, s, logp_t, logp_t.exp(), logp_s)
 
@@ -81,13 +78,10 @@ class LMFacts:
         self._masks(mask, labels)
         if max(t_full.shape[-1], s_full.shape[-1]) == shared:
             return
-        counted = labels[:, 1:] != IGNORE
         for key, full in (("t_dropped", t_full), ("s_dropped", s_full)):
             if full.shape[-1] > shared:
-                rows = full[:, :-1][counted]
-                step = max(1, self.chunk_elems // full.shape[-1])
-                for i in range(0, rows.shape[0], step):
-                    self.sums[key] += F.softmax(rows[i : i + step].float(), -1)[:, shared:].sum()
+                for (rows,), _, _ in counted_chunks(labels, self.chunk_elems, full):
+                    self.sums[key] += F.softmax(rows, -1)[:, shared:].sum()
 
     def _masks(self, mask: torch.Tensor, labels: torch.Tensor) -> None:
         counted = (labels[:, 1:] != IGNORE).double()

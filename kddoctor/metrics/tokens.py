@@ -29,6 +29,20 @@ _SUMS = (
 )
 
 
+def counted_chunks(labels: torch.Tensor, chunk_elems: int, *logits: torch.Tensor):
+    """The counted rows of [B, L, V] logits (position i predicting label i+1), gathered one chunk of at
+    most `chunk_elems` values at a time and cast to fp32, so [N, V] is never copied whole.
+    Yields (one [n, V] chunk per logits tensor, their labels, their positions)."""
+    target = labels[:, 1:]
+    counted = target != IGNORE
+    y = target[counted]
+    rows, pos = torch.nonzero(counted).unbind(1)
+    step = max(1, chunk_elems // max(logits[0].shape[-1], 1))
+    for i in range(0, len(y), step):
+        r, p = rows[i : i + step], pos[i : i + step]
+        yield tuple(x[r, p].float() for x in logits), y[i : i + step], p
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products of two [N, V] chunks."""
     return (a * b).sum(-1)
@@ -60,14 +74,8 @@ class TokenMetrics:
         already computed (the LM facts reuse them instead of a second pass over the vocabulary)."""
         if t_logits.shape != s_logits.shape:
             raise ValueError(f"teacher logits {list(t_logits.shape)} vs student {list(s_logits.shape)}")
-        target = labels[:, 1:]
-        counted = target != IGNORE
-        y = target[counted]
-        rows, pos = torch.nonzero(counted).unbind(1)
-        step = max(1, self.chunk_elems // max(t_logits.shape[-1], 1))
-        for i in range(0, len(y), step):  # gather one chunk of counted rows at a time: never [N, V] whole
-            r, p = rows[i : i + step], pos[i : i + step]
-            self._chunk(t_logits[r, p].float(), s_logits[r, p].float(), y[i : i + step], p, on_chunk)
+        for (t, s), y, pos in counted_chunks(labels, self.chunk_elems, t_logits, s_logits):
+            self._chunk(t, s, y, pos, on_chunk)
 
     def _chunk(self, t, s, y, pos, on_chunk=None) -> None:
         logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
