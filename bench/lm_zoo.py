@@ -22,6 +22,8 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
     "tokenizer_mismatch": ("lm_vocab_parity", "teacher_nll_excess", "teacher {:+.2f} nats/token vs student"),
     "bf16_kl": ("lm_precision", "zero_fraction", "bf16 KL reads 0 on {:.0%} of tokens"),
     "overfit_few_documents": ("lm_gap", "excess_agreement_gap", "excess agreement gap {:.1%}"),
+    "too_small": ("lm_capacity", "fit_closed_fraction", "fit probe covers {:.0%} of the way"),
+    "under_trained": ("lm_alpha", "continue_gain_agreement", "continuing gains {:+.1%} agreement"),
 }
 
 

@@ -165,7 +165,8 @@ def diagnose(
     ] = None,
     val_samples: Annotated[str | None, Opt(help="Val sample size, N or 'all' (default all).")] = None,
     probe_seconds: Annotated[
-        float | None, Opt(help="Time budget per probe (default: 0.2x the main pass, at least 15 s).")
+        float | None,
+        Opt(help="Time budget per fine-tuning probe (default: 0.1x the main pass, at least 3 s)."),
     ] = None,
     seed: Annotated[int, Opt(help="Seed for every probe.")] = 0,
     quick: Annotated[bool, Opt("--quick", help="Small probe budgets: a bounded CPU-friendly run.")] = False,

@@ -368,6 +368,8 @@ def resolve(
 def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset) -> None:
     """Flags that state one thing twice, differently: exit 2 naming both."""
     named = f"--convention {preset}"
+    if alpha_on is not None and alpha_on not in ("kd", "ce"):
+        raise UserError(f"--alpha-on must be one of kd, ce, got {alpha_on!r}")
     if (ce_weight is None) != (kd_weight is None):
         given = "--ce-weight" if ce_weight is not None else "--kd-weight"
         raise UserError(f"{given} needs its pair: state both --ce-weight and --kd-weight")

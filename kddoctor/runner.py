@@ -198,6 +198,18 @@ class DiagnoseArgs:
         if self.task == "causal-lm":
             from .lm.api import validate_lm_options
 
+            for flag, value in (
+                ("--limit", self.limit),
+                ("--train-samples", self.train_samples),
+                ("--val-samples", self.val_samples),
+                ("--save-logits", self.save_logits or None),
+            ):
+                if value is not None:
+                    raise UserError(
+                        f"{flag} is not supported with --task causal-lm yet (every batch the factory yields "
+                        "is read): cut the splits in the factory"
+                    )
+
             validate_lm_options(
                 self.kd_reduction or "token", self.teacher_top_k, self.kd_dtype, self.train_batch_size
             )
@@ -217,8 +229,6 @@ def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool):
     from .lm.models import load_hf
 
     if spec.startswith("hf:"):
-        if ckpt:
-            raise UserError(f"--{role}-ckpt: an hf: directory holds its own weights; drop --{role}-ckpt")
         return load_hf(spec, role, trust=trust)
     sd = load_state_dict(ckpt, role=role, ema=ema, trust=trust) if ckpt else None
     return load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
@@ -230,8 +240,10 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
     from .lm.models import hf_dir, tokenizer_info
 
     for role, spec in (("teacher", args.teacher), ("student", args.student)):
-        if spec.startswith("hf:"):
-            hf_dir(spec, role)  # a bad directory is refused before anything loads
+        if spec.startswith("hf:"):  # a bad directory or flag is refused before anything loads
+            hf_dir(spec, role)
+            if getattr(args, f"{role}_ckpt"):
+                raise UserError(f"--{role}-ckpt: an hf: directory holds its own weights; drop --{role}-ckpt")
     models = [
         _lm_model("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema, args.trust_checkpoint),
         _lm_model("student", args.student, args.student_ckpt, args.student_ema, args.trust_checkpoint),
@@ -251,6 +263,7 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
         teacher_spec=args.teacher,
         student_spec=args.student,
         seed=cfg.seed,
+        budgets=cfg.budgets,
         debug=args.debug,
     )
 

@@ -170,3 +170,29 @@ def test_bad_lm_loss_facts_are_refused(kw, words):
     args = {"reduction": "token", "top_k": None, "kd_dtype": "float32", "train_batch_size": None, **kw}
     with pytest.raises(UserError, match=words):
         validate_lm_options(**args)
+
+
+def test_uniform_share_places_the_student_between_its_teacher_and_a_uniform_guess():
+    from kddoctor.lm.checks import _uniform_share
+
+    v = 256
+    m = lambda h_s: {"vocab": v, "teacher": {"entropy": 1.5}, "student": {"entropy": h_s}}  # noqa: E731
+    assert _uniform_share(m(1.5)) == 0.0 and _uniform_share(m(1.0)) == 0.0  # as (or more) confident
+    assert _uniform_share(m(math.log(v))) == pytest.approx(1.0)
+    assert _uniform_share(m((1.5 + math.log(v)) / 2)) == pytest.approx(0.5)
+
+
+def test_a_healthy_lm_verdict_names_the_checks_that_flag_something():
+    from kddoctor.lm.api import lm_verdict
+
+    splits = {s: {"agreement": 0.6, "kl": 0.3} for s in ("train", "val")}
+    causes = [{"id": "insufficient_capacity", "score": 0.12}]
+    rows = [
+        {"id": "lm_gap", "status": "pass", "evidence": {}},
+        {"id": "lm_capacity", "status": "warn", "evidence": {}},
+    ]
+    v = lm_verdict(rows, causes, splits)
+    assert v["kind"] == "healthy" and "1 check(s) flag something (lm_capacity)" in v["sentence"]
+    assert "insufficient_capacity, 0.12" in v["sentence"] and "no check found a fault" not in v["sentence"]
+    rows[1]["status"] = "pass"
+    assert "no check found a fault" in lm_verdict(rows, causes, splits)["sentence"]

@@ -69,12 +69,47 @@ def test_labels_default_to_the_attended_input_ids():
         ),
         ((torch.zeros(2, 5), torch.zeros(2)), "a mapping with 'input_ids'"),
         ({"input_ids": torch.zeros(5, dtype=torch.long)}, "[batch, tokens]"),
+        ({"input_ids": torch.zeros(2, 5)}, "integer token ids"),
+        ({"input_ids": [[1, 2, 3], [1, 2]]}, "rectangular [batch, tokens] array"),
+        (
+            {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, 1)},
+            "attention_mask must have the shape of input_ids",
+        ),
+        (  # the embedding has 23 rows
+            {"input_ids": torch.full((2, 5), 40), "attention_mask": torch.ones(2, 5)},
+            "the teacher raised IndexError",
+        ),
+        (
+            {
+                "input_ids": torch.ones(2, 5, dtype=torch.long),
+                "attention_mask": torch.ones(2, 5),
+                "labels": torch.full((2, 5), 99),
+            },
+            "labels must be -100 (not counted) or token ids below the vocabulary (23); found 99",
+        ),
+        (
+            {
+                "input_ids": torch.ones(2, 5, dtype=torch.long),
+                "attention_mask": torch.ones(2, 5),
+                "labels": torch.full((2, 5), -1),
+            },
+            "found -1",
+        ),
     ],
 )
 def test_bad_batches_are_one_clear_line(batch, words):
     with pytest.raises(UserError) as e:
         evaluate_lm(TinyLM(), TinyLM(), [batch], name="train")
     assert words in str(e.value) and "train batch 0" in str(e.value)
+
+
+def test_a_loader_that_raises_is_named_with_its_batch():
+    def stream():
+        yield _batches(n=1)[0]
+        raise OSError("disk gone")
+
+    with pytest.raises(UserError, match="the val loader raised at batch 1: OSError: disk gone"):
+        evaluate_lm(TinyLM(), TinyLM(), stream(), name="val")
 
 
 def test_padded_vocabularies_need_the_flag():
@@ -119,6 +154,10 @@ def test_diagnose_lm_gives_the_token_gap_picture_checks_and_causes(tmp_path):
     assert schema_problem(doc) is None
     html = (tmp_path / "report.html").read_text()
     assert "Agreement by position" in html and "top-5 overlap" in html
+    # the token-level probes ran (the batches are lists: re-readable) and their figures are drawn
+    probes = {f.id: f.status.value for f in d.checks if f.id in ("lm_capacity", "lm_alpha")}
+    assert len(probes) == 2 and set(probes.values()) <= {"pass", "warn", "fail"}, probes
+    assert 'data-fig="fit"' in html and 'data-fig="sweep"' in html
     assert render_html(Diagnosis.from_dict(doc)) == html  # the report rebuilds from results.json
 
 
@@ -191,6 +230,18 @@ def test_the_cli_diagnoses_a_causal_lm_pair(tmp_path):
         (("--task", "causal-lm", "--teacher", "hf:/nowhere"), "student", "no such directory"),
         (("--teacher-top-k", "5"), "student", "add --task causal-lm"),
         (("--task", "causal-lm", "--kd-dtype", "fp8"), "student", "--kd-dtype must be one of"),
+        (
+            ("--task", "causal-lm", "--limit", "10"),
+            "student",
+            "--limit is not supported with --task causal-lm",
+        ),
+        (("--task", "causal-lm", "--save-logits"), "student", "--save-logits is not supported"),
+        (
+            ("--task", "causal-lm", "--teacher-top-k", "500"),
+            "student",
+            "is not below the vocabulary (23 rows)",
+        ),
+        (("--task", "causal-lm", "--alpha-on", "foo"), "student", "--alpha-on must be one of kd, ce"),
     ],
 )
 def test_causal_lm_bad_inputs_are_one_line(tmp_path, extra, student, words):

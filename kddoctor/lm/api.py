@@ -18,6 +18,7 @@ from torch import nn
 
 from .._version import __version__
 from ..causes import LIKELY, gap_strength, rank
+from ..config import Budgets
 from ..convention import KDConvention
 from ..diagnosis import Diagnosis
 from ..engine import pick_device
@@ -27,6 +28,7 @@ from .checks import REDUCTIONS, LMEvaluation, kd_shares, run_lm_checks
 from .engine import evaluate_lm, lm_batch
 from .exposure import exposure
 from .facts import DTYPES
+from .probes import TRAIN_ROWS, VAL_ROWS, Probes, gather
 
 CATALOGUE = "lm_causes.toml"
 PRECISION_ROWS = 4096  # val tokens on which the KD term's KL is computed in the training dtype too
@@ -49,6 +51,7 @@ def diagnose_lm(
     teacher_spec: str = "teacher",
     student_spec: str = "student",
     seed: int = 0,
+    budgets: Budgets | None = None,
     debug: bool = False,
 ) -> Diagnosis:
     """Both causal LMs over train and val (batches with input_ids, attention_mask, labels).
@@ -56,9 +59,11 @@ def diagnose_lm(
     `reduction` is how the training code reduced its KL over [B, L, V] logits (token: per counted
     token; batchmean: by the batch only; mean: by every element; sum); `top_k` the size of a top-k
     truncated teacher target, if one was used; `kd_dtype` the dtype the KD loss ran in;
-    `tokenizers`: {"teacher": info, "student": info} from `models.tokenizer_info`.
+    `tokenizers`: {"teacher": info, "student": info} from `models.tokenizer_info`; `budgets`: the
+    fine-tuning probes' steps and time budget (config.Budgets; timed by default).
     """
     start, dev, conv = time.perf_counter(), pick_device(device), convention or KDConvention()
+    budgets = budgets or Budgets()
     validate_lm_options(reduction, top_k, kd_dtype, conv.train_batch_size)
     tokenizers = tokenizers or {}
     facts = {
@@ -84,14 +89,37 @@ def diagnose_lm(
                 facts={**facts, "precision_rows": PRECISION_ROWS if name == "val" else 0},
             )
             timings[f"eval_{name}"] = round(time.perf_counter() - began, 4)
+        main_pass = time.perf_counter() - start
         began = time.perf_counter()
         drift = _exposure(teacher, student, val, splits["val"]["vocab"], dev, seed)
         timings["exposure"] = round(time.perf_counter() - began, 4)
+        began = time.perf_counter()
+        probes = _probes(teacher, student, train, val, splits["val"]["vocab"], dev, seed)
+        if top_k is not None and top_k >= splits["val"]["vocab"]:
+            raise UserError(
+                f"--teacher-top-k {top_k} is not below the vocabulary ({splits['val']['vocab']:,} rows): "
+                "such a target truncates nothing; drop the flag"
+            )
+        timings["probe_rows"] = round(time.perf_counter() - began, 4)
+        ev = LMEvaluation(
+            splits,
+            conv,
+            reduction,
+            top_k,
+            kd_dtype,
+            conv.train_batch_size,
+            tokenizers,
+            drift,
+            probes=probes,
+            exposure_skipped=_ONE_SHOT if iter(val) is val else LMEvaluation.exposure_skipped,
+            fit_steps=budgets.fit_steps,
+            sweep_steps=budgets.sweep_steps,
+            probe_budget=budgets.probe_budget(main_pass),
+        )
+        findings = run_lm_checks(ev, debug)
     finally:
         teacher.train(modes[0])
         student.train(modes[1])
-    ev = LMEvaluation(splits, conv, reduction, top_k, kd_dtype, conv.train_batch_size, tokenizers, drift)
-    findings = run_lm_checks(ev, debug)
     run = _run(ev, dev, teacher_spec, student_spec, time.perf_counter() - start)
     run["timings"] = {**timings, **{f"check_{f.id}": round(f.seconds, 4) for f in findings}}
     rows = [f.to_dict() for f in findings]
@@ -153,6 +181,16 @@ def _exposure(teacher, student, val: Iterable, vocab: int, dev, seed: int) -> di
     return exposure(teacher, student, batches, vocab=vocab, device=dev, seed=seed)
 
 
+_ONE_SHOT = "the val loader is a one-shot stream (a generator): kddoctor never reads it twice"
+
+
+def _probes(teacher, student, train: Iterable, val: Iterable, vocab: int, dev, seed: int) -> Probes | None:
+    rows = {"train": gather(train, "train", TRAIN_ROWS), "val": gather(val, "val", VAL_ROWS)}
+    if None in rows.values():
+        return None
+    return Probes(teacher, student, rows["train"], rows["val"], vocab=vocab, device=dev, seed=seed)
+
+
 def lm_verdict(rows: list[dict], causes: list[dict], splits: dict) -> dict:
     """Likely causes, else healthy: a smaller student is always some tokens behind its teacher, so a
     gap without a measured mechanism is the expected price of size, not an unexplained failure."""
@@ -170,13 +208,19 @@ def lm_verdict(rows: list[dict], causes: list[dict], splits: dict) -> dict:
             f"{top['evidence'][0]}",
         }
     va, tr = splits["val"], splits["train"]
+    flagged = [r["id"] for r in rows if r["status"] in ("warn", "fail")]
+    if flagged:
+        top = causes[0]
+        lead = f"{len(flagged)} check(s) flag something ({', '.join(flagged)}), but no cause reaches {LIKELY}"
+        lead += f" (the strongest: {top['id']}, {top['score']:.2f})" if top["score"] > 0 else ""
+    else:
+        lead = "no check found a fault"
     return {
         "gap": gap,
         "kind": "healthy",
         "lead": None,
-        "sentence": "No likely cause: no check found a fault; token agreement "
-        f"{va['agreement']:.1%} on val and {tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} "
-        "nats/token on val (the distance a student of this size keeps)",
+        "sentence": f"No likely cause: {lead}; token agreement {va['agreement']:.1%} on val and "
+        f"{tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} nats/token on val",
     }
 
 

@@ -32,6 +32,11 @@ class LMEvaluation:
     train_batch_size: int | None = None
     tokenizers: dict = field(default_factory=dict)
     exposure: dict | None = None
+    exposure_skipped: str = "no val sequence has 48 attended tokens to prompt and sample from"
+    probes: object | None = None  # probes.Probes: None when a loader is a one-shot stream
+    fit_steps: int = 64
+    sweep_steps: int = 20
+    probe_budget: float | None = None  # seconds per probe (None: the steps alone)
     capabilities: set = field(default_factory=lambda: {"train", "val"})
 
     def side(self, split: str) -> None:  # min_samples is not used by LM checks
@@ -61,6 +66,14 @@ def _z(diff: float, p: float, m: dict) -> float:
     n = min(m["tokens"], SEQUENCE_TOKENS_Z * m["facts"]["sequences"])
     se = math.sqrt(max(p * (1 - p), 1e-6) * 2 / max(n, 1))
     return diff / se
+
+
+def _uniform_share(m: dict) -> float:
+    """How far the student's predictive entropy sits from its teacher's toward a uniform guess (log V):
+    0 as confident as the teacher, 1 no better than uniform (an untrained or collapsed student)."""
+    h_t, h_s = m["teacher"]["entropy"], m["student"]["entropy"]
+    room = math.log(max(m["vocab"], 2)) - h_t
+    return min(1.0, max(0.0, (h_s - h_t) / room)) if room > 1e-6 else 0.0
 
 
 @lm_check("lm_gap", "Token generalization gap", 10)
@@ -93,6 +106,7 @@ def lm_gap(
         "val_acc_gap_z": _z(val_gap, va["student"]["acc"], va),
         "val_nll_gap": va["student"]["loss"] - va["teacher"]["loss"],
         "entropy_ratio": va["student"]["entropy"] / max(va["teacher"]["entropy"], 1e-9),
+        "uniform_share": _uniform_share(va),
     }
     status = worst(
         grade(excess, agreement_excess_warn, agreement_excess_fail, what="the excess agreement gap"),
@@ -155,8 +169,13 @@ def lm_vocab_parity(
         sizes += "; no tokenizer to compare (hf: directories carry theirs)"
     if problems:
         return Finding("lm_vocab_parity", Status.FAIL, "; ".join(problems) + f"; {sizes}", evidence)
-    status = Status.WARN if evidence["padded_rows"] else Status.PASS
-    return Finding("lm_vocab_parity", status, f"one vocabulary: {sizes}", evidence)
+    if evidence["padded_rows"]:
+        words = (
+            f"{evidence['padded_rows']:,} padded vocabulary rows compared away (--allow-vocab-truncation); "
+            f"they hold {dropped:.2%} of a model's probability; {sizes}"
+        )
+        return Finding("lm_vocab_parity", Status.WARN, words, evidence)
+    return Finding("lm_vocab_parity", Status.PASS, f"one vocabulary: {sizes}", evidence)
 
 
 @lm_check("lm_mask_parity", "Loss-mask parity", 30)
@@ -329,9 +348,7 @@ def exposure_bias(ev: LMEvaluation, *, ratio_warn: float = 1.5, ratio_fail: floa
     """KL(t||s) on the student's own sampled continuations vs on teacher-forced val text."""
     e = ev.exposure
     if e is None:
-        return Finding(
-            "exposure_bias", Status.SKIPPED, "skipped: no val sequence is long enough to sample from", {}
-        )
+        return Finding("exposure_bias", Status.SKIPPED, f"skipped: {ev.exposure_skipped}", {})
     ratio = e["kl_on_policy"] / max(e["kl_teacher_forced"], 1e-9)
     evidence = {
         "kl_teacher_forced": e["kl_teacher_forced"],
@@ -349,3 +366,194 @@ def exposure_bias(ev: LMEvaluation, *, ratio_warn: float = 1.5, ratio_fail: floa
         f"forcing ({ratio:.2f}x)",
         evidence,
     )
+
+
+FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TEMPERATURES = (1.0, 2.0, 4.0)
+
+
+def _no_probes(check_id: str) -> Finding:
+    return Finding(
+        check_id,
+        Status.SKIPPED,
+        "skipped: the probes re-read a few train and val sequences, and a loader here is a one-shot stream",
+        {},
+    )
+
+
+@lm_check("lm_capacity", "Capacity probe (tokens)", 80)
+def lm_capacity(ev: LMEvaluation, *, closed_warn: float = 0.30, closed_fail: float = 0.15) -> Finding:
+    """Pure-KD fine-tuning of a student copy on a few train sequences: can it fit its teacher there?
+    Half the steps at each of probes.LRS, then the one with the lowest train-row KL goes on to the full
+    step budget (a quarter of the time budget for each of the four runs); its step size is the one the
+    loss-weighting sweep uses. KL, not agreement, picks it: a collapsed student's argmax can sit still
+    for many steps while its KL falls.
+
+    closed_*: the share of the way from the checkpoint's train-row agreement to FIT_TARGET the probe
+    covers (the insufficient_capacity ramp reads the same share)."""
+    from .probes import LRS, Objective, n_params
+
+    pr = ev.probes
+    if pr is None:
+        return _no_probes("lm_capacity")
+    pure_kd = Objective(0.0, 1.0, 1.0)
+    every = max(1, ev.fit_steps // 4)
+    # half the steps at each step size, a quarter of the time budget each (fewer steps pick the step
+    # size that starts fastest, not the one that fits best), then the best goes on
+    trial = {"steps": max(1, ev.fit_steps // 2), "seconds": ev.probe_budget and ev.probe_budget / 4}
+    tuned, tried, best_kl = None, {}, math.inf
+    for lr in LRS:  # keep only the best trial alive (each holds a student copy and its Adam state)
+        run = pr.finetune(pure_kd, steps=trial["steps"], budget_s=trial["seconds"], eval_every=every, lr=lr)
+        kl = pr.score(run.model, "train")["kl"]
+        tried[f"{lr:g}"] = {"agreement": run.curve[-1][1], "kl": kl}
+        if kl < best_kl:  # a diverged run (NaN KL) never wins
+            tuned, best_kl = run, kl
+        del run
+    if tuned is None:
+        tuned = pr.finetune(pure_kd, steps=1, budget_s=None, eval_every=1, lr=LRS[0])
+    pr.lr = tuned.lr
+    if tuned.stopped_by == "steps":  # the best step size goes on to the full step budget
+        tuned = pr.finetune(
+            pure_kd, steps=ev.fit_steps, budget_s=trial["seconds"], resume=tuned, eval_every=every
+        )
+    curve = tuned.curve
+    start, fit = curve[0][1], curve[-1][1]
+    room = FIT_TARGET - start
+    closed = min(1.0, max(0.0, (fit - start) / room)) if room > 0.01 else 1.0  # nothing left to fit
+    params = {m: n_params(getattr(pr, m)) for m in ("student", "teacher")}
+    evidence = {
+        "fit_start": start,
+        "fit_agreement": fit,
+        "fit_target": FIT_TARGET,
+        "fit_gain": fit - start,
+        "fit_closed_fraction": closed,
+        "fit_curve": curve,
+        "fit_lr": pr.lr,
+        "fit_trials": tried,  # train-row agreement and KL of each step size after the trial steps
+        "fit_steps": ev.fit_steps,
+        "fit_steps_done": tuned.steps,
+        "fit_steps_share": tuned.steps / max(ev.fit_steps, 1),
+        "fit_stopped_by": tuned.stopped_by,
+        "fit_sequences": len(pr.rows["train"][0]),
+        "fit_tokens": pr.counted_tokens("train"),
+        "student_params": params["student"],
+        "teacher_params": params["teacher"],
+        "param_ratio": params["student"] / max(params["teacher"], 1),
+    }
+    status = grade(closed, closed_warn, closed_fail, higher_is_worse=False, what="the fit probe's progress")
+    cut = " (stopped by its time budget)" if tuned.stopped_by == "time" else ""
+    return Finding(
+        "lm_capacity",
+        status,
+        f"fine-tuned with pure KD on {evidence['fit_sequences']} train sequences ({evidence['fit_tokens']:,} "
+        f"counted tokens) for {tuned.steps} steps{cut} (Adam at {pr.lr:g}, the best of {len(LRS)} tried), "
+        f"the student's token agreement there goes {start:.1%} -> {fit:.1%} ({closed:.0%} of the way to "
+        f"memorizing its teacher's choices); it has "
+        f"{evidence['param_ratio']:.1%} of the teacher's parameters",
+        evidence,
+    )
+
+
+def stated_objective(ev: LMEvaluation):
+    """The user's KD objective per counted token: their weights, T² choice, reduction, top-k, dtype."""
+    from .probes import Objective
+
+    conv = ev.convention
+    mult = kd_shares(ev)[0]
+    kd = 1.0 if conv.bare_kl else conv.kd_weight
+    t2 = conv.temperature**2 if conv.t2 and not conv.bare_kl else 1.0
+    return Objective(conv.ce_weight, kd, conv.temperature, t2 * mult, ev.top_k, ev.kd_dtype)
+
+
+def _rel(a: float, b: float) -> float:
+    return 1 - a / b if b > 0 else 0.0
+
+
+@lm_check("lm_alpha", "Loss weighting sweep (tokens)", 90)
+def lm_alpha(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail: float = 0.15) -> Finding:
+    """Short fine-tuning runs of student copies: with the stated objective (does it still gain?) and
+    with per-token textbook objectives over alpha and T (would another weighting gain more?).
+
+    gain_*: val-row token agreement the best sweep point gains over the better of continuing with the
+    stated objective and the checkpoint as it stands (high: the best of eight short runs on 32
+    sequences is a biased maximum; no cause reads the sweep, only the continue gain)."""
+    from .probes import Objective
+
+    pr = ev.probes
+    if pr is None:
+        return _no_probes("lm_alpha")
+    vocab = ev.splits["val"]["vocab"]
+    budget = {"steps": ev.sweep_steps, "seconds": ev.probe_budget and ev.probe_budget / 10}
+    runs: dict = {}
+
+    def run(obj: Objective) -> dict:
+        if obj not in runs:
+            tuned = pr.finetune(obj, steps=budget["steps"], budget_s=budget["seconds"], seed=1)
+            if budget["seconds"] is not None:  # the first run sets the steps of all the others
+                budget.update(steps=tuned.steps, seconds=None, stopped_by=tuned.stopped_by)
+            runs[obj] = pr.score(tuned.model, "val")
+        return runs[obj]
+
+    def point(a: float, T: float) -> dict:
+        return {"alpha": a, "temperature": T, **run(Objective.textbook(a, T))}
+
+    start = pr.score(pr.student, "val")
+    base = run(stated_objective(ev))
+    alpha_curve = [point(a, ev.convention.temperature) for a in ALPHAS]
+    rank = lambda r: (r["agreement"], -r["kl"])  # noqa: E731
+    best_alpha = max(alpha_curve, key=rank)["alpha"]
+    temp_curve = [point(best_alpha, T) for T in TEMPERATURES]
+    best = max(alpha_curve + temp_curve, key=rank)
+    # a recommendation must beat both continuing with the stated objective and leaving the checkpoint be
+    gain = best["agreement"] - max(base["agreement"], start["agreement"])
+    share = kd_shares(ev)[2]
+    evidence = {
+        "checkpoint_val": start,
+        "continue_val": base,
+        "continue_gain_agreement": base["agreement"] - start["agreement"],
+        "continue_gain_kl_rel": _rel(base["kl"], start["kl"]),
+        "gain_agreement": gain,
+        "gain_kl_rel": _rel(best["kl"], base["kl"]),
+        "kd_share": share,
+        "best": {"alpha": best["alpha"], "temperature": best["temperature"]},
+        "recommended": _recommend(ev, best, gain, gain_warn, vocab),
+        "sweep_steps": budget["steps"],
+        "sweep_stopped_by": budget.get("stopped_by", "steps"),
+        "sweep_sequences": {s: len(pr.rows[s][0]) for s in ("train", "val")},
+        "sweep_tokens": {s: pr.counted_tokens(s) for s in ("train", "val")},
+    }
+    details = {
+        "alpha_curve": alpha_curve,
+        "temperature_curve": temp_curve,
+        "axis": "alpha (KD weight, per-token textbook objective)",
+        "temperature_axis": "T",
+    }
+    cut = " (as many as the time budget allowed)" if evidence["sweep_stopped_by"] == "time" else ""
+    words = (
+        f"{budget['steps']} fine-tuning steps{cut} on {evidence['sweep_sequences']['train']} train "
+        f"sequences, scored on {evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated "
+        "objective moves "
+        f"token agreement {start['agreement']:.1%} -> {base['agreement']:.1%}; the best per-token setting "
+        f"(alpha {best['alpha']:g} on KD, T {best['temperature']:g}) reaches {best['agreement']:.1%} "
+        f"({gain:+.1%})"
+    )
+    status = grade(gain, gain_warn, gain_fail, what="the sweep's gain")
+    return Finding("lm_alpha", status, words, evidence, details)
+
+
+def _recommend(ev: LMEvaluation, best: dict, gain: float, gain_warn: float, vocab: int) -> dict | None:
+    """The sweep's best setting in the user's words (with the KL per counted token); None when it does not
+    beat continuing with the stated objective by more than gain_warn or is the stated setting."""
+    if gain <= gain_warn:
+        return None
+    rec = ev.convention.to_user(best["alpha"], best["temperature"], vocab)
+    if rec.same_setting(ev.convention) and ev.reduction == "token" and not ev.top_k:
+        return None
+    extra = "" if ev.reduction == "token" else ", with the KL reduced per counted token"
+    return {
+        "alpha_kd": best["alpha"],
+        "temperature": best["temperature"],
+        "user": rec.user_params(),
+        "setting": rec.setting() + extra,
+    }

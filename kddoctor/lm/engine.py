@@ -21,20 +21,60 @@ def lm_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch
         raise UserError(
             f"{where}: a causal-LM batch is a mapping with 'input_ids' (and 'attention_mask', 'labels')"
         )
-    ids = torch.as_tensor(batch["input_ids"])
+    ids = _tensor(batch["input_ids"], "input_ids", where)
     if ids.ndim != 2:
         raise UserError(f"{where}: input_ids must be [batch, tokens], got {list(ids.shape)}")
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise UserError(f"{where}: input_ids must be integer token ids, got {ids.dtype}")
     if "labels" in batch and "attention_mask" not in batch:
         raise UserError(
             f"{where} has labels but no attention_mask: pass the mask, so padding is never counted as tokens"
         )
-    mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids))).bool()
-    labels = torch.as_tensor(batch["labels"]) if "labels" in batch else ids.masked_fill(~mask, IGNORE)
-    if labels.shape != ids.shape or mask.shape != ids.shape:
+    mask = _tensor(batch.get("attention_mask", torch.ones_like(ids)), "attention_mask", where)
+    labels = _tensor(batch["labels"], "labels", where) if "labels" in batch else None
+    for key, value in (("attention_mask", mask), ("labels", labels)):
+        if value is not None and value.shape != ids.shape:
+            raise UserError(
+                f"{where}: {key} must have the shape of input_ids {list(ids.shape)}, got {list(value.shape)}"
+            )
+    mask = mask.bool()
+    return ids, mask, labels if labels is not None else ids.masked_fill(~mask, IGNORE)
+
+
+def _tensor(value: object, key: str, where: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(
-            f"{where}: labels and attention_mask must have the shape of input_ids {list(ids.shape)}"
-        )
-    return ids, mask, labels
+            f"{where}: {key} must be a rectangular [batch, tokens] array (pad rows to one length): {e}"
+        ) from None
+
+
+def _loader(loader: Iterable, name: str) -> Iterable:
+    """The loader's batches; one that raises mid-way is a UserError naming the split and batch."""
+    it, index = iter(loader), 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"the {name} loader raised at batch {index}: {type(e).__name__}: {e}") from e
+        yield index, batch
+        index += 1
+
+
+def _forward(model: nn.Module, role: str, ids: torch.Tensor, mask: torch.Tensor, where: str) -> torch.Tensor:
+    try:
+        return lm_logits(model(input_ids=ids, attention_mask=mask))
+    except IndexError as e:  # an embedding or position table indexed past its end
+        raise UserError(
+            f"{where}: the {role} raised IndexError ({e}): its token ids must be below its embedding rows "
+            f"and its sequences no longer than its position table (this batch: ids up to "
+            f"{int(ids.max())}, {ids.shape[1]} tokens)"
+        ) from None
 
 
 def lm_logits(out: object) -> torch.Tensor:
@@ -60,6 +100,17 @@ def _vocab(t: torch.Tensor, s: torch.Tensor, allow_truncation: bool) -> tuple[to
     return t[..., :v], s[..., :v]
 
 
+def _check_labels(labels: torch.Tensor, vocab: int, where: str) -> None:
+    """Labels are -100 or token ids below the compared vocabulary (checked where the loader made them)."""
+    counted = labels[labels != IGNORE]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
+        bad = int(counted.min()) if int(counted.min()) < 0 else int(counted.max())
+        raise UserError(
+            f"{where}: labels must be -100 (not counted) or token ids below the vocabulary ({vocab:,}); "
+            f"found {bad}"
+        )
+
+
 def evaluate_lm(
     teacher: nn.Module,
     student: nn.Module,
@@ -77,18 +128,25 @@ def evaluate_lm(
     metrics, gathered = TokenMetrics(device), LMFacts(device, **(facts or {}))
     sizes = (0, 0)
     with torch.inference_mode():
-        for index, batch in enumerate(loader):
-            ids, mask, labels = (v.to(device, non_blocking=cuda) for v in lm_batch(batch, name, index))
+        for index, batch in _loader(loader, name):
+            host = lm_batch(batch, name, index)
+            ids, mask, labels = (v.to(device, non_blocking=cuda) for v in host)
+            where = f"{name} batch {index}"
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                t_full = lm_logits(teacher(input_ids=ids, attention_mask=mask))
-                s_full = lm_logits(student(input_ids=ids, attention_mask=mask))
+                t_full = _forward(teacher, "teacher", ids, mask, where)
+                s_full = _forward(student, "student", ids, mask, where)
             t, s = _vocab(t_full, s_full, allow_vocab_truncation)
+            _check_labels(host[2], t.shape[-1], where)
             gathered.batch(t_full, s_full, mask, labels, t.shape[-1])
             metrics.update(t, s, labels, on_chunk=gathered.chunk)
             sizes = (t_full.shape[-1], s_full.shape[-1])
             del t_full, s_full, t, s  # before the next forward: never three batches of logits at once
     if float(metrics.sums["tokens"]) == 0:
-        raise UserError(f"the {name} split has no counted tokens (every label is -100 or it is empty)")
+        raise UserError(
+            f"the {name} split has no counted tokens: a label counts from a sequence's second position "
+            "(each position predicts the next), so every label is -100, every sequence has one token, or "
+            "the split is empty"
+        )
     return {
         **metrics.compute(),
         "vocab": min(sizes),

@@ -21,6 +21,7 @@ def _transformers(what: str):
     except ImportError:
         raise UserError(f"{what} needs transformers: {LM_EXTRA}") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # 5.x draws a weight-loading bar on stderr
     return transformers
 
 

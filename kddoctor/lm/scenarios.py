@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_write
+from ..config import Budgets
 from ..convention import KDConvention
 from ..metrics.tokens import IGNORE
 from .demo import SEQ, VOCAB, TinyGPT, _text
@@ -56,6 +57,8 @@ class Distill:
     pad_in_loss: bool = False  # padding counted by CE and KD
     teacher: str = "base"  # base | rot13 (trained on another tokenization)
     lr: float = 3e-3
+    width: int = 48  # the student's size
+    layers: int = 1
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,20 @@ SCENARIOS = [
         Distill(kd_dtype="bfloat16", temperature=0.5),
         stated={"kd_dtype": "bfloat16"},
         fix={"distill": {"kd_dtype": "float32"}, "stated": {"kd_dtype": "float32"}},
+    ),
+    LMScenario(
+        "too_small",
+        "insufficient_capacity",
+        "a student of width 8 (a sixth of the others)",
+        Distill(width=8),
+        fix={"distill": {"width": 48}},
+    ),
+    LMScenario(
+        "under_trained",
+        "optimization",
+        "distillation stopped after 25 of its 300 steps",
+        Distill(steps=25),
+        fix={"distill": {"steps": 300}},
     ),
     LMScenario(
         "overfit_few_documents",
@@ -210,8 +227,8 @@ def teacher_lm() -> nn.Module:
     return TinyGPT(width=96, layers=2)
 
 
-def student_lm() -> nn.Module:
-    return TinyGPT(width=48, layers=1, heads=2)
+def student_lm(width: int = 48, layers: int = 1) -> nn.Module:
+    return TinyGPT(width=width, layers=layers, heads=2)
 
 
 def _logits(model: nn.Module, b: dict) -> torch.Tensor:
@@ -291,14 +308,24 @@ def teacher(kind: str = "base", root: Path | None = None) -> nn.Module:
 def student(scn: LMScenario | str, draw: int = 0, root: Path | None = None) -> nn.Module:
     """The scenario's distilled student (trained once per draw, cached)."""
     scn = get(scn) if isinstance(scn, str) else scn
-    key = "-".join(f"{k}={v}" for k, v in sorted(vars(scn.distill).items()))
+    defaults = Distill()
+    key = "-".join(  # the size fields came later: at their defaults they leave older keys as they were
+        f"{k}={v}"
+        for k, v in sorted(vars(scn.distill).items())
+        if k not in ("width", "layers") or v != getattr(defaults, k)
+    )
     path = _root(root) / f"student-{hashlib.sha256(key.encode()).hexdigest()[:12]}-d{draw}.pt"
-    model = student_lm()
+    model = student_lm(scn.distill.width, scn.distill.layers)
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     torch.manual_seed(1000 + draw)
-    model = distill(student_lm(), teacher(scn.distill.teacher, root), scn.distill, draw)
+    model = distill(
+        student_lm(scn.distill.width, scn.distill.layers),
+        teacher(scn.distill.teacher, root),
+        scn.distill,
+        draw,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path.parent, {path.name: lambda f: torch.save(model.state_dict(), f)})
     return model
@@ -317,6 +344,7 @@ def run(scn: LMScenario | str, draw: int = 0, root: Path | None = None):
         data["val"],
         convention=KDConvention.from_alpha(scn.distill.alpha_kd, temperature=scn.distill.temperature),
         device="cpu",
+        budgets=Budgets.quick(),  # steps only: the zoo's probes are deterministic
         teacher_spec="lm-zoo:teacher",
         student_spec=f"lm-zoo:{scn.name}",
         **scn.stated,

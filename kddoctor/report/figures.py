@@ -230,8 +230,9 @@ def sweep_figure(alpha_details: dict) -> dict:
             "line": {"color": TEACHER},
         },
     ]
+    words = "in your convention" if a and a[0].get("user") else "(per-token textbook objective)"
     layout = _layout(
-        "Fine-tuning sweeps in your convention: val agreement (and loss) by loss weight and temperature",
+        f"Fine-tuning sweeps {words}: val agreement (and loss) by loss weight and temperature",
         xaxis={"title": axis, "domain": [0, 0.45]},
         yaxis={"title": "val agreement"},
         yaxis3={"overlaying": "y", "side": "right", "title": "val loss", "showgrid": False},
@@ -306,9 +307,10 @@ def build_figures(doc: dict, details: dict) -> dict[str, dict]:
         figs["per_class"] = per_class_figure(details["per_class"], doc["run"].get("class_names") or [])
     if checks.get("generalization_gap"):
         figs["membership"] = membership_figure(checks["generalization_gap"])
-    if checks.get("alpha_sensitivity"):
-        figs["sweep"] = sweep_figure(checks["alpha_sensitivity"])
-    cap = evidence.get("capacity_probe", {})
+    sweep = checks.get("alpha_sensitivity") or checks.get("lm_alpha")  # images / causal LMs
+    if sweep:
+        figs["sweep"] = sweep_figure(sweep)
+    cap = evidence.get("capacity_probe") or evidence.get("lm_capacity") or {}
     if cap.get("fit_curve"):
         figs["fit"] = fit_figure(cap["fit_curve"], cap.get("fit_target", 0.99))
     return figs

@@ -1,0 +1,172 @@
+"""The token-level fine-tuning probes on inputs whose answer is known by construction."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kddoctor.checks.base import Status
+from kddoctor.convention import KDConvention
+from kddoctor.lm import probes
+from kddoctor.lm.checks import LMEvaluation, lm_alpha, lm_capacity, stated_objective
+from kddoctor.lm.demo import TinyGPT
+from kddoctor.lm.probes import Objective, Probes, gather
+from kddoctor.metrics.tokens import IGNORE
+
+
+def _rows(n=12, length=16, vocab=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, -4:] = 0  # every third row padded at its end
+    return ids, mask.bool(), ids.masked_fill(mask == 0, IGNORE)
+
+
+def test_objective_is_the_per_token_kd_loss_written_out():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    target = torch.randint(0, 7, (2, 5), generator=g)
+    target[0, :2] = IGNORE
+    counted = target != IGNORE
+    ce = F.cross_entropy(s[counted], target[counted])
+    lt, ls = F.log_softmax(t / 2, -1), F.log_softmax(s / 2, -1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)[counted].mean()
+    want = 0.3 * ce + 0.7 * 4 * kl
+    assert float(Objective.textbook(0.7, 2.0).loss(s, t, target)) == pytest.approx(float(want), rel=1e-5)
+    # a top-1 target keeps the argmax only: KL = -log p_s(argmax t)
+    top1 = Objective(0.0, 1.0, 1.0, top_k=1).loss(s, t, target)
+    want1 = -F.log_softmax(s, -1).gather(-1, t.argmax(-1, keepdim=True)).squeeze(-1)[counted].mean()
+    assert float(top1) == pytest.approx(float(want1), rel=1e-5)
+
+
+def test_stated_objective_carries_the_reduction_t2_and_top_k():
+    splits = {"train": {"vocab": 32, "facts": {"tokens_per_sequence": 40.0}}}
+    conv = KDConvention.from_alpha(0.3, temperature=2.0)
+    ev = LMEvaluation(splits, conv, reduction="batchmean", top_k=5, kd_dtype="bfloat16")
+    obj = stated_objective(ev)
+    assert (obj.ce, obj.kd, obj.scale, obj.top_k, obj.dtype) == (
+        pytest.approx(0.7),
+        pytest.approx(0.3),
+        pytest.approx(4 * 40.0),  # T² times the 40 tokens 'batchmean' sums per sequence
+        5,
+        "bfloat16",
+    )
+    no_t2 = stated_objective(LMEvaluation(splits, KDConvention.from_alpha(0.3, temperature=2.0, t2=False)))
+    assert no_t2.scale == pytest.approx(1.0)
+
+
+def test_gather_cuts_pads_and_skips_rows_without_counted_tokens():
+    a = _rows(n=4, length=10)
+    b_ids, b_mask, b_labels = _rows(n=4, length=6, seed=1)
+    b_labels[1:] = IGNORE  # three rows count nothing: skipped
+    batches = [
+        {"input_ids": a[0], "attention_mask": a[1], "labels": a[2]},
+        {"input_ids": b_ids, "attention_mask": b_mask, "labels": b_labels},
+    ]
+    ids, mask, labels = gather(batches, "train", rows=8, tokens=8)
+    assert ids.shape == (5, 8)  # 4 + 1 rows, cut to 8 positions
+    assert torch.equal(ids[:4], a[0][:, :8])
+    assert not mask[4, 6:].any() and (labels[4, 6:] == IGNORE).all()  # the 6-token row padded
+    assert gather(iter(batches), "train", rows=8) is None  # a one-shot stream is never consumed
+
+
+def test_cached_and_recomputed_teacher_targets_agree(monkeypatch):
+    torch.manual_seed(0)
+    teacher, student = TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2)
+    rows = _rows(vocab=256)
+    cpu = torch.device("cpu")
+    cached = Probes(teacher, student, rows, rows, vocab=256, device=cpu)
+    monkeypatch.setattr(probes, "TEACHER_CACHE_ELEMS", 0)
+    fresh = Probes(teacher, student, rows, rows, vocab=256, device=cpu)
+    assert fresh.cache["train"] is None and cached.cache["train"] is not None
+    assert cached.score(student, "val") == pytest.approx(fresh.score(student, "val"))
+    a = cached.finetune(Objective(0.0, 1.0, 1.0), steps=3, budget_s=None)
+    b = fresh.finetune(Objective(0.0, 1.0, 1.0), steps=3, budget_s=None)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_finetuning_leaves_the_student_alone_and_a_copy_of_the_teacher_scores_perfectly():
+    torch.manual_seed(0)
+    teacher = TinyGPT(width=16, layers=1, heads=2)
+    student = TinyGPT(width=16, layers=1, heads=2)
+    before = copy.deepcopy(student.state_dict())
+    rows = _rows(vocab=256)
+    pr = Probes(teacher, student, rows, rows, vocab=256, device=torch.device("cpu"))
+    pr.finetune(Objective.textbook(0.5, 2.0), steps=4, budget_s=None)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    same = pr.score(teacher, "val")
+    assert same["agreement"] == pytest.approx(1.0) and same["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def _probe_ev(teacher, student, **kw):
+    rows = _rows(n=16, length=24, vocab=256)
+    pr = Probes(teacher, student, rows, rows, vocab=256, device=torch.device("cpu"))
+    splits = {"train": {"vocab": 256, "facts": {"tokens_per_sequence": 20.0}}, "val": {"vocab": 256}}
+    return LMEvaluation(splits, KDConvention.from_alpha(0.5, temperature=2.0), probes=pr, **kw)
+
+
+def test_capacity_probe_tells_a_copy_of_the_teacher_from_a_tiny_student():
+    torch.manual_seed(0)
+    teacher = TinyGPT(width=32, layers=1, heads=2)
+    big = _probe_ev(teacher, TinyGPT(width=32, layers=1, heads=2), fit_steps=80)
+    tiny = _probe_ev(teacher, TinyGPT(width=2, layers=1, heads=1), fit_steps=80)
+    fb, ft = lm_capacity(big), lm_capacity(tiny)
+    assert fb.evidence["fit_closed_fraction"] > 0.45 and ft.evidence["fit_closed_fraction"] < 0.1
+    assert ft.status is not Status.PASS and fb.status is Status.PASS
+    assert set(fb.evidence["fit_trials"]) == {f"{lr:g}" for lr in probes.LRS}
+    assert big.probes.lr == fb.evidence["fit_lr"]  # the sweep then runs at the fit's step size
+
+
+def test_alpha_sweep_reports_both_curves_and_the_continue_gain():
+    torch.manual_seed(0)
+    ev = _probe_ev(TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2), sweep_steps=3)
+    f = lm_alpha(ev)
+    assert [p["alpha"] for p in f.details["alpha_curve"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [p["temperature"] for p in f.details["temperature_curve"]] == [1.0, 2.0, 4.0]
+    e = f.evidence
+    assert e["gain_agreement"] == pytest.approx(
+        max(p["agreement"] for p in f.details["alpha_curve"] + f.details["temperature_curve"])
+        - e["continue_val"]["agreement"]
+    )
+    assert e["continue_gain_agreement"] == pytest.approx(
+        e["continue_val"]["agreement"] - e["checkpoint_val"]["agreement"]
+    )
+
+
+def test_probes_are_skipped_on_one_shot_streams():
+    ev = LMEvaluation({"train": {}, "val": {}}, KDConvention())
+    assert lm_capacity(ev).status is Status.SKIPPED and lm_alpha(ev).status is Status.SKIPPED
+
+
+def test_a_time_budget_stops_the_fit_probe_and_says_so():
+    torch.manual_seed(0)
+    teacher = TinyGPT(width=16, layers=1, heads=2)
+    ev = _probe_ev(teacher, TinyGPT(width=8, layers=1, heads=2), fit_steps=40, probe_budget=1e-9)
+    f = lm_capacity(ev)
+    assert f.evidence["fit_stopped_by"] == "time" and f.evidence["fit_steps_done"] == 1
+    assert f.evidence["fit_steps_share"] == pytest.approx(1 / 40)
+    assert "stopped by its time budget" in f.summary
+
+
+def _capacity_rows(steps_share: float) -> list[dict]:
+    gap = {"val_acc_gap": 0.15, "val_acc_gap_z": 8.0, "excess_agreement_gap": 0.0}
+    cap = {"fit_closed_fraction": 0.05, "param_ratio": 0.01, "fit_steps_share": steps_share}
+    return [
+        {"id": "lm_gap", "status": "warn", "evidence": gap},
+        {"id": "lm_capacity", "status": "fail", "evidence": cap},
+        {"id": "lm_alpha", "status": "pass", "evidence": {"continue_gain_agreement": -0.05}},
+    ]
+
+
+def test_a_student_that_cannot_fit_is_too_small_unless_the_probe_ran_out_of_time():
+    from kddoctor.causes import rank
+
+    def capacity(share):
+        causes = rank(_capacity_rows(share), name="lm_causes.toml", context={"applies": {"always"}})
+        return next(c for c in causes if c["id"] == "insufficient_capacity")
+
+    full, starved = capacity(1.0), capacity(0.2)
+    assert full["score"] >= 0.5 and full["id"] == "insufficient_capacity"
+    assert starved["score"] < 0.5 and starved["against"] > 0.5
