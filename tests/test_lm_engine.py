@@ -103,6 +103,14 @@ def test_bad_batches_are_one_clear_line(batch, words):
     assert words in str(e.value) and "train batch 0" in str(e.value)
 
 
+def test_labels_shifted_already_are_refused_and_aligned_ones_pass():
+    b = _batches(n=1)[0]
+    shifted = dict(b, labels=torch.cat([b["labels"][:, 1:], torch.full((4, 1), IGNORE)], 1))
+    with pytest.raises(UserError, match="the labels look shifted already"):
+        evaluate_lm(TinyLM(), TinyLM(), [shifted], name="train")
+    assert evaluate_lm(TinyLM(), TinyLM(), [b], name="train")["tokens"] > 0
+
+
 def test_a_loader_that_raises_is_named_with_its_batch():
     def stream():
         yield _batches(n=1)[0]

@@ -100,6 +100,23 @@ def _vocab(t: torch.Tensor, s: torch.Tensor, allow_truncation: bool) -> tuple[to
     return t[..., :v], s[..., :v]
 
 
+def _check_alignment(ids: torch.Tensor, labels: torch.Tensor, where: str) -> bool:
+    """Refuse labels that were shifted already (a second shift scores every token against the one after
+    next); True once a batch had enough counted tokens to tell, so later batches skip the check."""
+    counted = labels[:, :-1] != IGNORE
+    if int(counted.sum()) < 16:
+        return False
+    same = float((labels[:, :-1] == ids[:, :-1])[counted].float().mean())
+    after = float((labels[:, :-1] == ids[:, 1:])[counted].float().mean())
+    if same < 0.5 and after > 0.9:
+        raise UserError(
+            f"{where}: the labels look shifted already ({after:.0%} of counted labels equal the next input "
+            f"token, {same:.0%} the token at their own position); kddoctor shifts them as Hugging Face "
+            "causal LMs do: pass labels aligned with input_ids (input_ids with -100 where not counted)"
+        )
+    return True
+
+
 def _check_labels(labels: torch.Tensor, vocab: int, where: str) -> None:
     """Labels are -100 or token ids below the compared vocabulary (checked where the loader made them)."""
     counted = labels[labels != IGNORE]
@@ -126,12 +143,13 @@ def evaluate_lm(
     device = torch.device(device)
     cuda = device.type == "cuda"
     metrics, gathered = TokenMetrics(device), LMFacts(device, **(facts or {}))
-    sizes = (0, 0)
+    sizes, aligned = (0, 0), False
     with torch.inference_mode():
         for index, batch in _loader(loader, name):
             host = lm_batch(batch, name, index)
-            ids, mask, labels = (v.to(device, non_blocking=cuda) for v in host)
             where = f"{name} batch {index}"
+            aligned = aligned or _check_alignment(host[0], host[2], where)
+            ids, mask, labels = (v.to(device, non_blocking=cuda) for v in host)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 t_full = _forward(teacher, "teacher", ids, mask, where)
                 s_full = _forward(student, "student", ids, mask, where)
