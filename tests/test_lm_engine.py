@@ -111,6 +111,15 @@ def test_labels_shifted_already_are_refused_and_aligned_ones_pass():
     assert evaluate_lm(TinyLM(), TinyLM(), [b], name="train")["tokens"] > 0
 
 
+def test_one_shot_streams_are_probed_from_the_rows_the_pass_sampled():
+    from kddoctor.lm.api import diagnose_lm
+
+    d = diagnose_lm(TinyLM(seed=1), TinyLM(seed=2), iter(_batches()), iter(_batches(n=2)))
+    probes = {f.id: f for f in d.checks if f.id in ("lm_capacity", "lm_alpha")}
+    assert all(f.status.value in ("pass", "warn", "fail") for f in probes.values()), probes
+    assert probes["lm_capacity"].evidence["fit_sequences"] == 12  # every row of the 3 train batches
+
+
 def test_a_loader_that_raises_is_named_with_its_batch():
     def stream():
         yield _batches(n=1)[0]

@@ -11,7 +11,8 @@ from kddoctor.convention import KDConvention
 from kddoctor.lm import probes
 from kddoctor.lm.checks import LMEvaluation, lm_alpha, lm_capacity, stated_objective
 from kddoctor.lm.demo import TinyGPT
-from kddoctor.lm.probes import Objective, Probes, gather
+from kddoctor.lm.probes import Objective, Probes
+from kddoctor.lm.rows import RowSample
 from kddoctor.metrics.tokens import IGNORE
 
 
@@ -56,19 +57,44 @@ def test_stated_objective_carries_the_reduction_t2_and_top_k():
     assert no_t2.scale == pytest.approx(1.0)
 
 
-def test_gather_cuts_pads_and_skips_rows_without_counted_tokens():
+def _sample(batches, size=8, tokens=8):
+    rows = RowSample(size, tokens, seed=3)
+    for b in batches:
+        rows.add(b["input_ids"], b["attention_mask"], b["labels"])
+    return rows.tensors()
+
+
+def test_the_row_sample_cuts_pads_and_skips_rows_without_counted_tokens():
     a = _rows(n=4, length=10)
     b_ids, b_mask, b_labels = _rows(n=4, length=6, seed=1)
-    b_labels[1:] = IGNORE  # three rows count nothing: skipped
+    b_labels[1:] = IGNORE  # three rows count nothing: never kept
     batches = [
         {"input_ids": a[0], "attention_mask": a[1], "labels": a[2]},
         {"input_ids": b_ids, "attention_mask": b_mask, "labels": b_labels},
     ]
-    ids, mask, labels = gather(batches, "train", rows=8, tokens=8)
+    ids, mask, labels = _sample(batches)
     assert ids.shape == (5, 8)  # 4 + 1 rows, cut to 8 positions
-    assert torch.equal(ids[:4], a[0][:, :8])
-    assert not mask[4, 6:].any() and (labels[4, 6:] == IGNORE).all()  # the 6-token row padded
-    assert gather(iter(batches), "train", rows=8) is None  # a one-shot stream is never consumed
+    assert {tuple(r) for r in ids.tolist()} == {tuple(r) for r in a[0][:, :8].tolist()} | {
+        tuple(b_ids[0].tolist() + [0, 0])
+    }
+    six = next(i for i, r in enumerate(ids.tolist()) if r[:6] == b_ids[0].tolist())
+    assert not mask[six, 6:].any() and (labels[six, 6:] == IGNORE).all()  # the 6-token row padded
+
+
+def test_the_row_sample_does_not_depend_on_the_loader_order():
+    ids, mask, labels = _rows(n=40, length=12)
+    lengths = mask.sum(1)
+    batches = [
+        {"input_ids": i, "attention_mask": m, "labels": x} for i, m, x in zip(ids, mask, labels, strict=True)
+    ]
+    by_length = sorted(batches, key=lambda b: int(b["attention_mask"].sum()))  # a length-sorted loader
+    as_is, sorted_ = (
+        _sample([{k: v[None] for k, v in b.items()} for b in bs], size=10, tokens=12)
+        for bs in (batches, by_length)
+    )
+    key = lambda t: sorted(map(tuple, t[0].tolist()))  # noqa: E731
+    assert key(as_is) == key(sorted_) and len(as_is[0]) == 10
+    assert lengths.min() < 12  # the sample really mixes lengths it could have been biased on
 
 
 def test_cached_and_recomputed_teacher_targets_agree(monkeypatch):
@@ -135,7 +161,7 @@ def test_alpha_sweep_reports_both_curves_and_the_continue_gain():
     )
 
 
-def test_probes_are_skipped_on_one_shot_streams():
+def test_probes_are_skipped_without_rows():
     ev = LMEvaluation({"train": {}, "val": {}}, KDConvention())
     assert lm_capacity(ev).status is Status.SKIPPED and lm_alpha(ev).status is Status.SKIPPED
 

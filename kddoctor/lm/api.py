@@ -28,7 +28,8 @@ from .checks import REDUCTIONS, LMEvaluation, kd_shares, run_lm_checks
 from .engine import evaluate_lm, lm_batch
 from .exposure import exposure
 from .facts import DTYPES
-from .probes import TRAIN_ROWS, VAL_ROWS, Probes, gather
+from .probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
+from .rows import RowSample
 
 CATALOGUE = "lm_causes.toml"
 PRECISION_ROWS = 4096  # val tokens on which the KD term's KL is computed in the training dtype too
@@ -76,6 +77,7 @@ def diagnose_lm(
     teacher.to(dev).eval()
     student.to(dev).eval()
     splits, timings = {}, {}
+    rows = {"train": RowSample(TRAIN_ROWS, TOKENS, seed), "val": RowSample(VAL_ROWS, TOKENS, seed + 1)}
     try:
         for name, loader in (("train", train), ("val", val)):
             began = time.perf_counter()
@@ -87,6 +89,7 @@ def diagnose_lm(
                 device=dev,
                 allow_vocab_truncation=allow_vocab_truncation,
                 facts={**facts, "precision_rows": PRECISION_ROWS if name == "val" else 0},
+                rows=rows[name],
             )
             timings[f"eval_{name}"] = round(time.perf_counter() - began, 4)
         main_pass = time.perf_counter() - start
@@ -94,7 +97,7 @@ def diagnose_lm(
         drift = _exposure(teacher, student, val, splits["val"]["vocab"], dev, seed)
         timings["exposure"] = round(time.perf_counter() - began, 4)
         began = time.perf_counter()
-        probes = _probes(teacher, student, train, val, splits["val"]["vocab"], dev, seed)
+        probes = _probes(teacher, student, rows, splits["val"]["vocab"], dev, seed)
         if top_k is not None and top_k >= splits["val"]["vocab"]:
             raise UserError(
                 f"--teacher-top-k {top_k} is not below the vocabulary ({splits['val']['vocab']:,} rows): "
@@ -184,11 +187,12 @@ def _exposure(teacher, student, val: Iterable, vocab: int, dev, seed: int) -> di
 _ONE_SHOT = "the val loader is a one-shot stream (a generator): kddoctor never reads it twice"
 
 
-def _probes(teacher, student, train: Iterable, val: Iterable, vocab: int, dev, seed: int) -> Probes | None:
-    rows = {"train": gather(train, "train", TRAIN_ROWS), "val": gather(val, "val", VAL_ROWS)}
-    if None in rows.values():
+def _probes(teacher, student, rows: dict, vocab: int, dev, seed: int) -> Probes | None:
+    """The probes on the rows the main pass sampled (None when a split kept no row)."""
+    tensors = {name: sample.tensors() for name, sample in rows.items()}
+    if None in tensors.values():
         return None
-    return Probes(teacher, student, rows["train"], rows["val"], vocab=vocab, device=dev, seed=seed)
+    return Probes(teacher, student, tensors["train"], tensors["val"], vocab=vocab, device=dev, seed=seed)
 
 
 def lm_verdict(rows: list[dict], causes: list[dict], splits: dict) -> dict:

@@ -33,7 +33,7 @@ class LMEvaluation:
     tokenizers: dict = field(default_factory=dict)
     exposure: dict | None = None
     exposure_skipped: str = "no val sequence has 48 attended tokens to prompt and sample from"
-    probes: object | None = None  # probes.Probes: None when a loader is a one-shot stream
+    probes: object | None = None  # probes.Probes on rows the main pass sampled (None: no counted row)
     fit_steps: int = 64
     sweep_steps: int = 20
     probe_budget: float | None = None  # seconds per probe (None: the steps alone)
@@ -377,7 +377,7 @@ def _no_probes(check_id: str) -> Finding:
     return Finding(
         check_id,
         Status.SKIPPED,
-        "skipped: the probes re-read a few train and val sequences, and a loader here is a one-shot stream",
+        "skipped: no train or val sequence counts a token within its first positions",
         {},
     )
 

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import UserError
 from ..metrics.tokens import IGNORE, TokenMetrics
 from .facts import LMFacts
+from .rows import RowSample
 
 
 def lm_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,6 +138,7 @@ def evaluate_lm(
     device: torch.device | str = "cpu",
     allow_vocab_truncation: bool = False,
     facts: dict | None = None,
+    rows: RowSample | None = None,
 ) -> dict:
     """Both models over one split (eval mode, no grad): TokenMetrics.compute(), the vocabulary sizes and,
     under "facts", LMFacts.compute() (`facts`: LMFacts keywords: pad_id, top_k, temperature, dtype)."""
@@ -149,6 +151,8 @@ def evaluate_lm(
             host = lm_batch(batch, name, index)
             where = f"{name} batch {index}"
             aligned = aligned or _check_alignment(host[0], host[2], where)
+            if rows is not None:
+                rows.add(*host)
             ids, mask, labels = (v.to(device, non_blocking=cuda) for v in host)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 t_full = _forward(teacher, "teacher", ids, mask, where)

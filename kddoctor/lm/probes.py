@@ -1,19 +1,18 @@
 """The budgeted fine-tuning probes on tokens: the image capacity and (alpha, T) probes for causal LMs.
 
-A few train rows (`TRAIN_ROWS` sequences, their first `TOKENS` positions) and more val rows are read
-once. Copies of the student are fine-tuned on the train rows with a token-level KD objective (every
-term per counted token, the KL in fp32 unless the stated objective ran lower) and scored per counted
-token on both. The teacher's logits on the rows are kept when they fit `TEACHER_CACHE_ELEMS`, else
-recomputed per step (a 150k vocabulary never holds [rows, tokens, V] in memory). Each probe stops at
-its step budget or its time budget, whichever comes first, and says which.
+The main pass samples the rows (`rows.RowSample`: `TRAIN_ROWS` train and `VAL_ROWS` val sequences, their
+first `TOKENS` positions, chosen by a seeded content hash, so the loader's order does not matter and no
+loader is read twice). Copies of the student are fine-tuned on the train rows with a token-level KD
+objective (every term per counted token, the KL in fp32 unless the stated objective ran lower) and
+scored per counted token on both. The teacher's logits on the rows are kept when they fit
+`TEACHER_CACHE_ELEMS`, else recomputed per step (a 150k vocabulary never holds [rows, tokens, V] in
+memory). Each probe stops at its step budget or its time budget, whichever comes first, and says which.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics.tokens import IGNORE
-from .engine import lm_batch, lm_logits
+from .engine import lm_logits
 from .facts import DTYPES, token_kl
 
 TRAIN_ROWS = 32  # sequences the probes fine-tune on
@@ -75,28 +74,6 @@ class Objective:
         kth = t.topk(self.top_k, -1).values[..., -1:]
         p = F.softmax(t.masked_fill(t < kth, float("-inf")).to(dt) / temp, -1)
         return (torch.xlogy(p, p) - p * F.log_softmax(s.to(dt) / temp, -1)).sum(-1)
-
-
-def gather(loader: Iterable, split: str, rows: int, tokens: int = TOKENS) -> tuple | None:
-    """Up to `rows` sequences with a counted token, cut to `tokens` positions and right-padded to one
-    length: (ids, mask, labels) [N, L]; None for a one-shot stream (never consumed here) or no rows."""
-    if iter(loader) is loader:
-        return None
-    got: list[tuple] = []
-    for index, batch in enumerate(itertools.islice(loader, rows)):
-        ids, mask, labels = (v[:, :tokens] for v in lm_batch(batch, split, index))
-        keep = (labels[:, 1:] != IGNORE).any(1)
-        got.extend(zip(ids[keep], mask[keep], labels[keep], strict=True))
-        if len(got) >= rows:
-            break
-    if not got:
-        return None
-    got = got[:rows]
-    width = max(len(r[0]) for r in got)
-    out = []
-    for k, fill in enumerate((0, False, IGNORE)):
-        out.append(torch.stack([F.pad(r[k], (0, width - len(r[k])), value=fill) for r in got]))
-    return tuple(out)
 
 
 @dataclass
