@@ -29,7 +29,7 @@ class RowSample:
         """One host-side batch [B, L] (a few integer ops per token; never on the device)."""
         if self.size <= 0:
             return
-        cut = [v[:, : self.tokens] for v in (ids, mask, labels)]
+        cut = [v[:, : self.tokens].cpu() for v in (ids, mask, labels)]  # a loader may hand device tensors
         keep = (cut[2][:, 1:] != IGNORE).any(1)
         if not keep.any():
             return
