@@ -379,27 +379,38 @@ def iter_batches(
     A loader that raises mid-way becomes a UserError naming the split and batch. `labels` are
     split_batch's keywords (class_names, num_classes, notes).
     """
-    seen = 0
-    it = iter(loader)
-    index = 0
-    while limit is None or seen < limit:
-        try:
-            batch = next(it)
-        except StopIteration:
+    seen = read = 0
+    batches = loader_batches(loader, split)
+    while limit is None or seen < limit:  # checked before the next batch is pulled from the loader
+        got = next(batches, None)
+        if got is None:
             break
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"the {split} loader raised at batch {index}: {type(e).__name__}: {e}") from e
+        index, batch = got
         x, y = split_batch(batch, split, index, **labels)
         if limit is not None and seen + len(x) > limit:
             x, y = x[: limit - seen], y[: limit - seen]
         seen += len(x)
         if index % world == rank:
             yield x, y
-        index += 1
-    if index == 0:
+        read += 1
+    if read == 0:
         raise UserError(f"the {split} loader is empty; check the data factory")
+
+
+def loader_batches(loader: Iterable, split: str) -> Iterator[tuple[int, object]]:
+    """(index, batch) from a loader; one that raises mid-way is a UserError naming the split and batch."""
+    it, index = iter(loader), 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"the {split} loader raised at batch {index}: {type(e).__name__}: {e}") from e
+        yield index, batch
+        index += 1
 
 
 def loader_length(loader: Iterable, limit: int | None) -> int | None:

@@ -93,16 +93,16 @@ def diagnose_lm(
             )
             timings[f"eval_{name}"] = round(time.perf_counter() - began, 4)
         main_pass = time.perf_counter() - start
-        began = time.perf_counter()
-        drift = _exposure(teacher, student, val, splits["val"]["vocab"], dev, seed)
-        timings["exposure"] = round(time.perf_counter() - began, 4)
-        began = time.perf_counter()
-        probes = _probes(teacher, student, rows, splits["val"]["vocab"], dev, seed)
         if top_k is not None and top_k >= splits["val"]["vocab"]:
             raise UserError(
                 f"--teacher-top-k {top_k} is not below the vocabulary ({splits['val']['vocab']:,} rows): "
                 "such a target truncates nothing; drop the flag"
             )
+        began = time.perf_counter()
+        drift = _exposure(teacher, student, val, splits["val"]["vocab"], dev, seed)
+        timings["exposure"] = round(time.perf_counter() - began, 4)
+        began = time.perf_counter()
+        probes = _probes(teacher, student, rows, splits["val"]["vocab"], dev, seed)
         timings["probe_rows"] = round(time.perf_counter() - began, 4)
         ev = LMEvaluation(
             splits,

@@ -392,7 +392,8 @@ def lm_capacity(ev: LMEvaluation, *, closed_warn: float = 0.30, closed_fail: flo
 
     closed_*: the share of the way from the checkpoint's train-row agreement to FIT_TARGET the probe
     covers (the insufficient_capacity ramp reads the same share)."""
-    from .probes import LRS, Objective, n_params
+    from ..checks._probes import n_params
+    from .probes import LRS, Objective
 
     pr = ev.probes
     if pr is None:

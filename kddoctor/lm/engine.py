@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..data import loader_batches
 from ..errors import UserError
 from ..metrics.tokens import IGNORE, TokenMetrics
 from .facts import LMFacts
@@ -49,22 +50,6 @@ def _tensor(value: object, key: str, where: str) -> torch.Tensor:
         raise UserError(
             f"{where}: {key} must be a rectangular [batch, tokens] array (pad rows to one length): {e}"
         ) from None
-
-
-def _loader(loader: Iterable, name: str) -> Iterable:
-    """The loader's batches; one that raises mid-way is a UserError naming the split and batch."""
-    it, index = iter(loader), 0
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"the {name} loader raised at batch {index}: {type(e).__name__}: {e}") from e
-        yield index, batch
-        index += 1
 
 
 def _forward(model: nn.Module, role: str, ids: torch.Tensor, mask: torch.Tensor, where: str) -> torch.Tensor:
@@ -121,8 +106,11 @@ def _check_alignment(ids: torch.Tensor, labels: torch.Tensor, where: str) -> boo
 def _check_labels(labels: torch.Tensor, vocab: int, where: str) -> None:
     """Labels are -100 or token ids below the compared vocabulary (checked where the loader made them)."""
     counted = labels[labels != IGNORE]
-    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
-        bad = int(counted.min()) if int(counted.min()) < 0 else int(counted.max())
+    if not counted.numel():
+        return
+    low, high = int(counted.min()), int(counted.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
         raise UserError(
             f"{where}: labels must be -100 (not counted) or token ids below the vocabulary ({vocab:,}); "
             f"found {bad}"
@@ -147,7 +135,7 @@ def evaluate_lm(
     metrics, gathered = TokenMetrics(device), LMFacts(device, **(facts or {}))
     sizes, aligned = (0, 0), False
     with torch.inference_mode():
-        for index, batch in _loader(loader, name):
+        for index, batch in loader_batches(loader, name):
             host = lm_batch(batch, name, index)
             where = f"{name} batch {index}"
             aligned = aligned or _check_alignment(host[0], host[2], where)

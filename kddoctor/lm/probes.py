@@ -194,7 +194,3 @@ class Probes:
                     stopped_by = "time"
                     break
         return Tuned(model.eval(), curve, done, stopped_by, lr, opt, gen)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
