@@ -21,14 +21,14 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
     "eval_mask_differs": ("lm_mask_parity", "mask_shift", "counted share differs by {:.0%}"),
     "tokenizer_mismatch": ("lm_vocab_parity", "teacher_nll_excess", "teacher {:+.2f} nats/token vs student"),
     "bf16_kl": ("lm_precision", "zero_fraction", "bf16 KL reads 0 on {:.0%} of tokens"),
-    "overfit_few_documents": ("lm_gap", "excess_agreement_gap", "excess agreement gap {:.1%}"),
-    "too_small": ("lm_capacity", "fit_closed_fraction", "fit probe covers {:.0%} of the way"),
-    "under_trained": ("lm_alpha", "continue_gain_agreement", "continuing gains {:+.1%} agreement"),
+    "overfit_few_documents": ("generalization_gap", "excess_agreement_gap", "excess agreement gap {:.1%}"),
+    "too_small": ("capacity_probe", "fit_closed_fraction", "fit probe covers {:.0%} of the way"),
+    "under_trained": ("alpha_sensitivity", "continue_gain_agreement", "continuing gains {:+.1%} agreement"),
 }
 
 
 def _signal(name: str, diag) -> str:
-    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed"), ("lm_gap", "val_acc_gap", "val acc gap {:.1%}"))
+    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed"), ("generalization_gap", "val_acc_gap", "val acc gap {:.1%}"))
     value = next((f.evidence.get(key) for f in diag.checks if f.id == check), None)
     return fmt.format(value) if isinstance(value, int | float) else "-"
 

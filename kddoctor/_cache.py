@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,12 @@ import torch
 from torch import nn
 
 from ._io import atomic_write
+
+
+def cache_dir() -> Path:
+    """kddoctor's cache root: $KDDOCTOR_CACHE, default ~/.cache/kddoctor (teacher outputs, demo models)."""
+    return Path(os.environ.get("KDDOCTOR_CACHE", Path.home() / ".cache" / "kddoctor"))
+
 
 CACHE_VERSION = 3  # 2: the key covers the model's code; 3: logits only (features are recomputed)
 

@@ -30,11 +30,21 @@ def rank_world() -> tuple[int, int]:
 
 def gather_ints(value: int) -> list[int]:
     """Every rank's value, in rank order (a single-element list outside torch.distributed)."""
+    return all_gather(value)
+
+
+def max_int(value: int) -> int:
+    """The largest of every rank's value (the value itself outside torch.distributed)."""
+    return max(gather_ints(value))
+
+
+def all_gather(obj: object) -> list:
+    """Every rank's object, in rank order (a single-element list outside torch.distributed)."""
     rank, world = rank_world()
     if world == 1:
-        return [value]
+        return [obj]
     out: list = [None] * world
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, obj)
     return out
 
 
@@ -42,3 +52,27 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def merge_reservoirs(kept):
+    """Bottom-k over every rank's reservoirs (all ranks end with the same subsets)."""
+    from ._sampling import Reservoir, merge_results
+
+    for attr in ("inputs", "outputs"):
+        res = getattr(kept, attr)
+        keys, cols = res.result()
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (keys.cpu(), {n: v.cpu() for n, v in cols.items()}))
+        merged = Reservoir(res.k)
+        merged.keys, merged.cols = merge_results(parts, res.k)
+        setattr(kept, attr, merged)
+    return kept
+
+
+def gather_columns(samples: dict) -> dict:
+    """Concatenate every rank's per-sample columns (rank 0 first, so its feature rows stay aligned)."""
+    import numpy as np
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, samples)
+    return {k: np.concatenate([p[k] for p in parts]) for k in samples}

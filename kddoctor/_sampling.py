@@ -161,10 +161,10 @@ class KeyFiltered:
     reads the data, no model, finds the k-th smallest key), or below a given threshold (one pass)."""
 
     def __init__(
-        self, loader: Iterable, k: int, seed: int, split_batch, threshold: float | None = None
+        self, loader: Iterable, k: int, seed: int, split_batch, threshold: float | None = None, project=None
     ) -> None:
         self.loader, self.k, self.split_batch = loader, k, split_batch
-        self.keys = ContentKeys(seed)
+        self.project = project or ContentKeys(seed).project  # a task may key its rows its own way
         self.threshold = threshold  # given: keys are uniform on [0, 1), so a rate needs no first pass
         self.total = 0
 
@@ -176,7 +176,7 @@ class KeyFiltered:
         all_keys = []
         for i, batch in enumerate(self.loader):
             x, _ = self.split_batch(batch, "subset", i)
-            all_keys.append(ContentKeys.key(self.keys.project(x)).numpy())
+            all_keys.append(ContentKeys.key(self.project(x)).numpy())
         keys = np.concatenate(all_keys) if all_keys else np.zeros(0)
         self.total = len(keys)
         finite = np.sort(keys[np.isfinite(keys)])
@@ -192,7 +192,7 @@ class KeyFiltered:
             self._find_threshold()
         for i, batch in enumerate(self.loader):
             x, y = self.split_batch(batch, "subset", i)
-            keep = ContentKeys.key(self.keys.project(x)) <= self.threshold
+            keep = ContentKeys.key(self.project(x)) <= self.threshold
             if bool(keep.any()):
                 yield x[keep], y[keep]
 
@@ -229,7 +229,7 @@ def changed_fraction(
 
 
 def limit_loader(
-    loader: Iterable, limit: int | None, seed: int, split_batch, explicit: bool = True
+    loader: Iterable, limit: int | None, seed: int, split_batch, explicit: bool = True, project=None
 ) -> tuple[Iterable, str | None]:
     """The loader itself, or one over a seeded sample of about `limit` samples, independent of loader
     order, and the sentence that says how it was drawn (None: the whole split).
@@ -250,14 +250,14 @@ def limit_loader(
         if size <= limit:
             return loader, None
         rate = limit / size
-        return KeyFiltered(loader, limit, seed, split_batch, threshold=rate), (
+        return KeyFiltered(loader, limit, seed, split_batch, threshold=rate, project=project), (
             f"a seeded Bernoulli sample at rate {rate:.3g} of {size} samples by content key "
             f"(about {limit}; one pass)"
         )
     if not explicit:  # a default sample of a split of unknown size: reading it all is the unbiased way
         return loader, None
     if is_reiterable(loader):
-        return KeyFiltered(loader, limit, seed, split_batch), (
+        return KeyFiltered(loader, limit, seed, split_batch, project=project), (
             f"the {limit} samples with the smallest seeded content keys (a uniform random subset; "
             "one extra pass reads the data)"
         )

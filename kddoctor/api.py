@@ -1,8 +1,9 @@
 """diagnose(): models + loaders in, a Diagnosis out. No CLI, no printing beyond progress bars.
 
-A short chain of typed stages: the main pass (`Evaluation`) -> the checks (`list[Finding]`) -> the run
-facts and the ranked causes with their remedies (`causes.rank`) -> the verdict -> `Diagnosis`. The gate
-is applied afterwards (`Diagnosis.apply_gate`).
+One pipeline for every task (`tasks.Task`): the task's main pass (an evaluation) -> the registry's
+checks for that task (`list[Finding]`) -> the run facts and the ranked causes with their remedies
+(`causes.rank` on the task's catalogue) -> the verdict -> `Diagnosis`. The gate is applied afterwards
+(`Diagnosis.apply_gate`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import contextlib
 import random
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import checks as _checks  # noqa: F401  (registers the battery)
-from ._cache import TeacherCache, model_fingerprint
+from ._cache import model_fingerprint
 from ._dist import rank_world
 from ._progress import progress
 from .causes import rank, verdict
@@ -26,13 +27,13 @@ from .checks.base import Finding, get_check, list_checks, run_check
 from .config import TRAIN_SAMPLES, DiagnoseConfig
 from .convention import KDConvention, resolve
 from .data import DataBundle
-from .diagnosis import Diagnosis, run_metadata
-from .engine import evaluate_split, pick_device
+from .diagnosis import Diagnosis
+from .engine import pick_device
 from .errors import UserError
-from .evaluation import Evaluation
+from .tasks import Task, get_task
 
-__all__ = ["Diagnosis", "diagnose", "diagnose_bundle"]
-LEGACY_CONVENTION = ("alpha", "alpha_on", "temperature", "t2", "kd_reduction")
+__all__ = ["Diagnosis", "RunContext", "diagnose", "diagnose_bundle"]
+LEGACY_CONVENTION = ("alpha", "alpha_on", "temperature", "t2", "kd_reduction", "teacher_top_k", "kd_dtype")
 
 
 def _seed_everything(seed: int) -> None:
@@ -41,12 +42,29 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class RunContext:
+    """What a task's main pass needs besides the loaders: the config, device, the models as they run
+    (placed, maybe compiled), the progress display, the teacher cache (directory, teacher id)."""
+
+    config: DiagnoseConfig
+    device: torch.device
+    models: tuple[nn.Module, nn.Module]
+    bar: object
+    teacher_cache: tuple[str, str] | None = None
+    channels_last: bool = False
+    teacher_spec: str = "teacher"
+    student_spec: str = "student"
+    debug: bool = False
+
+
 def diagnose(
     teacher: nn.Module,
     student: nn.Module,
     train: Iterable,
     val: Iterable,
     *,
+    task: str | Task = "classification",
     train_eval: Iterable | None = None,
     convention: KDConvention | None = None,
     device: str = "auto",
@@ -72,17 +90,22 @@ def diagnose(
     """Diagnose a teacher-student pair.
 
     Args:
-        teacher, student: the two models (any nn.Module returning [B, classes] logits).
-        train, val: loaders (or iterables) of (inputs, targets) or dict batches.
+        teacher, student: the two models (nn.Modules returning [B, classes] logits, or [B, L, V] logits
+            of causal LMs under task="causal-lm").
+        train, val: loaders (or iterables) of (inputs, targets) or dict batches (causal LMs: mappings with
+            input_ids, attention_mask, labels).
+        task: "classification" (default), "causal-lm", or a tasks.Task (e.g. tasks.causal_lm.CausalLMTask
+            with the tokenizers' facts and allow_vocab_truncation).
         train_eval: optional training data under inference transforms.
         convention: how the student was trained (`KDConvention`; default (1-0.7)*CE + 0.7*T²*KL at
-            T=4). The older keywords alpha, alpha_on, temperature, t2, kd_reduction still work.
+            T=4). The older keywords alpha, alpha_on, temperature, t2, kd_reduction (and for causal LMs
+            teacher_top_k, kd_dtype) still work.
         device: "auto" picks CUDA when present.
-        limit: at most this many samples of every split.
-        train_samples: the train side is a seeded, class-stratified sample of this many samples
-            (None: the whole split); val_samples likewise for val (default: all of it).
+        limit: at most this many samples (causal LMs: sequences) of every split.
+        train_samples: the train side is a seeded sample of this many samples (None: the whole split);
+            val_samples likewise for val (default: all of it).
         quick: shrink every probe budget (CPU-friendly smoke runs).
-        checks: ids of the checks to run (default: all registered).
+        checks: ids of the checks to run (default: all registered for the task).
         compile: torch.compile both models (worth it for long runs on GPU).
         teacher_cache: a directory for cached teacher logits; a second diagnosis of another student
             against the same teacher and data skips the teacher pass. None disables it.
@@ -90,8 +113,11 @@ def diagnose(
     Returns:
         A Diagnosis; call `.save(out_dir)` to write results.json and the reports.
     """
+    t = get_task(
+        task, **({"num_classes": num_classes, "class_names": class_names} if task == "classification" else {})
+    )
     cfg = config or DiagnoseConfig(
-        convention=convention or _legacy_convention(legacy),
+        convention=convention or _legacy_convention(legacy, t.name),
         device=device,
         limit=limit,
         train_samples=train_samples,
@@ -102,30 +128,21 @@ def diagnose(
     )
     start = time.perf_counter()
     loaders = {"train": train, "val": val, **({"train_eval": train_eval} if train_eval is not None else {})}
-    specs, opts = (teacher_spec, student_spec), (teacher_cache, channels_last, compile, teacher_spec)
-    with progress(show_progress) as bar, _placed(teacher, student, cfg, opts) as (dev, run_models, t_id):
-        splits = _evaluate_splits(
-            *run_models,
-            loaders,
-            cfg,
-            dev,
-            num_classes,
-            bar,
-            channels_last,
-            (teacher_cache, t_id),
-            class_names,
-        )
-        num_classes = num_classes or len(splits["train"].stats["cls_count"])
-        ev = Evaluation(
-            teacher, student, cfg, dev, int(num_classes), splits, class_names, *specs, progress=bar
-        )
-        findings = _run_checks(ev, checks, bar, debug) if rank_world()[0] == 0 else []  # probes: rank 0
-    found, run = [f.to_dict() for f in findings], run_metadata(ev)
-    causes = rank(found, run)
-    return Diagnosis.from_evaluation(ev, run, findings, causes, verdict(found, causes), start)
+    options = (teacher_cache, channels_last, compile, teacher_spec)
+    with progress(show_progress) as bar, _placed(teacher, student, cfg, options) as (dev, models, t_id):
+        cache = (str(teacher_cache), t_id) if teacher_cache is not None else None
+        ctx = RunContext(cfg, dev, models, bar, cache, channels_last, teacher_spec, student_spec, debug)
+        ev = t.evaluate(teacher, student, loaders, ctx)
+        findings = _run_checks(ev, t.name, checks, bar, debug) if rank_world()[0] == 0 else []  # rank 0
+    found, run = [f.to_dict() for f in findings], t.run_metadata(ev)
+    causes = rank(found, run, name=t.catalogue, context=t.remedy_context(found, run))
+    calm = lambda gap: t.calm_sentence(ev, found, causes, gap)  # noqa: E731
+    return Diagnosis.from_evaluation(
+        t, ev, run, findings, causes, verdict(found, causes, t.catalogue, calm), start
+    )
 
 
-def _legacy_convention(legacy: dict) -> KDConvention:
+def _legacy_convention(legacy: dict, task: str) -> KDConvention:
     """The convention from the older keyword arguments (alpha=..., alpha_on=..., ...)."""
     unknown = set(legacy) - set(LEGACY_CONVENTION)
     if unknown:
@@ -136,6 +153,9 @@ def _legacy_convention(legacy: dict) -> KDConvention:
         temperature=legacy.get("temperature"),
         no_t2=not legacy.get("t2", True),
         reduction=legacy.get("kd_reduction"),
+        task=task,
+        top_k=legacy.get("teacher_top_k"),
+        kd_dtype=legacy.get("kd_dtype"),
     )
 
 
@@ -161,53 +181,19 @@ def _placed(teacher: nn.Module, student: nn.Module, cfg: DiagnoseConfig, options
         student.train(modes[1])
 
 
-def _evaluate_splits(
-    teacher, student, loaders, cfg, dev, num_classes, bar, channels_last, cache, class_names=None
-) -> dict:
-    """The main pass over every split (teacher logits from the cache where the inputs match)."""
-    rank_, world = rank_world()
-    cache_dir, teacher_id = cache
-    splits = {}
-    for name, loader in loaders.items():
-        limit, explicit = cfg.split_limit(name)
-        tc = TeacherCache(Path(cache_dir), teacher_id, name, limit, rank_, world) if cache_dir else None
-        splits[name] = evaluate_split(
-            teacher,
-            student,
-            loader,
-            name=name,
-            num_classes=num_classes,
-            device=dev,
-            limit=limit,
-            explicit_limit=explicit,
-            feature_rows=cfg.budgets.feature_rows,
-            cache_rows=cfg.budgets.probe_samples,
-            save_logits=cfg.save_logits,
-            channels_last=channels_last,
-            bar=bar,
-            rank=rank_,
-            world=world,
-            teacher_cache=tc,
-            seed=cfg.seed,
-            probe_augmentation=name in ("train", "train_eval"),
-            class_names=class_names,
-        )
-        num_classes = num_classes or len(splits[name].stats["cls_count"])
-    return splits
-
-
-def _run_checks(ev: Evaluation, checks: Iterable[str] | None, bar, debug: bool) -> list[Finding]:
-    wanted = list(checks) if checks is not None else list_checks()
-    unknown = [c for c in wanted if c not in list_checks()]
+def _run_checks(ev, task: str, checks: Iterable[str] | None, bar, debug: bool) -> list[Finding]:
+    known = list_checks(task)
+    wanted = list(checks) if checks is not None else known
+    unknown = [c for c in wanted if c not in known]
     if unknown:
-        raise UserError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(list_checks())}")
+        raise UserError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(known)}")
     findings = []
-    task = bar.add_task("running checks", total=len(wanted))
+    progress_task = bar.add_task("running checks", total=len(wanted))
     for cid in wanted:
-        bar.update(task, description=f"check {cid}")
+        bar.update(progress_task, description=f"check {cid}")
         _seed_everything(ev.config.seed)
-        findings.append(run_check(get_check(cid), ev, debug=debug))
-        bar.advance(task)
+        findings.append(run_check(get_check(cid, task), ev, debug=debug))
+        bar.advance(progress_task)
     return findings
 
 

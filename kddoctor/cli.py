@@ -78,10 +78,10 @@ class Outputs:
 
 def _finish(diag, out: Path, opts: Outputs) -> int:
     """Gate (when a policy is given), write the reports, render the summary; the exit code."""
-    from ._render import render_summary
     from .gate import github_outputs, load_policy, load_results
     from .report import render_markdown
     from .report.junit import render_junit
+    from .report.terminal import render_summary
 
     pol = load_policy(opts.policy) if opts.policy else None
     if pol is not None:
@@ -221,10 +221,10 @@ def gate(
     debug: Annotated[bool, Opt("--debug")] = False,
 ) -> None:
     """Apply a gate policy to a results.json: exit 0 when every rule holds, 1 when one fails."""
-    from ._render import render_gate
     from .gate import evaluate, github_outputs, load_policy, load_results
     from .report import render_markdown
     from .report.junit import render_junit
+    from .report.terminal import render_gate
 
     def go() -> int:
         from .runner import probe_outputs

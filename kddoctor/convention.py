@@ -21,12 +21,27 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError, check_int, check_number
-from .losses import kd_term
+from .losses import IGNORE, KD_DTYPES, kd_term, token_kl
 from .presets import PRESETS, Preset
 
 KD_REDUCTIONS = ("batchmean", "mean", "sum")
+LM_REDUCTIONS = (
+    "token",
+    "batchmean",
+    "mean",
+    "sum",
+)  # a causal-LM KL over [B, L, V]; token: per counted token
 FORMS = ("alpha_kd", "alpha_ce", "weights")
-__all__ = ["FORMS", "KD_REDUCTIONS", "PRESETS", "KDConvention", "Preset", "resolve"]
+__all__ = [
+    "FORMS",
+    "KD_DTYPES",
+    "KD_REDUCTIONS",
+    "LM_REDUCTIONS",
+    "PRESETS",
+    "KDConvention",
+    "Preset",
+    "resolve",
+]
 
 
 def _r(x: float, digits: int = 4) -> float:
@@ -46,6 +61,12 @@ class KDConvention:
     train_batch_size: int | None = None  # `sum` scales the KL by the training batch size
     form: str = "alpha_kd"  # how the user states the weights (FORMS)
     preset: str = "kd"  # whose vocabulary the user speaks (PRESETS)
+    top_k: int | None = None  # causal LMs: the target kept only the teacher's top k logits (renormalized)
+    kd_dtype: str = "float32"  # the dtype the KD term ran in
+    # causal LMs: counted tokens per sequence, measured on the data: 'batchmean' over [B, L, V] divides
+    # the token sum by B only, so a per-token KL is worth this much more (1 for classification)
+    tokens_per_sequence: float = 1.0
+    task: str = "classification"  # what the loss is over: samples, or the counted tokens of a causal LM
 
     def __post_init__(self) -> None:
         for flag, w in (("--ce-weight", self.ce_weight), ("--kd-weight", self.kd_weight)):
@@ -55,10 +76,14 @@ class KDConvention:
             raise UserError("the CE and KD weights are both 0: nothing was trained; state the real weights")
         if check_number("--temperature", self.temperature) <= 0:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
-        if self.reduction not in KD_REDUCTIONS:
+        if self.reduction not in (LM_REDUCTIONS if self.task == "causal-lm" else KD_REDUCTIONS):
             raise UserError(
                 f"--kd-reduction must be one of {', '.join(KD_REDUCTIONS)}, got {self.reduction!r}"
             )
+        if self.top_k is not None:
+            check_int("--teacher-top-k", self.top_k, 1)
+        if self.kd_dtype not in KD_DTYPES:
+            raise UserError(f"--kd-dtype must be one of {', '.join(KD_DTYPES)}, got {self.kd_dtype!r}")
         if self.train_batch_size is not None:
             check_int("--train-batch-size", self.train_batch_size, 1)
         if self.reduction == "sum" and self.train_batch_size is None:
@@ -83,14 +108,16 @@ class KDConvention:
         return cls(ce_weight=ce, kd_weight=kd, form=f"alpha_{alpha_on}", **kw)
 
     @classmethod
-    def textbook(cls, alpha_kd: float, temperature: float) -> KDConvention:
-        """The canonical objective: (1-a)*CE + a*T²*KL, batchmean."""
-        return cls(ce_weight=1.0 - alpha_kd, kd_weight=alpha_kd, temperature=temperature)
+    def textbook(cls, alpha_kd: float, temperature: float, reduction: str = "batchmean") -> KDConvention:
+        """The canonical objective: (1-a)*CE + a*T²*KL, batchmean (causal LMs: per counted token)."""
+        return cls(ce_weight=1.0 - alpha_kd, kd_weight=alpha_kd, temperature=temperature, reduction=reduction)
 
     @classmethod
-    def pure_kd(cls, temperature: float = 1.0, t2: bool = False) -> KDConvention:
+    def pure_kd(
+        cls, temperature: float = 1.0, t2: bool = False, reduction: str = "batchmean"
+    ) -> KDConvention:
         """KL to the teacher alone (the capacity probe's objective)."""
-        return cls(ce_weight=0.0, kd_weight=1.0, temperature=temperature, t2=t2)
+        return cls(ce_weight=0.0, kd_weight=1.0, temperature=temperature, t2=t2, reduction=reduction)
 
     # --- what the loss is ------------------------------------------------------------------------
 
@@ -117,10 +144,16 @@ class KDConvention:
         return t * self.reduction_scale(num_classes)
 
     def reduction_scale(self, num_classes: int) -> float:
-        """`mean` divides the KL by the class count too (a common bug); `sum` multiplies by the batch."""
-        return {"batchmean": 1.0, "mean": 1.0 / num_classes, "sum": float(self.train_batch_size or 1)}[
-            self.reduction
-        ]
+        """What the reduction does to a per-sample (per-token) KL: `mean` divides it by the class count
+        (the vocabulary) too, a common bug; `batchmean` over [B, L, V] multiplies it by the tokens per
+        sequence, `sum` by those and the training batch; `token` is the per-token mean."""
+        per = self.tokens_per_sequence
+        return {
+            "token": 1.0,
+            "batchmean": per,
+            "mean": 1.0 / num_classes,
+            "sum": per * float(self.train_batch_size or 1),
+        }[self.reduction]
 
     def effective(self, num_classes: int) -> dict:
         """Each term's weight in units comparable to the CE gradient (Hinton et al.: soft-target
@@ -160,6 +193,39 @@ class KDConvention:
         """The training objective on one batch."""
         kd, ce = self.terms(s, t, y)
         return s.new_zeros(()) + kd + ce
+
+    def token_terms(
+        self, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, *, as_trained: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted KD term, weighted CE term) on [B, L, V] logits aligned with `target` [B, L] (-100 not
+        counted): the CE per counted token; the KL in `kd_dtype`, on the `top_k` target, T² as stated.
+        `as_trained` divides the KL sum as the reduction does on this very batch (training code); else it
+        is per counted token times the reduction's per-token multiplier at the measured tokens per
+        sequence (`reduction_scale`: the probes' rows are not the training batches)."""
+        counted = target != IGNORE
+        n = counted.sum().clamp_min(1)
+        kd_w = 1.0 if self.bare_kl else self.kd_weight
+        kd = ce = s.new_zeros(())
+        if kd_w:
+            t2 = self.temperature**2 if self.t2 and not self.bare_kl else 1.0
+            kl = token_kl(s, t, self.temperature, self.kd_dtype, self.top_k).float() * counted
+            if as_trained:
+                divisor = {"token": n, "batchmean": s.shape[0], "mean": s.numel(), "sum": 1}[self.reduction]
+                kd = kd_w * (kl.sum() / divisor * t2)
+            else:
+                kd = kd_w * (kl.sum() / n * (t2 * self.reduction_scale(s.shape[-1])))
+        if self.ce_weight:
+            flat = s.reshape(-1, s.shape[-1]), target.reshape(-1)
+            if as_trained:  # the training code's own mean over the counted tokens
+                ce = self.ce_weight * F.cross_entropy(*flat, ignore_index=IGNORE)
+            else:
+                ce = self.ce_weight * (F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum") / n)
+        return kd, ce
+
+    def token_loss(self, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, **kw) -> torch.Tensor:
+        """The causal-LM objective on one batch (see `token_terms`)."""
+        kd, ce = self.token_terms(s, t, target, **kw)
+        return ce + kd
 
     # --- translation -----------------------------------------------------------------------------
 
@@ -251,48 +317,37 @@ class KDConvention:
             t2 = f"KD multiplied by T²={self.temperature**2:g}"
         else:
             t2 = "KD not multiplied by T² (--no-t2)"
+        who = f" ({self.preset}: {self.setting()})" if self.preset != "kd" else ""
+        if self.task == "causal-lm":
+            return f"{self.formula()}{who} with T={self.temperature:g}, {t2}, {self._token_words(eff)}"
         red = f"KL reduced by '{self.reduction}'"
         if self.reduction == "sum":
             red += f" over training batches of {self.train_batch_size}"
-        who = f" ({self.preset}: {self.setting()})" if self.preset != "kd" else ""
         return (
             f"{self.formula()}{who} with T={self.temperature:g}, {t2}, {red}; effective weights: "
             f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units "
             f"({eff['kd_share']:.0%} of the total)"
         )
 
+    def _token_words(self, eff: dict) -> str:
+        """How a causal-LM KL was reduced, truncated and computed, and the share it really had."""
+        red = {
+            "token": "KL averaged per counted token",
+            "batchmean": "KL summed over tokens and divided by the batch ('batchmean' on [B, L, V])",
+            "mean": "KL averaged over every [B, L, V] element ('mean')",
+            "sum": f"KL summed over [B, L, V] and training batches of {self.train_batch_size}",
+        }[self.reduction]
+        top = f", teacher target truncated to its top {self.top_k}" if self.top_k else ""
+        return (
+            f"{red}{top}, KD computed in {self.kd_dtype}; at {self.tokens_per_sequence:.1f} counted tokens "
+            f"per sequence the KD term carries {eff['kd_share']:.0%} of the loss"
+        )
+
     def code(self) -> str:
         """This setting written where the user writes it (Python, the codebase's YAML, its CLI)."""
-        p = PRESETS[self.preset]
-        params = self.user_params()
-        if p.syntax == "shell":
-            script = {"deit": "main.py", "repdistiller": "train_student.py --distill kd"}.get(
-                p.name, "train.py"
-            )
-            return f"python {script} " + " ".join(f"{k} {v:g}" for k, v in params.items())
-        if p.name == "mdistiller":
-            return "\n".join(
-                ["KD:", f"  TEMPERATURE: {self.temperature:g}", "  LOSS:"]
-                + [f"    {k}: {params[k]:g}" for k in (p.ce_name, p.kd_name)]
-            )
-        if p.syntax == "yaml":
-            return "\n".join(f"{k}: {v:g}" for k, v in params.items())
-        return self._python()
+        from .flags import setting_code
 
-    def _python(self) -> str:
-        """The loss in PyTorch, with this convention's T² choice and reduction."""
-        kd = f"F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction='{self.reduction}')"
-        kd += " * T**2" if self.t2 else ""
-        if self.form == "alpha_kd":
-            weights = f"alpha = {_r(self.kd_weight):g}", "(1 - alpha) * F.cross_entropy(s, y) + alpha * kd"
-        elif self.form == "alpha_ce":
-            weights = f"alpha = {_r(self.ce_weight):g}", "alpha * F.cross_entropy(s, y) + (1 - alpha) * kd"
-        else:
-            weights = (
-                f"ce_weight, kd_weight = {_r(self.ce_weight):g}, {_r(self.kd_weight):g}",
-                "ce_weight * F.cross_entropy(s, y) + kd_weight * kd",
-            )
-        return f"T = {_r(self.temperature):g}\n{weights[0]}\nkd = {kd}\nloss = {weights[1]}"
+        return setting_code(self)
 
     @property
     def code_lang(self) -> str:
@@ -311,12 +366,17 @@ class KDConvention:
             "t2": self.t2,
             "reduction": self.reduction,
             "train_batch_size": self.train_batch_size,
+            "top_k": self.top_k,
+            "kd_dtype": self.kd_dtype,
+            "tokens_per_sequence": self.tokens_per_sequence,
+            "task": self.task,
             "alpha_kd_equivalent": alpha_kd,
             "sentence": self.sentence(num_classes),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> KDConvention:
+        """Read `to_dict` back; the fields added later are optional (older results.json files)."""
         keys = (
             "ce_weight",
             "kd_weight",
@@ -327,74 +387,8 @@ class KDConvention:
             "form",
             "preset",
         )
-        return cls(**{k: d[k] for k in keys})
+        later = {"top_k": None, "kd_dtype": "float32", "tokens_per_sequence": 1.0, "task": "classification"}
+        return cls(**{k: d[k] for k in keys}, **{k: d.get(k, v) for k, v in later.items()})
 
 
-def resolve(
-    *,
-    alpha: float | None = None,
-    alpha_on: str | None = None,
-    ce_weight: float | None = None,
-    kd_weight: float | None = None,
-    temperature: float | None = None,
-    no_t2: bool = False,
-    reduction: str | None = None,
-    train_batch_size: int | None = None,
-    preset: str | None = None,
-) -> KDConvention:
-    """The convention from the flags a user gave (None: not given); conflicting flags are an error."""
-    name = (preset or "kd").lower()
-    if name not in PRESETS:
-        raise UserError(f"--convention must be one of {', '.join(PRESETS)}, got {preset!r}")
-    p = PRESETS[name]
-    _check_conflicts(p, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset)
-    common = dict(
-        temperature=p.defaults[2] if temperature is None else temperature,
-        t2=p.t2 if p.t2 is not None else not no_t2,
-        reduction=p.reduction or reduction or "batchmean",
-        train_batch_size=train_batch_size,
-        preset=name,
-    )
-    if ce_weight is not None:
-        return KDConvention(
-            ce_weight=ce_weight, kd_weight=kd_weight, form=_weights_form(p, ce_weight, kd_weight), **common
-        )
-    if alpha is not None:
-        return KDConvention.from_alpha(alpha, alpha_on or ("ce" if p.form == "alpha_ce" else "kd"), **common)
-    ce, kd, _ = p.defaults
-    return KDConvention(ce_weight=ce, kd_weight=kd, form=p.form, **common)
-
-
-def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset) -> None:
-    """Flags that state one thing twice, differently: exit 2 naming both."""
-    named = f"--convention {preset}"
-    if alpha_on is not None and alpha_on not in ("kd", "ce"):
-        raise UserError(f"--alpha-on must be one of kd, ce, got {alpha_on!r}")
-    if (ce_weight is None) != (kd_weight is None):
-        given = "--ce-weight" if ce_weight is not None else "--kd-weight"
-        raise UserError(f"{given} needs its pair: state both --ce-weight and --kd-weight")
-    if ce_weight is not None and (alpha is not None or alpha_on is not None):
-        other = "--alpha" if alpha is not None else "--alpha-on"
-        raise UserError(f"{other} conflicts with --ce-weight/--kd-weight: state the weights one way")
-    if alpha is not None and p.form == "weights":
-        raise UserError(
-            f"--alpha conflicts with {named}, which states two weights ({p.ce_name}, {p.kd_name}): "
-            "pass them as --ce-weight and --kd-weight"
-        )
-    if alpha_on in ("kd", "ce") and p.name != "kd" and p.form != f"alpha_{alpha_on}":
-        raise UserError(f"--alpha-on {alpha_on} conflicts with {named}, whose alpha weights another term")
-    if no_t2 and p.t2:
-        raise UserError(f"--no-t2 conflicts with {named}, which multiplies the KD term by T²")
-    if reduction is not None and p.reduction is not None and reduction != p.reduction:
-        raise UserError(
-            f"--kd-reduction {reduction} conflicts with {named}, which reduces by '{p.reduction}'"
-        )
-
-
-def _weights_form(p: Preset, ce: float, kd: float) -> str:
-    """--ce-weight/--kd-weight under a preset: its own form where the weights fit it."""
-    if p.form == "weights" or p.name in ("kd", "torchdistill"):
-        return "weights" if p.name != "torchdistill" or not math.isclose(ce + kd, 1.0) else "alpha_ce"
-    if not math.isclose(ce + kd, 1.0):
-        raise UserError(f"--convention {p.name} has one alpha, so its weights sum to 1; got {ce:g} + {kd:g}")
-    return p.form
+from .flags import resolve  # noqa: E402  (the flags build a KDConvention: defined above)

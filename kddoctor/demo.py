@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from . import _train
+from ._cache import cache_dir
 from ._io import atomic_write
 
 DEMO_STUDENT_SUBSET = 240  # distillation set of the demo student: too few samples for its size
@@ -138,10 +138,6 @@ def digits_loaders(
     if with_train_eval:
         out["train_eval"] = mk(x_tr, y_tr)
     return out
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KDDOCTOR_CACHE", Path.home() / ".cache" / "kddoctor"))
 
 
 def atomic_save(obj: object, path: Path) -> None:

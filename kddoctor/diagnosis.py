@@ -19,9 +19,8 @@ import torch
 from ._dist import gather_ints, rank_world
 from ._io import atomic_write
 from ._version import __version__
-from .checks.base import Finding, Status, jsonable
+from .checks.base import Finding, Status, canonical_check_id, jsonable
 from .errors import UserError
-from .evaluation import Evaluation
 from .metrics.functional import proportion_intervals
 
 SCHEMA = "kddoctor/results/v1"
@@ -44,47 +43,37 @@ class Diagnosis:
 
     @classmethod
     def from_evaluation(
-        cls,
-        ev: Evaluation,
-        run: dict,
-        findings: list[Finding],
-        causes: list[dict],
-        verdict: dict,
-        start: float,
+        cls, task, ev, run: dict, findings: list[Finding], causes: list[dict], verdict: dict, start: float
     ) -> Diagnosis:
-        """The Diagnosis of a finished run (`run`: run_metadata(ev); `start`: its perf_counter start)."""
-        splits = ev.splits
-        run = {**run, "timings": _timings(ev, findings)}
-        run["seconds"] = round(time.perf_counter() - start, 3)
-        logits = None
-        if ev.config.save_logits:
-            logits = {f"{n}_{k}": v for n, r in splits.items() for k, v in (r.all_logits or {}).items()}
+        """The Diagnosis of a finished run (`task`: the tasks.Task that evaluated `ev`; `run`: its
+        run_metadata; `start`: the run's perf_counter start)."""
+        timings = {**run.get("timings", {}), **{f"check_{f.id}": round(f.seconds, 4) for f in findings}}
+        run = {**run, "timings": timings, "seconds": round(time.perf_counter() - start, 3)}
         return cls(
             run=run,
-            metrics={name: _split_metrics(r) for name, r in splits.items()},
+            metrics=task.metrics(ev),
             checks=findings,
             causes=causes,
             verdict=verdict,
-            notes=run_notes(ev),
-            details={
-                "per_class": {name: _per_class(r.stats) for name, r in splits.items()},
-                "checks": {f.id: f.details for f in findings if f.details},
-            },
-            logits=logits,
+            notes=task.notes(ev),
+            details={**task.details(ev), "checks": {f.id: f.details for f in findings if f.details}},
+            logits=task.logits_saved(ev),
         )
 
     @classmethod
     def from_dict(cls, doc: dict) -> Diagnosis:
         """A results.json document read back (its `details` carry the report's plot data)."""
         details = doc.get("details") or {}
-        plots = details.get("checks", {})
+        plots = {canonical_check_id(k): v for k, v in details.get("checks", {}).items()}
+        if plots:  # older releases' LM check ids, read as today's (the report looks them up by id)
+            details = {**details, "checks": plots}
         findings = [
             Finding(
-                c["id"],
+                canonical_check_id(c["id"]),
                 Status(c["status"]),
                 c["summary"],
                 c.get("evidence", {}),
-                plots.get(c["id"], {}),
+                plots.get(canonical_check_id(c["id"]), {}),
                 thresholds=c.get("thresholds", {}),
             )
             for c in doc["checks"]
@@ -158,21 +147,29 @@ class Diagnosis:
         return out
 
 
-def _split_metrics(r) -> dict:
+def split_metrics(r) -> dict:
+    """results.json's metrics block of one image split."""
     keys = ("teacher", "student", "agreement", "kl", "n", "excluded_nonfinite")
     return {**{k: r.metrics[k] for k in keys}, "ci95": proportion_intervals(r.stats)}
 
 
-def _timings(ev: Evaluation, findings: list[Finding]) -> dict:
-    timings = {f"eval_{name}": round(r.seconds, 4) for name, r in ev.splits.items()}
-    timings.update({f"check_{f.id}": round(f.seconds, 4) for f in findings})
-    caches = {name: r.teacher_cache for name, r in ev.splits.items() if r.teacher_cache is not None}
-    if caches:  # how the teacher pass went, like a timing: differs between a first and a second run
+def split_details(ev) -> dict:
+    """The image report's per-class plot data."""
+    return {"per_class": {name: _per_class(r.stats) for name, r in ev.splits.items()}}
+
+
+def pass_timings(splits: dict) -> dict:
+    """Each split's pass time and, when the teacher cache was used, its hits and misses (a timing too:
+    a second run differs from the first). `splits`: name -> object or mapping with seconds/teacher_cache."""
+    read = lambda r, k: r.get(k) if isinstance(r, dict) else getattr(r, k)  # noqa: E731
+    timings = {f"eval_{name}": round(read(r, "seconds"), 4) for name, r in splits.items()}
+    caches = {name: read(r, "teacher_cache") for name, r in splits.items() if read(r, "teacher_cache")}
+    if caches:
         timings["teacher_cache"] = caches
     return timings
 
 
-def run_metadata(ev: Evaluation) -> dict:
+def run_metadata(ev) -> dict:
     """results.json `run`: versions, models, the KD convention (user's words and canonical), sizes."""
     conv, splits = ev.config.convention, ev.splits
     run = {
@@ -202,10 +199,11 @@ def run_metadata(ev: Evaluation) -> dict:
     splits_oom = sum(r.micro_batch_splits for r in splits.values())
     if splits_oom:
         run["micro_batch_splits"] = splits_oom
+    run["timings"] = pass_timings(splits)
     return run
 
 
-def run_notes(ev: Evaluation) -> list[str]:
+def run_notes(ev) -> list[str]:
     """What the reader must know to read the numbers: the train side, augmentation, subsets."""
     notes = [f"train-side measurements (gaps, membership, probes) use the '{ev.train_source}' loader"]
     if ev.train_augmented:
@@ -230,9 +228,3 @@ def _per_class(stats: dict) -> dict:
         "teacher_acc": rate("cls_t_correct"),
         "student_acc": rate("cls_s_correct"),
     }
-
-
-def convention_sentence(run: dict) -> str:
-    """The KD convention a results.json states, in words (older files hold the sentence itself)."""
-    conv = run.get("convention")
-    return conv.get("sentence", "") if isinstance(conv, dict) else str(conv or "")

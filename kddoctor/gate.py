@@ -73,10 +73,12 @@ def _validate_table(table: object, where: str, allow_lists: bool) -> dict:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise UserError(f"{where}.{key} must be a list of strings, got {value!r}")
             allowed = LIST_KEYS[key]
-            if allowed is None:
-                from .checks import list_checks
+            if allowed is None:  # check ids of every task; an earlier release's id reads as today's
+                from .checks import CHECK_ALIASES, list_checks
+                from .checks.base import canonical_check_id
 
-                allowed = tuple(list_checks())
+                allowed = tuple(list_checks(None))
+                value = [canonical_check_id(v) if v in CHECK_ALIASES else v for v in value]
             bad = [v for v in value if v not in allowed]
             if bad:
                 raise UserError(f"{where}.{key}: unknown id(s) {', '.join(bad)}; known: {', '.join(allowed)}")
@@ -278,7 +280,9 @@ def _cause_and_check_rules(results: dict, policy: Policy) -> list[dict]:
                 "what": f"score of cause {cause} (likely at >= 0.5)",
             }
         )
-    statuses = {c["id"]: c["status"] for c in results.get("checks", [])}
+    from .checks.base import canonical_check_id
+
+    statuses = {canonical_check_id(c["id"]): c["status"] for c in results.get("checks", [])}
     for check in policy.fail_on_check:
         st = statuses.get(check, "missing")
         rules.append(

@@ -11,9 +11,11 @@ from pathlib import Path
 from .api import Diagnosis, diagnose_bundle
 from .config import TRAIN_SAMPLES, DiagnoseConfig, check_int
 from .convention import resolve
-from .data import image_folder, load_factory, normalize_inputs, parse_data_args
+from .data import load_factory, parse_data_args
 from .errors import UserError
+from .image_folder import image_folder, normalize_inputs
 from .models import infer_num_classes, load_model, load_state_dict, spec_num_classes
+from .tasks import TASKS
 
 
 def explicit_num_classes(flag: int | None, teacher: str, student: str) -> int | None:
@@ -152,7 +154,6 @@ class DiagnoseArgs:
 
     def config(self, device: str) -> DiagnoseConfig:
         """The run configuration; the KD convention resolved from its flags (conflicts: exit 2)."""
-        lm = self.task == "causal-lm"  # its reduction is stated per token (kddoctor.lm.checks.REDUCTIONS)
         conv = resolve(
             alpha=self.alpha,
             alpha_on=self.alpha_on,
@@ -160,9 +161,12 @@ class DiagnoseArgs:
             kd_weight=self.kd_weight,
             temperature=self.temperature,
             no_t2=self.no_t2,
-            reduction=None if lm else self.kd_reduction,
+            reduction=self.kd_reduction,
             train_batch_size=self.train_batch_size,
             preset=self.convention,
+            task=self.task if self.task in TASKS else "classification",
+            top_k=self.teacher_top_k,
+            kd_dtype=self.kd_dtype,
         )
         cfg = DiagnoseConfig(
             convention=conv,
@@ -195,33 +199,14 @@ class DiagnoseArgs:
             raise UserError(
                 "--task causal-lm needs --data FACTORY (batches of input_ids, attention_mask, labels)"
             )
-        if self.task == "causal-lm":
-            from .lm.api import validate_lm_options
-
-            for flag, value in (
-                ("--limit", self.limit),
-                ("--train-samples", self.train_samples),
-                ("--val-samples", self.val_samples),
-                ("--save-logits", self.save_logits or None),
-            ):
-                if value is not None:
-                    raise UserError(
-                        f"{flag} is not supported with --task causal-lm yet (every batch the factory yields "
-                        "is read): cut the splits in the factory"
-                    )
-
-            validate_lm_options(
-                self.kd_reduction or "token", self.teacher_top_k, self.kd_dtype, self.train_batch_size
-            )
-        elif self.teacher_top_k is not None or self.kd_dtype != "float32":
+        if self.task != "causal-lm" and (self.teacher_top_k is not None or self.kd_dtype != "float32"):
             raise UserError("--teacher-top-k and --kd-dtype describe a causal-LM loss: add --task causal-lm")
+        if self.task != "causal-lm" and self.allow_vocab_truncation:
+            raise UserError("--allow-vocab-truncation compares causal-LM vocabularies: add --task causal-lm")
 
     @property
     def target(self) -> Path:
         return self.out or Path("reports") / run_name(self.student, self.teacher)
-
-
-TASKS = ("classification", "causal-lm")
 
 
 def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool):
@@ -234,10 +219,11 @@ def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool):
     return load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
 
 
-def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
-    """--task causal-lm: the token-level pass, the LM checks and causes (kddoctor.lm)."""
-    from .lm.api import diagnose_lm
+def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diagnosis:
+    """--task causal-lm: hf:DIR or file/module models, the token-level task (kddoctor.tasks.causal_lm)."""
+    from .api import diagnose
     from .lm.models import hf_dir, tokenizer_info
+    from .tasks.causal_lm import CausalLMTask
 
     for role, spec in (("teacher", args.teacher), ("student", args.student)):
         if spec.startswith("hf:"):  # a bad directory or flag is refused before anything loads
@@ -249,37 +235,41 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig) -> Diagnosis:
         _lm_model("student", args.student, args.student_ckpt, args.student_ema, args.trust_checkpoint),
     ]
     bundle = load_factory(args.data, parse_data_args(args.data_arg or []), seed=cfg.seed)
-    return diagnose_lm(
+    task = CausalLMTask(
+        tokenizers={"teacher": tokenizer_info(args.teacher), "student": tokenizer_info(args.student)},
+        allow_vocab_truncation=args.allow_vocab_truncation,
+    )
+    return diagnose(
         *models,
         bundle.splits["train"],
         bundle.splits["val"],
-        convention=cfg.convention,
-        reduction=args.kd_reduction or "token",
-        top_k=args.teacher_top_k,
-        kd_dtype=args.kd_dtype,
-        device=cfg.device,
-        allow_vocab_truncation=args.allow_vocab_truncation,
-        tokenizers={"teacher": tokenizer_info(args.teacher), "student": tokenizer_info(args.student)},
+        task=task,
+        config=cfg,
         teacher_spec=args.teacher,
         student_spec=args.student,
-        seed=cfg.seed,
-        budgets=cfg.budgets,
-        debug=args.debug,
+        **run,
     )
 
 
 def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
     """`kddoctor diagnose`: validate, load, diagnose; (None, out) on a torchrun rank other than 0."""
+    from ._cache import cache_dir as default_cache
     from ._dist import init_from_env, rank_world
-    from .demo import cache_dir as default_cache
     from .engine import pick_device
 
     cfg = args.config(init_from_env(args.device))
     args.check()
     pick_device(cfg.device)  # an unusable --device is refused before any work, like the flags above
     probe_outputs(args.target, args.junit)
+    run = {
+        "show_progress": not args.quiet and sys.stderr.isatty() and rank_world()[0] == 0,
+        "debug": args.debug,
+        "teacher_cache": None if args.no_cache else (args.cache_dir or default_cache() / "teacher-outputs"),
+        "compile": args.compile,
+    }
     if args.task == "causal-lm":
-        return _diagnose_lm_command(args, cfg), args.target
+        diag = _diagnose_lm_command(args, cfg, **run)
+        return (diag if rank_world()[0] == 0 else None), args.target
     diag = diagnose_specs(
         args.teacher,
         args.student,
@@ -293,10 +283,7 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
         teacher_ema=args.teacher_ema,
         student_ema=args.student_ema,
         trust=args.trust_checkpoint,
-        show_progress=not args.quiet and sys.stderr.isatty() and rank_world()[0] == 0,
-        debug=args.debug,
-        teacher_cache=None if args.no_cache else (args.cache_dir or default_cache() / "teacher-outputs"),
-        compile=args.compile,
+        **run,
     )
     return (diag if rank_world()[0] == 0 else None), args.target
 

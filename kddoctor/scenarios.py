@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import _frameworks, _train, demo
+from ._cache import cache_dir
 from .api import Diagnosis, diagnose
 from .convention import KDConvention
 
@@ -292,7 +293,7 @@ def _cfg(mean: tuple, std: tuple) -> dict:
 def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, draw: int = 0) -> nn.Module:
     """Distill a student as the recipe says (cached by recipe and draw)."""
     key = demo.recipe_key({**dataclasses.asdict(recipe), "teacher": demo.teacher_key(draw), "draw": draw})
-    path = (root or demo.cache_dir()) / "scenarios" / f"{key}.pt"
+    path = (root or cache_dir()) / "scenarios" / f"{key}.pt"
     torch.manual_seed(1 + 100 * draw)  # the same initial weights every time the recipe is built
     model = recipe.model()
     if recipe.bn_momentum != 0.1:

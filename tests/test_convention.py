@@ -164,7 +164,7 @@ def test_a_torchdistill_run_reads_in_torchdistill_words(diagnose_scenario, tmp_p
 
     from rich.console import Console
 
-    from kddoctor._render import render_summary
+    from kddoctor.report.terminal import render_summary
 
     diag = diagnose_scenario("fw_torchdistill_ce_heavy")
     diag.save(tmp_path)

@@ -111,7 +111,7 @@ def test_unknown_batch_shapes(batch, match):
 def test_image_folder_uses_student_timm_transforms(tmp_path):
     from PIL import Image
 
-    from kddoctor.data import image_folder
+    from kddoctor.image_folder import image_folder
     from kddoctor.models import build_model
 
     rng = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def test_data_dir_gives_one_channel_models_grayscale_images(tmp_path, specs_run)
 
 
 def test_data_dir_val_class_missing_from_train_is_named(tmp_path):
-    from kddoctor.data import image_folder
+    from kddoctor.image_folder import image_folder
     from kddoctor.models import build_model
 
     student = build_model(f"timm:resnet10t{TINY}", 2)

@@ -261,7 +261,7 @@ def strict_warn_only_doc() -> dict:
 def test_fail_on_warn_failures_are_named_everywhere(tmp_path):
     from rich.console import Console
 
-    from kddoctor._render import render_summary
+    from kddoctor.report.terminal import render_summary
 
     strict = ROOT / "checks" / "strict.toml"
     doc = strict_warn_only_doc()

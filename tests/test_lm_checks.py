@@ -6,20 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kddoctor.checks.base import Status
-from kddoctor.convention import KDConvention
+from kddoctor.checks.base import Status, all_checks
+from kddoctor.checks.lm_inputs import lm_mask_parity, lm_vocab_parity
+from kddoctor.checks.lm_loss import lm_precision, lm_reduction, lm_topk
+from kddoctor.convention import resolve
 from kddoctor.errors import UserError
-from kddoctor.lm.checks import (
-    LM_CHECKS,
-    LMEvaluation,
-    kd_multiplier,
-    lm_mask_parity,
-    lm_precision,
-    lm_reduction,
-    lm_topk,
-    lm_vocab_parity,
-)
-from kddoctor.lm.facts import LMFacts, token_kl
+from kddoctor.lm.evaluation import LMEvaluation
+from kddoctor.lm.facts import LMFacts, RowFacts
+from kddoctor.losses import token_kl
 from kddoctor.metrics.tokens import IGNORE
 
 
@@ -37,7 +31,7 @@ def test_facts_count_masks_and_kept_mass_exactly():
     mask[0, 6:] = 0  # 4 padded positions in row 0
     labels = ids.masked_fill(mask == 0, IGNORE)
     labels[:, :3] = IGNORE  # a 3-token prompt everywhere
-    f = LMFacts(top_k=3, pad_id=0)
+    f = LMFacts(pad_id=0)
     f.update(t, s, ids, mask, labels, shared=12)
     out = f.compute()
     target = labels[:, 1:] != IGNORE  # positions 1..9 predict tokens 2..10 (shifted)
@@ -45,7 +39,9 @@ def test_facts_count_masks_and_kept_mass_exactly():
     assert out["pad_fraction"] == pytest.approx(1 - mask[:, 1:].sum().item() / mask[:, 1:].numel())
     rows = t[:, :-1][target]
     kept = F.softmax(rows, -1).topk(3, -1).values.sum(-1).mean().item()
-    assert out["teacher_kept_mass"][3] == pytest.approx(kept, rel=1e-5)
+    row_facts = RowFacts(top_k=3)
+    row_facts.kept(rows)
+    assert row_facts.compute()["teacher_kept_mass"][3] == pytest.approx(kept, rel=1e-5)
     assert out["teacher_pad_mass"] == pytest.approx(F.softmax(rows, -1)[:, 0].mean().item(), rel=1e-5)
 
 
@@ -104,15 +100,16 @@ def _ev(**facts_over):
     }
     train = {**split, "facts": {**base, **facts_over.pop("train", {})}}
     val = {**split, "facts": {**base, **facts_over.pop("val", {})}}
-    return LMEvaluation(
-        {"train": train, "val": val}, KDConvention.from_alpha(0.5, temperature=1.0), **facts_over
-    )
+    loss = {k: facts_over.pop(k) for k in ("reduction", "top_k", "kd_dtype") if k in facts_over}
+    conv = resolve(alpha=0.5, temperature=1.0, task="causal-lm", **loss)
+    return LMEvaluation({"train": train, "val": val}, conv, **facts_over)
 
 
 def test_batchmean_over_tokens_multiplies_the_kd_term_by_the_length():
-    assert kd_multiplier("batchmean", 50.0, 100, None) == 50.0
-    assert kd_multiplier("mean", 50.0, 100, None) == pytest.approx(0.01)
-    assert kd_multiplier("token", 50.0, 100, None) == 1.0
+    conv = lambda r: _ev(reduction=r).convention  # noqa: E731
+    assert conv("batchmean").reduction_scale(100) == 50.0  # the measured 50 tokens per sequence
+    assert conv("mean").reduction_scale(100) == pytest.approx(0.01)
+    assert conv("token").reduction_scale(100) == 1.0
     f = lm_reduction(_ev(reduction="batchmean"))
     assert f.status is Status.FAIL and f.evidence["kd_share_effective"] == pytest.approx(50 / 51)
     assert lm_reduction(_ev()).status is Status.PASS
@@ -137,7 +134,9 @@ def test_vocab_parity_compares_tokenizers_and_catches_a_teacher_that_reads_other
 
 
 def test_topk_is_skipped_unless_stated_and_grades_the_dropped_mass():
-    assert lm_topk(_ev()).status is Status.SKIPPED
+    from kddoctor.checks.base import get_check, run_check
+
+    assert run_check(get_check("lm_topk", "causal-lm"), _ev()).status is Status.SKIPPED
     f = lm_topk(_ev(top_k=2))
     assert f.status is Status.FAIL and f.evidence["dropped_target_mass"] == pytest.approx(0.3)
     assert lm_topk(_ev(top_k=20)).status is Status.PASS
@@ -151,7 +150,7 @@ def test_precision_grades_the_stated_dtype():
 
 
 def test_every_lm_check_records_its_thresholds():
-    for spec in LM_CHECKS.values():
+    for spec in all_checks("causal-lm"):
         assert spec.thresholds and all(isinstance(v, float) and math.isfinite(v) for _, v in spec.thresholds)
 
 
@@ -165,15 +164,13 @@ def test_every_lm_check_records_its_thresholds():
     ],
 )
 def test_bad_lm_loss_facts_are_refused(kw, words):
-    from kddoctor.lm.api import validate_lm_options
-
     args = {"reduction": "token", "top_k": None, "kd_dtype": "float32", "train_batch_size": None, **kw}
     with pytest.raises(UserError, match=words):
-        validate_lm_options(**args)
+        resolve(task="causal-lm", **args)
 
 
 def test_uniform_share_places_the_student_between_its_teacher_and_a_uniform_guess():
-    from kddoctor.lm.checks import _uniform_share
+    from kddoctor.checks.lm_gap import _uniform_share
 
     v = 256
     m = lambda h_s: {"vocab": v, "teacher": {"entropy": 1.5}, "student": {"entropy": h_s}}  # noqa: E731
@@ -183,16 +180,18 @@ def test_uniform_share_places_the_student_between_its_teacher_and_a_uniform_gues
 
 
 def test_a_healthy_lm_verdict_names_the_checks_that_flag_something():
-    from kddoctor.lm.api import lm_verdict
+    from kddoctor.causes import verdict
+    from kddoctor.tasks.causal_lm import CausalLMTask
 
-    splits = {s: {"agreement": 0.6, "kl": 0.3} for s in ("train", "val")}
-    causes = [{"id": "insufficient_capacity", "score": 0.12}]
+    ev = _ev()
+    causes = [{"id": "insufficient_capacity", "score": 0.12, "likely": False, "raw_score": 0.12}]
     rows = [
-        {"id": "lm_gap", "status": "pass", "evidence": {}},
-        {"id": "lm_capacity", "status": "warn", "evidence": {}},
+        {"id": "generalization_gap", "status": "pass", "evidence": {}},
+        {"id": "capacity_probe", "status": "warn", "evidence": {}},
     ]
-    v = lm_verdict(rows, causes, splits)
-    assert v["kind"] == "healthy" and "1 check(s) flag something (lm_capacity)" in v["sentence"]
+    calm = lambda gap: CausalLMTask().calm_sentence(ev, rows, causes, gap)  # noqa: E731
+    v = verdict(rows, causes, "lm_causes.toml", calm)
+    assert v["kind"] == "healthy" and "1 check(s) flag something (capacity_probe)" in v["sentence"]
     assert "insufficient_capacity, 0.12" in v["sentence"] and "no check found a fault" not in v["sentence"]
     rows[1]["status"] = "pass"
-    assert "no check found a fault" in lm_verdict(rows, causes, splits)["sentence"]
+    assert "no check found a fault" in verdict(rows, causes, "lm_causes.toml", calm)["sentence"]

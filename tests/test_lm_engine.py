@@ -44,7 +44,8 @@ def test_the_pass_scores_the_counted_tokens():
         for b in _batches():
             want.update(teacher(b["input_ids"]), student(b["input_ids"]), b["labels"])
     facts = got.pop("facts")
-    assert got == {**want.compute(), "vocab": 23, "teacher_vocab": 23, "student_vocab": 23}
+    assert {k: got[k] for k in want.compute()} == want.compute()
+    assert (got["vocab"], got["teacher_vocab"], got["student_vocab"]) == (23, 23, 23)
     assert facts["sequences"] == sum(len(b["input_ids"]) for b in _batches())
     counted = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in _batches())
     assert got["tokens"] == counted
@@ -112,12 +113,12 @@ def test_labels_shifted_already_are_refused_and_aligned_ones_pass():
 
 
 def test_one_shot_streams_are_probed_from_the_rows_the_pass_sampled():
-    from kddoctor.lm.api import diagnose_lm
+    from kddoctor import diagnose
 
-    d = diagnose_lm(TinyLM(seed=1), TinyLM(seed=2), iter(_batches()), iter(_batches(n=2)))
-    probes = {f.id: f for f in d.checks if f.id in ("lm_capacity", "lm_alpha")}
+    d = diagnose(TinyLM(seed=1), TinyLM(seed=2), iter(_batches()), iter(_batches(n=2)), task="causal-lm")
+    probes = {f.id: f for f in d.checks if f.id in ("capacity_probe", "alpha_sensitivity")}
     assert all(f.status.value in ("pass", "warn", "fail") for f in probes.values()), probes
-    assert probes["lm_capacity"].evidence["fit_sequences"] == 12  # every row of the 3 train batches
+    assert probes["capacity_probe"].evidence["fit_sequences"] == 12  # every row of the 3 train batches
 
 
 def test_a_loader_that_raises_is_named_with_its_batch():
@@ -148,19 +149,24 @@ def test_a_split_without_counted_tokens_is_refused():
 def test_diagnose_lm_gives_the_token_gap_picture_checks_and_causes(tmp_path):
     import json
 
+    from kddoctor import diagnose, list_checks
     from kddoctor.diagnosis import Diagnosis
     from kddoctor.gate import schema_problem
-    from kddoctor.lm.api import diagnose_lm
     from kddoctor.report import render_html
 
-    d = diagnose_lm(
-        TinyLM(seed=1), TinyLM(seed=2), _batches(), _batches(n=2), teacher_spec="t", student_spec="s"
+    d = diagnose(
+        TinyLM(seed=1),
+        TinyLM(seed=2),
+        _batches(),
+        _batches(n=2),
+        task="causal-lm",
+        teacher_spec="t",
+        student_spec="s",
     )
     assert d.run["task"] == "causal-lm" and d.run["vocab"] == 23
     from kddoctor.causes import CAUSE_IDS
-    from kddoctor.lm.checks import LM_CHECKS
 
-    assert [f.id for f in d.checks] == sorted(LM_CHECKS, key=lambda k: LM_CHECKS[k].order)
+    assert [f.id for f in d.checks] == list_checks("causal-lm")
     assert d.verdict["kind"] in ("likely", "healthy") and {c["id"] for c in d.causes} == set(CAUSE_IDS)
     assert d.metrics["val"]["n"] == sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in _batches(n=2))
     lo, hi = d.metrics["val"]["ci95"]["agreement"]
@@ -172,7 +178,7 @@ def test_diagnose_lm_gives_the_token_gap_picture_checks_and_causes(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "Agreement by position" in html and "top-5 overlap" in html
     # the token-level probes ran (the batches are lists: re-readable) and their figures are drawn
-    probes = {f.id: f.status.value for f in d.checks if f.id in ("lm_capacity", "lm_alpha")}
+    probes = {f.id: f.status.value for f in d.checks if f.id in ("capacity_probe", "alpha_sensitivity")}
     assert len(probes) == 2 and set(probes.values()) <= {"pass", "warn", "fail"}, probes
     assert 'data-fig="fit"' in html and 'data-fig="sweep"' in html
     assert render_html(Diagnosis.from_dict(doc)) == html  # the report rebuilds from results.json
@@ -234,7 +240,7 @@ def test_the_cli_diagnoses_a_causal_lm_pair(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["run"]["task"] == "causal-lm" and doc["run"]["kd_reduction"] == "token"
-    assert {c["id"] for c in doc["checks"]} >= {"lm_gap", "lm_mask_parity", "lm_vocab_parity"}
+    assert {c["id"] for c in doc["checks"]} >= {"generalization_gap", "lm_mask_parity", "lm_vocab_parity"}
     assert doc["metrics"]["train"]["n"] == 4 * 4 * 11
 
 
@@ -247,12 +253,8 @@ def test_the_cli_diagnoses_a_causal_lm_pair(tmp_path):
         (("--task", "causal-lm", "--teacher", "hf:/nowhere"), "student", "no such directory"),
         (("--teacher-top-k", "5"), "student", "add --task causal-lm"),
         (("--task", "causal-lm", "--kd-dtype", "fp8"), "student", "--kd-dtype must be one of"),
-        (
-            ("--task", "causal-lm", "--limit", "10"),
-            "student",
-            "--limit is not supported with --task causal-lm",
-        ),
-        (("--task", "causal-lm", "--save-logits"), "student", "--save-logits is not supported"),
+        (("--task", "causal-lm", "--train-samples", "abc"), "student", "--train-samples must be a positive"),
+        (("--allow-vocab-truncation",), "student", "add --task causal-lm"),
         (
             ("--task", "causal-lm", "--teacher-top-k", "500"),
             "student",
@@ -284,3 +286,74 @@ def test_the_lm_demo_runs_and_names_its_planted_cause(tmp_path):
     assert doc["verdict"]["lead"] == "distribution_mismatch", doc["verdict"]
     assert len(doc["details"]["lm"]["val"]["agreement_by_position"]) == 63
     assert "Agreement by position" in (tmp_path / "report.html").read_text()
+
+
+def test_every_sampling_and_output_flag_of_an_image_run_works_for_tokens(tmp_path):
+    """--limit, --train-samples, --val-samples, --save-logits and the teacher cache, as for images."""
+    import json
+
+    import numpy as np
+
+    cache = tmp_path / "cache"
+    res = _lm_cli(
+        tmp_path,
+        "--task",
+        "causal-lm",
+        "--train-samples",
+        "8",
+        "--val-samples",
+        "4",
+        "--save-logits",
+        "--cache-dir",
+        str(cache),
+    )
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["run"]["sequences"] == {"train": 8, "val": 4}  # whole batches' rows, by content key
+    assert any(n.startswith("train: the 8 sequences") or "8 samples" in n for n in doc["notes"]), doc["notes"]
+    z = np.load(tmp_path / "out" / "logits.npz")
+    assert z["val_teacher"].shape == (doc["metrics"]["val"]["n"], 23) and z["val_targets"].shape == (
+        doc["metrics"]["val"]["n"],
+    )
+    assert doc["run"]["timings"]["teacher_cache"]["train"]["misses"] > 0
+    again = _lm_cli(
+        tmp_path,
+        "--task",
+        "causal-lm",
+        "--train-samples",
+        "8",
+        "--val-samples",
+        "4",
+        "--cache-dir",
+        str(cache),
+    )
+    assert again.exit_code == 0, again.stderr
+    doc2 = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc2["run"]["timings"]["teacher_cache"]["train"]["misses"] == 0  # the teacher pass was skipped
+    assert doc2["metrics"] == doc["metrics"]
+    limited = _lm_cli(tmp_path, "--task", "causal-lm", "--limit", "4", "--no-cache")
+    assert limited.exit_code == 0, limited.stderr
+    doc3 = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc3["run"]["sequences"] == {"train": 4, "val": 4}
+
+
+def test_old_lm_check_ids_read_as_todays(tmp_path):
+    """results.json of the previous release (lm_gap, lm_capacity, lm_alpha) rebuilds and gates."""
+    import json
+
+    from kddoctor.diagnosis import Diagnosis
+    from kddoctor.gate import evaluate, load_policy
+
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    old = {"generalization_gap": "lm_gap", "capacity_probe": "lm_capacity", "alpha_sensitivity": "lm_alpha"}
+    for c in doc["checks"]:
+        c["id"] = old.get(c["id"], c["id"])
+    doc["details"]["checks"] = {old.get(k, k): v for k, v in doc["details"]["checks"].items()}
+    back = Diagnosis.from_dict(doc)
+    assert back.finding("generalization_gap") is not None and back.finding("lm_gap") is None
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gate]\nfail_on_check = ["lm_gap"]\n')
+    verdict = evaluate(doc, load_policy(policy))
+    assert [r["rule"] for r in verdict["rules"]] == ["fail_on_check:generalization_gap"], verdict["rules"]

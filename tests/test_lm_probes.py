@@ -1,18 +1,29 @@
 """The token-level fine-tuning probes on inputs whose answer is known by construction."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kddoctor.checks.base import Status
+from kddoctor.checks.lm_probes import (
+    lm_alpha_sensitivity as lm_alpha,
+)
+from kddoctor.checks.lm_probes import (
+    lm_capacity_probe as lm_capacity,
+)
+from kddoctor.checks.lm_probes import (
+    stated_objective,
+    token_objective,
+)
 from kddoctor.convention import KDConvention
 from kddoctor.lm import probes
-from kddoctor.lm.checks import LMEvaluation, lm_alpha, lm_capacity, stated_objective
-from kddoctor.lm.demo import TinyGPT
-from kddoctor.lm.probes import Objective, Probes
+from kddoctor.lm.evaluation import LMEvaluation
+from kddoctor.lm.probes import Probes
 from kddoctor.lm.rows import RowSample
+from kddoctor.lm.tiny import TinyGPT
 from kddoctor.metrics.tokens import IGNORE
 
 
@@ -22,6 +33,10 @@ def _rows(n=12, length=16, vocab=32, seed=0):
     mask = torch.ones_like(ids)
     mask[::3, -4:] = 0  # every third row padded at its end
     return ids, mask.bool(), ids.masked_fill(mask == 0, IGNORE)
+
+
+def _lm(conv: KDConvention, **kw) -> KDConvention:
+    return replace(conv, task="causal-lm", **kw)
 
 
 def test_objective_is_the_per_token_kd_loss_written_out():
@@ -34,27 +49,38 @@ def test_objective_is_the_per_token_kd_loss_written_out():
     lt, ls = F.log_softmax(t / 2, -1), F.log_softmax(s / 2, -1)
     kl = (lt.exp() * (lt - ls)).sum(-1)[counted].mean()
     want = 0.3 * ce + 0.7 * 4 * kl
-    assert float(Objective.textbook(0.7, 2.0).loss(s, t, target)) == pytest.approx(float(want), rel=1e-5)
+    assert float(token_objective(0.7, 2.0).token_loss(s, t, target)) == pytest.approx(float(want), rel=1e-5)
     # a top-1 target keeps the argmax only: KL = -log p_s(argmax t)
-    top1 = Objective(0.0, 1.0, 1.0, top_k=1).loss(s, t, target)
+    top1 = _lm(token_objective(1.0, 1.0, t2=False), top_k=1).token_loss(s, t, target)
     want1 = -F.log_softmax(s, -1).gather(-1, t.argmax(-1, keepdim=True)).squeeze(-1)[counted].mean()
     assert float(top1) == pytest.approx(float(want1), rel=1e-5)
 
 
 def test_stated_objective_carries_the_reduction_t2_and_top_k():
     splits = {"train": {"vocab": 32, "facts": {"tokens_per_sequence": 40.0}}}
-    conv = KDConvention.from_alpha(0.3, temperature=2.0)
-    ev = LMEvaluation(splits, conv, reduction="batchmean", top_k=5, kd_dtype="bfloat16")
-    obj = stated_objective(ev)
-    assert (obj.ce, obj.kd, obj.scale, obj.top_k, obj.dtype) == (
+    conv = _lm(
+        KDConvention.from_alpha(0.3, temperature=2.0), reduction="batchmean", top_k=5, kd_dtype="bfloat16"
+    )
+    obj = stated_objective(LMEvaluation(splits, conv))
+    assert (obj.ce_weight, obj.kd_weight, obj.top_k, obj.kd_dtype) == (
         pytest.approx(0.7),
         pytest.approx(0.3),
-        pytest.approx(4 * 40.0),  # T² times the 40 tokens 'batchmean' sums per sequence
         5,
         "bfloat16",
     )
-    no_t2 = stated_objective(LMEvaluation(splits, KDConvention.from_alpha(0.3, temperature=2.0, t2=False)))
-    assert no_t2.scale == pytest.approx(1.0)
+    assert obj.reduction_scale(32) == pytest.approx(40.0)  # 'batchmean' sums the 40 tokens of a sequence
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 32, generator=g), torch.randn(2, 5, 32, generator=g)
+    target = torch.randint(0, 32, (2, 5), generator=g)
+    per_token = _lm(obj, reduction="token", ce_weight=0.0, kd_weight=1.0, form="weights")
+    batchmean = _lm(obj, ce_weight=0.0, kd_weight=1.0, form="weights")
+    assert float(batchmean.token_loss(s, t, target)) == pytest.approx(
+        40 * float(per_token.token_loss(s, t, target))
+    )
+    no_t2 = stated_objective(
+        LMEvaluation(splits, _lm(KDConvention.from_alpha(0.3, temperature=2.0, t2=False)))
+    )
+    assert no_t2.effective(32)["t2_factor"] == pytest.approx(1 / 4)
 
 
 def _sample(batches, size=8, tokens=8):
@@ -107,8 +133,8 @@ def test_cached_and_recomputed_teacher_targets_agree(monkeypatch):
     fresh = Probes(teacher, student, rows, rows, vocab=256, device=cpu)
     assert fresh.cache["train"] is None and cached.cache["train"] is not None
     assert cached.score(student, "val") == pytest.approx(fresh.score(student, "val"))
-    a = cached.finetune(Objective(0.0, 1.0, 1.0), steps=3, budget_s=None)
-    b = fresh.finetune(Objective(0.0, 1.0, 1.0), steps=3, budget_s=None)
+    a = cached.finetune(token_objective(1.0, 1.0, t2=False), steps=3, budget_s=None)
+    b = fresh.finetune(token_objective(1.0, 1.0, t2=False), steps=3, budget_s=None)
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
@@ -120,7 +146,7 @@ def test_finetuning_leaves_the_student_alone_and_a_copy_of_the_teacher_scores_pe
     before = copy.deepcopy(student.state_dict())
     rows = _rows(vocab=256)
     pr = Probes(teacher, student, rows, rows, vocab=256, device=torch.device("cpu"))
-    pr.finetune(Objective.textbook(0.5, 2.0), steps=4, budget_s=None)
+    pr.finetune(token_objective(0.5, 2.0), steps=4, budget_s=None)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
     same = pr.score(teacher, "val")
     assert same["agreement"] == pytest.approx(1.0) and same["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -130,7 +156,8 @@ def _probe_ev(teacher, student, **kw):
     rows = _rows(n=16, length=24, vocab=256)
     pr = Probes(teacher, student, rows, rows, vocab=256, device=torch.device("cpu"))
     splits = {"train": {"vocab": 256, "facts": {"tokens_per_sequence": 20.0}}, "val": {"vocab": 256}}
-    return LMEvaluation(splits, KDConvention.from_alpha(0.5, temperature=2.0), probes=pr, **kw)
+    conv = _lm(KDConvention.from_alpha(0.5, temperature=2.0), reduction="token")
+    return LMEvaluation(splits, conv, probes=pr, **kw)
 
 
 def test_capacity_probe_tells_a_copy_of_the_teacher_from_a_tiny_student():
@@ -162,8 +189,13 @@ def test_alpha_sweep_reports_both_curves_and_the_continue_gain():
 
 
 def test_probes_are_skipped_without_rows():
-    ev = LMEvaluation({"train": {}, "val": {}}, KDConvention())
-    assert lm_capacity(ev).status is Status.SKIPPED and lm_alpha(ev).status is Status.SKIPPED
+    from kddoctor.checks.base import get_check, run_check
+
+    splits = {s: {"vocab": 8, "facts": {"tokens_per_sequence": 4.0}} for s in ("train", "val")}
+    ev = LMEvaluation(splits, _lm(KDConvention(), reduction="token"))
+    for cid in ("capacity_probe", "alpha_sensitivity"):
+        f = run_check(get_check(cid, "causal-lm"), ev)
+        assert f.status is Status.SKIPPED and "counts a token" in f.summary
 
 
 def test_a_time_budget_stops_the_fit_probe_and_says_so():
@@ -180,9 +212,9 @@ def _capacity_rows(steps_share: float) -> list[dict]:
     gap = {"val_acc_gap": 0.15, "val_acc_gap_z": 8.0, "excess_agreement_gap": 0.0}
     cap = {"fit_closed_fraction": 0.05, "param_ratio": 0.01, "fit_steps_share": steps_share}
     return [
-        {"id": "lm_gap", "status": "warn", "evidence": gap},
-        {"id": "lm_capacity", "status": "fail", "evidence": cap},
-        {"id": "lm_alpha", "status": "pass", "evidence": {"continue_gain_agreement": -0.05}},
+        {"id": "generalization_gap", "status": "warn", "evidence": gap},
+        {"id": "capacity_probe", "status": "fail", "evidence": cap},
+        {"id": "alpha_sensitivity", "status": "pass", "evidence": {"continue_gain_agreement": -0.05}},
     ]
 
 

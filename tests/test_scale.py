@@ -93,6 +93,50 @@ def test_out_of_memory_splits_into_micro_batches():
             assert got.metrics[split][k] == pytest.approx(ref.metrics[split][k], abs=1e-5)
 
 
+def _torchrun(args: list[str], out, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m kddoctor diagnose ARGS --out OUT --device cpu` (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    cmd += ["-m", "kddoctor", "diagnose", *args, "--out", str(out), "--device", "cpu"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_torchrun_two_ranks_match_one_process_for_a_causal_lm(tmp_path):
+    """The token pass sharded over 2 gloo ranks: every metric, every check and cause as in 1 process (the
+    probes' rows are a content-keyed sample merged across ranks, so they are the same rows)."""
+    from kddoctor.lm import scenarios as lm_scenarios
+
+    lm_scenarios.teacher()  # trained once (cached), before the ranks start
+    lm_scenarios.student("healthy")
+    spec = "kddoctor.lm.scenarios"
+    args = ["--task", "causal-lm", "--teacher", f"{spec}:zoo_teacher", "--student", f"{spec}:zoo_student"]
+    args += ["--data", f"{spec}:loaders", "--alpha", "0.5", "--temperature", "2", "--quick", "--quiet"]
+    args += ["--no-cache", "--data-arg", "sequences=128"]
+    single = tmp_path / "single"
+    res = runner.invoke(app, ["diagnose", *args, "--out", str(single), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    proc = _torchrun(args, tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((single / "results.json").read_text())
+    b = json.loads((tmp_path / "dist" / "results.json").read_text())
+    assert b["run"]["world_size"] == 2 and b["run"]["n"] == a["run"]["n"]
+    assert b["run"]["sequences"] == a["run"]["sequences"]
+    assert sum(b["run"]["rank_samples"]["train"]) == a["run"]["sequences"]["train"]
+    for split in ("train", "val"):
+        for model in ("teacher", "student"):
+            for k in ("loss", "acc", "ece", "perplexity"):
+                assert b["metrics"][split][model][k] == pytest.approx(a["metrics"][split][model][k], abs=1e-6)
+        for k in ("agreement", "kl", "top_k_overlap"):
+            assert b["metrics"][split][k] == pytest.approx(a["metrics"][split][k], abs=1e-6)
+    assert [(c["id"], c["status"]) for c in b["checks"]] == [(c["id"], c["status"]) for c in a["checks"]]
+    assert [c["id"] for c in b["causes"]] == [c["id"] for c in a["causes"]]
+    for ca, cb in zip(a["causes"], b["causes"], strict=True):
+        assert cb["score"] == pytest.approx(ca["score"], abs=1e-3)
+
+
 def test_torchrun_two_ranks_match_one_process(demo_paths, tmp_path):
     args = [*demo_command(*demo_paths), "--quick", "--quiet", "--no-cache", "--data-arg", "batch_size=32"]
     single = tmp_path / "single"

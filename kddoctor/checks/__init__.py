@@ -1,14 +1,19 @@
-"""The diagnostic battery. Importing this package registers every check, in run order."""
+"""The diagnostic battery. Importing this package registers every check of every task (the causal-LM
+ones in `lm_*.py`; a shared concept keeps its id across tasks, e.g. `generalization_gap`)."""
 
-from . import (  # noqa: F401  (registration side effects, in run order)
+from . import (  # noqa: F401  (registration side effects)
     alpha_sensitivity,
     calibration,
     capacity_probe,
     covariate_shift,
     generalization_gap,
+    lm_gap,
+    lm_inputs,
+    lm_loss,
+    lm_probes,
     mode_parity,
     preprocessing_parity,
 )
-from .base import Finding, Status, list_checks, register_check, run_check
+from .base import CHECK_ALIASES, Finding, Status, all_checks, list_checks, register_check, run_check
 
-__all__ = ["Finding", "Status", "list_checks", "register_check", "run_check"]
+__all__ = ["CHECK_ALIASES", "Finding", "Status", "all_checks", "list_checks", "register_check", "run_check"]

@@ -94,9 +94,22 @@ class CheckSpec:
     order: int = 100
     min_samples: tuple[tuple[str, int], ...] = ()  # (split, n): below it the check is skipped
     thresholds: tuple[tuple[str, float], ...] = ()  # the check's keyword defaults (warn/fail levels)
+    task: str = "classification"  # the task whose evaluation it reads (one id may serve both tasks)
 
 
-_REGISTRY: dict[str, CheckSpec] = {}
+TASKS = ("classification", "causal-lm")
+_REGISTRY: dict[tuple[str, str], CheckSpec] = {}  # (task, check id) -> spec
+# check ids of earlier releases, read as today's (results.json files and gate policies keep working)
+CHECK_ALIASES = {
+    "lm_gap": "generalization_gap",
+    "lm_capacity": "capacity_probe",
+    "lm_alpha": "alpha_sensitivity",
+}
+
+
+def canonical_check_id(check_id: str) -> str:
+    """Today's id of a check named by an earlier release (`lm_gap` -> `generalization_gap`)."""
+    return CHECK_ALIASES.get(check_id, check_id)
 
 
 def register_check(
@@ -106,8 +119,12 @@ def register_check(
     title: str = "",
     order: int = 100,
     min_samples: dict[str, int] | None = None,
+    task: str = "classification",
 ) -> Callable:
-    """Register a check function `fn(evaluation) -> Finding` under `check_id`.
+    """Register a check function `fn(evaluation) -> Finding` under `check_id` for one task.
+
+    A concept both tasks share (the generalization gap, calibration, the capacity probe, the loss
+    weighting sweep) has one id and a function per task, each reading its task's evaluation.
 
     `needs` names capabilities of the evaluation (see Evaluation.capabilities); the runner skips
     the check, with the reason, when one is missing. The check never tests for that itself.
@@ -120,12 +137,14 @@ def register_check(
 
     if isinstance(needs, str):
         raise TypeError(f"register_check({check_id!r}): needs must be a tuple of names, not a string")
+    if task not in TASKS:
+        raise ValueError(f"register_check({check_id!r}): task must be one of {TASKS}, got {task!r}")
 
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         params = inspect.signature(fn).parameters.values()
         thresholds = tuple((p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY)
-        _REGISTRY[check_id] = CheckSpec(
+        _REGISTRY[(task, check_id)] = CheckSpec(
             check_id,
             fn,
             tuple(needs),
@@ -134,23 +153,33 @@ def register_check(
             order,
             tuple(sorted((min_samples or {}).items())),
             thresholds,
+            task,
         )
         return fn
 
     return deco
 
 
-def list_checks() -> list[str]:
-    """Ids of every registered check, in run order."""
-    return sorted(_REGISTRY, key=lambda k: _REGISTRY[k].order)
+def list_checks(task: str | None = "classification") -> list[str]:
+    """Ids of every check registered for a task, in run order (task=None: every task's, unique)."""
+    specs = sorted(all_checks(task), key=lambda s: (s.order, s.id))
+    return list(dict.fromkeys(s.id for s in specs))
 
 
-def get_check(check_id: str) -> CheckSpec:
-    return _REGISTRY[check_id]
+def all_checks(task: str | None = None) -> list[CheckSpec]:
+    """Every registered (task, check) spec; one task's when `task` is given."""
+    return [spec for (t, _), spec in _REGISTRY.items() if task is None or t == task]
+
+
+def get_check(check_id: str, task: str = "classification") -> CheckSpec:
+    return _REGISTRY[(task, canonical_check_id(check_id))]
 
 
 NEED_REASONS = {
     "train_eval": "the data factory returned no 'train_eval' loader",
+    "probe_rows": "no train or val sequence counts a token within its first positions",
+    "exposure": "no val sequence has 48 attended tokens to prompt and sample from",
+    "stated_top_k": "no --teacher-top-k stated (the full distribution was the KD target)",
     "features": "no penultimate features: the model has no nn.Linear classifier to tap",
     "cache": "no inputs were cached for probes",
     "norm_layers": "the student has no BatchNorm or dropout layers",
@@ -160,11 +189,12 @@ NEED_REASONS = {
 
 def _too_few_samples(spec: CheckSpec, ev: object) -> str:
     """The reason a check cannot conclude on this little data ('' when there is enough)."""
+    unit = getattr(ev, "unit", "samples")  # causal LMs count tokens
     for split, need in spec.min_samples:
         result = ev.side(split)  # type: ignore[attr-defined]
         have = result.n if result is not None else 0
         if have < need:
-            return f"needs at least {need} valid {split} samples, has {have}"
+            return f"needs at least {need} valid {split} {unit}, has {have}"
     return ""
 
 
@@ -172,7 +202,8 @@ def run_check(spec: CheckSpec, ev: object, debug: bool = False) -> Finding:
     """Run one check; missing needs -> skipped, an exception -> error (the run goes on)."""
     missing = [n for n in spec.needs if n not in ev.capabilities]  # type: ignore[attr-defined]
     if missing:
-        reason = "; ".join(NEED_REASONS.get(n, f"needs {n}") for n in missing)
+        reasons = {**NEED_REASONS, **getattr(ev, "need_reasons", {})}  # a run may say why more exactly
+        reason = "; ".join(reasons.get(n, f"needs {n}") for n in missing)
         return Finding(spec.id, Status.SKIPPED, f"skipped: {reason}", {"missing": missing})
     short = _too_few_samples(spec, ev)
     if short:

@@ -68,7 +68,7 @@ def _expectations(ev, val_inputs: dict) -> tuple[dict, list[str], Status]:
     """Inputs vs the normalization each model declares (timm data config)."""
     out, notes, status = {}, [], Status.PASS
     cfgs = {role: expected_normalization(getattr(ev, role)) for role in ("teacher", "student")}
-    # --data-dir: the inputs are [0, 1] and each model normalizes its own (data.NormalizedInput)
+    # --data-dir: the inputs are [0, 1] and each model normalizes its own (image_folder.NormalizedInput)
     own = {role: hasattr(getattr(ev, role), "kddoctor_normalization") for role in cfgs}
     n_ch = len(val_inputs.get("mean", []))
     shape = val_inputs.get("shapes", [[]])[0]

@@ -3,20 +3,19 @@ init), trained on the CPU in about a minute on the Python standard library's own
 machine has), saved with `save_pretrained` next to a byte-level tokenizer, and diagnosed as `hf:DIR`.
 
 The pair is the LM zoo's `pad_in_loss` pathology (kddoctor.lm.scenarios): the student's distillation
-loop left padding inside its CE and KD terms. `TinyGPT` is the pure-torch model the zoo trains.
+loop left padding inside its CE and KD terms.
 """
 
 from __future__ import annotations
 
 import shutil
-import sysconfig
 from pathlib import Path
 
 import torch
 from torch import nn
 
-VOCAB = 256  # bytes
-SEQ = 64  # tokens per training and evaluation sequence
+from .tiny import SEQ, VOCAB, pretrain, stdlib_text
+
 DEMO = {
     "teacher": (96, 2, 4),
     "student": (32, 1, 2),
@@ -25,33 +24,6 @@ DEMO = {
     "version": 2,
 }
 DEMO_SEQUENCES = 1024  # per split: enough val tokens that a 1-2 point token gap is outside the noise
-
-
-class TinyGPT(nn.Module):
-    """A decoder-only transformer: token + position embeddings, pre-norm causal self-attention blocks."""
-
-    def __init__(
-        self, width: int = 96, layers: int = 2, heads: int = 4, vocab: int = VOCAB, seq: int = SEQ
-    ) -> None:
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(seq, width)
-        block = nn.TransformerEncoderLayer(
-            width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        length = input_ids.shape[1]
-        h = self.tok(input_ids) + self.pos(torch.arange(length, device=input_ids.device))
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=input_ids.device)
-        return self.head(self.norm(self.blocks(h, mask=causal, is_causal=True)))
-
-
-def _text(names: tuple[str, ...]) -> torch.Tensor:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    data = b"".join((stdlib / f"{n}.py").read_bytes() for n in names)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -98,7 +70,8 @@ def gpt2(width: int, layers: int, heads: int) -> nn.Module:
 
 def build_lm_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
     """Train (once, cached under $KDDOCTOR_CACHE) the demo teacher and student; their hf: directories."""
-    from ..demo import cache_dir, recipe_key
+    from .._cache import cache_dir
+    from ..demo import recipe_key
     from ..lm.models import _transformers
     from . import scenarios
 
@@ -108,11 +81,9 @@ def build_lm_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
     if all((p / "config.json").is_file() for p in dirs):
         return dirs
     torch.manual_seed(0)
-    text = _text(scenarios.TEACHER_FILES)
+    text = stdlib_text(scenarios.TEACHER_FILES)
     n = len(text) // SEQ
-    teacher = scenarios._pretrain(
-        gpt2(*DEMO["teacher"]), text[: n * SEQ].view(n, SEQ), DEMO["teacher_steps"], 0
-    )
+    teacher = pretrain(gpt2(*DEMO["teacher"]), text[: n * SEQ].view(n, SEQ), DEMO["teacher_steps"], 0)
     torch.manual_seed(1)
     recipe = scenarios.get(DEMO["scenario"]).distill
     student = scenarios.distill(gpt2(*DEMO["student"]), teacher, recipe, draw=0)

@@ -1,17 +1,76 @@
-"""One streaming pass of a causal-LM teacher and student over a split, scored per counted token."""
+"""One streaming pass of a causal-LM teacher and student over a split, scored per counted token.
+
+The image pass's machinery serves it: the sample (`--limit`, `--train-samples`, `--val-samples`: a
+seeded subset of the dataset's sequences, or a Bernoulli sample by a content key of each sequence's
+attended tokens), the teacher-output cache (checked batch by batch against a fingerprint of the ids),
+torchrun sharding (rank r takes every world-th batch; the state is all-reduced and the row sample
+merged), progress with sequences/s, and `--save-logits` (the counted tokens' logits, up to a cap).
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .._cache import TeacherCache, batch_fingerprint
+from .._sampling import expected_samples, limit_loader
 from ..data import loader_batches
 from ..errors import UserError
-from ..metrics.tokens import IGNORE, TokenMetrics
+from ..metrics.tokens import IGNORE, TokenMetrics, counted_chunks
+from .evaluation import TokenSplit
 from .facts import LMFacts
 from .rows import RowSample
+
+KEY_POSITIONS = 1 << 16  # per-position weights of the sequence content key (longer rows wrap around)
+SAVED_LOGITS_ELEMS = 2**27  # --save-logits keeps counted-token logits up to this many values per model
+CACHE_ELEMS = 2**26  # the teacher cache keeps a split's logits up to this many values (else none)
+
+
+@dataclass
+class TokenBatch:
+    """One batch as the pass reads it: ids, attention mask (bool) and labels (-100 uncounted), [B, L]."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows) -> TokenBatch:
+        return TokenBatch(self.ids[rows], self.mask[rows], self.labels[rows])
+
+
+class SequenceKeys:
+    """A content key per sequence from its attended tokens: the same key whatever batch, padding width
+    or loader order a sequence comes in (the image side's ContentKeys, over token ids)."""
+
+    def __init__(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed * 7919 + 17)
+        self.weights = torch.randn(KEY_POSITIONS, generator=gen, dtype=torch.float64)
+
+    def project(self, batch: TokenBatch) -> torch.Tensor:
+        length = batch.ids.shape[1]
+        w = self.weights[torch.arange(length) % KEY_POSITIONS]
+        return (((batch.ids.double() + 1) * batch.mask.double()) * w).sum(1) / math.sqrt(max(length, 1))
+
+
+def adapt(batch: object, split: str, index: int) -> TokenBatch:
+    """A loader's batch (a collator mapping, or a sampled TokenBatch) as the pass reads it."""
+    if isinstance(batch, tuple) and batch and isinstance(batch[0], TokenBatch):
+        return batch[0]
+    return TokenBatch(*lm_batch(batch, split, index))
+
+
+def sampling_split(batch: object, where: str, index: int) -> tuple[TokenBatch, torch.Tensor]:
+    """What the sampler needs from a batch: rows it can cut, and a per-row column."""
+    tb = adapt(batch, where, index)
+    return tb, tb.labels
 
 
 def lm_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,6 +176,29 @@ def _check_labels(labels: torch.Tensor, vocab: int, where: str) -> None:
         )
 
 
+def sample_loader(
+    loader: Iterable, limit: int | None, seed: int, explicit: bool
+) -> tuple[Iterable, str | None]:
+    """The split, or a seeded sample of about `limit` sequences (image `limit_loader`, keyed by tokens)."""
+    keys = SequenceKeys(seed)
+    return limit_loader(loader, limit, seed, sampling_split, explicit=explicit, project=keys.project)
+
+
+@dataclass
+class PassOptions:
+    """How one split's pass runs (everything but the models and the loader)."""
+
+    device: torch.device
+    allow_vocab_truncation: bool = False
+    facts: dict | None = None  # LMFacts keywords (pad_id)
+    rows: RowSample | None = None
+    bar: object = None
+    rank: int = 0
+    world: int = 1
+    cache: TeacherCache | None = None
+    save_logits: bool = False
+
+
 def evaluate_lm(
     teacher: nn.Module,
     student: nn.Module,
@@ -127,40 +209,127 @@ def evaluate_lm(
     allow_vocab_truncation: bool = False,
     facts: dict | None = None,
     rows: RowSample | None = None,
-) -> dict:
+    **options,
+) -> TokenSplit:
     """Both models over one split (eval mode, no grad): TokenMetrics.compute(), the vocabulary sizes and,
-    under "facts", LMFacts.compute() (`facts`: LMFacts keywords: pad_id, top_k, temperature, dtype)."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    metrics, gathered = TokenMetrics(device), LMFacts(device, **(facts or {}))
-    sizes, aligned = (0, 0), False
-    with torch.inference_mode():
-        for index, batch in loader_batches(loader, name):
-            host = lm_batch(batch, name, index)
-            where = f"{name} batch {index}"
-            aligned = aligned or _check_alignment(host[0], host[2], where)
-            if rows is not None:
-                rows.add(*host)
-            ids, mask, labels = (v.to(device, non_blocking=cuda) for v in host)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                t_full = _forward(teacher, "teacher", ids, mask, where)
-                s_full = _forward(student, "student", ids, mask, where)
-            t, s = _vocab(t_full, s_full, allow_vocab_truncation)
-            _check_labels(host[2], t.shape[-1], where)
-            gathered.batch(t_full, s_full, mask, labels, t.shape[-1])
-            metrics.update(t, s, labels, on_chunk=gathered.chunk)
-            sizes = (t_full.shape[-1], s_full.shape[-1])
-            del t_full, s_full, t, s  # before the next forward: never three batches of logits at once
-    if float(metrics.sums["tokens"]) == 0:
-        raise UserError(
-            f"the {name} split has no counted tokens: a label counts from a sequence's second position "
-            "(each position predicts the next), so every label is -100, every sequence has one token, or "
-            "the split is empty"
+    under "facts", LMFacts.compute() (`facts`: LMFacts keywords). `options`: PassOptions' other fields."""
+    opts = PassOptions(torch.device(device), allow_vocab_truncation, facts, rows, **options)
+    p = _TokenPass(teacher, student, opts)
+    start = time.perf_counter()
+    task = (
+        opts.bar.add_task(f"{name}: teacher + student", total=expected_samples(loader)) if opts.bar else None
+    )
+    try:
+        with torch.inference_mode():
+            for index, batch in loader_batches(loader, name):
+                tb = adapt(batch, name, index)
+                if index % opts.world == opts.rank:
+                    p.step(tb, f"{name} batch {index}")
+                if task is not None:
+                    opts.bar.advance(task, len(tb))
+    finally:
+        if task is not None:
+            opts.bar.remove_task(task)
+    out = p.result(name)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+class _TokenPass:
+    """The state of one split's pass: token metrics, LM facts, the row sample, cache and saved logits."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, opts: PassOptions) -> None:
+        self.teacher, self.student, self.opts = teacher, student, opts
+        self.cuda = opts.device.type == "cuda"
+        self.metrics, self.facts = TokenMetrics(opts.device), LMFacts(opts.device, **(opts.facts or {}))
+        self.sizes, self.aligned, self.local = (0, 0), False, 0
+        self.saved: dict[str, list] | None = (
+            {"teacher": [], "student": [], "targets": []} if opts.save_logits else None
         )
-    return {
-        **metrics.compute(),
-        "vocab": min(sizes),
-        "teacher_vocab": sizes[0],
-        "student_vocab": sizes[1],
-        "facts": gathered.compute(),
-    }
+        self.saved_elems, self.saved_cut, self.cache_elems = 0, False, 0
+
+    def step(self, tb: TokenBatch, where: str) -> None:
+        """One batch through both models, into every accumulator (no host sync on CUDA beyond the
+        label checks of a loader that hands device tensors)."""
+        opts = self.opts
+        self.aligned = self.aligned or _check_alignment(tb.ids, tb.labels, where)
+        if opts.rows is not None:
+            opts.rows.add(tb.ids, tb.mask, tb.labels)
+        ids, mask, labels = (v.to(opts.device, non_blocking=self.cuda) for v in (tb.ids, tb.mask, tb.labels))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            t_full = self._teacher(tb, ids, mask, where)
+            s_full = _forward(self.student, "student", ids, mask, where)
+        t, s = _vocab(t_full, s_full, opts.allow_vocab_truncation)
+        _check_labels(tb.labels, t.shape[-1], where)
+        self.facts.batch(t_full, s_full, mask, labels, t.shape[-1])
+        self.metrics.update(t, s, labels, on_chunk=self.facts.chunk)
+        if self.saved is not None:
+            self._save(t, s, labels)
+        self.sizes, self.local = (t_full.shape[-1], s_full.shape[-1]), self.local + len(tb)
+        del t_full, s_full, t, s  # before the next forward: never three batches of logits at once
+
+    def _teacher(self, tb: TokenBatch, ids, mask, where: str) -> torch.Tensor:
+        """The teacher's logits: from the cache where this batch's ids are unchanged, else computed."""
+        cache = self.opts.cache
+        if cache is None:
+            return _forward(self.teacher, "teacher", ids, mask, where)
+        digest = batch_fingerprint(torch.stack([tb.ids, tb.mask.to(tb.ids.dtype)]))
+        hit = cache.lookup(len(cache.digests), digest)  # this rank's n-th batch
+        if hit is not None and hit.shape[0] == ids.numel():
+            cache.record(digest, hit, True)
+            return hit.view(*ids.shape, -1).to(ids.device, non_blocking=self.cuda)
+        t = _forward(self.teacher, "teacher", ids, mask, where)
+        self.cache_elems += t.numel()
+        if self.cache_elems > CACHE_ELEMS:  # too large to keep: this split goes uncached
+            self.opts.cache = None
+        else:
+            cache.record(digest, t.reshape(-1, t.shape[-1]).float().to("cpu", non_blocking=self.cuda), False)
+        return t
+
+    def _save(self, t: torch.Tensor, s: torch.Tensor, labels: torch.Tensor) -> None:
+        """--save-logits: counted tokens' logits (fp16, on the host), up to SAVED_LOGITS_ELEMS per model."""
+        for (tc, sc), y, _ in counted_chunks(labels, 2**22, t, s):
+            if self.saved_elems + tc.numel() > SAVED_LOGITS_ELEMS:
+                self.saved_cut = True
+                return
+            self.saved_elems += tc.numel()
+            for key, v in (("teacher", tc.half()), ("student", sc.half()), ("targets", y)):
+                self.saved[key].append(v.to("cpu", non_blocking=self.cuda))
+
+    def result(self, name: str) -> TokenSplit:
+        """The split's result, read back once (all-reduced across ranks under torchrun)."""
+        opts = self.opts
+        if self.cuda:
+            torch.cuda.synchronize(opts.device)
+        if opts.world > 1:
+            from .._dist import max_int
+
+            self.metrics.all_reduce()
+            self.facts.all_reduce()
+            self.sizes = tuple(max_int(v) for v in self.sizes)
+            if opts.rows is not None:
+                opts.rows.all_gather()
+        if float(self.metrics.sums["tokens"]) == 0:
+            raise UserError(
+                f"the {name} split has no counted tokens: a label counts from a sequence's second position "
+                "(each position predicts the next), so every label is -100, every sequence has one token, or "
+                "the split is empty"
+            )
+        cache = opts.cache
+        if cache is not None:
+            cache.save()
+        out = TokenSplit(
+            **self.metrics.compute(),
+            vocab=min(self.sizes),
+            teacher_vocab=self.sizes[0],
+            student_vocab=self.sizes[1],
+            facts=self.facts.compute(),
+        )
+        out.update(
+            local_rows=self.local,
+            teacher_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+        )
+        if self.saved is not None:
+            out["logits"] = {k: torch.cat(v).numpy() if v else None for k, v in self.saved.items()}
+            out["logits_cut"] = self.saved_cut
+        return out

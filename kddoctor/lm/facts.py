@@ -1,10 +1,12 @@
-"""What the causal-LM checks read besides the token metrics, gathered in the same streaming pass.
+"""What the causal-LM checks read besides the token metrics.
 
-Fixed-size state per split: how the batches mask tokens (padding, prompt, counted, per sequence),
-both models' probability on the pad token where tokens are counted, the teacher's mass in its top-k
-(the kept mass of a top-k truncated KD target) and in vocabulary rows a truncation drops, and, on the
-first `precision_rows` counted tokens, the KD term's KL at the training temperature in the training
-dtype next to fp32.
+`LMFacts`, gathered in the streaming pass (fixed-size sums, all-reduced under torchrun): how the
+batches mask tokens (padding, prompt, counted, per sequence), both models' probability on the pad
+token where tokens are counted, and the mass in vocabulary rows a truncation drops. `RowFacts`, on the
+probes' content-sampled rows after the pass (so the sample is the same whatever the loader order or
+the number of ranks): the teacher's mass in its top-k (the kept mass of a top-k truncated KD target,
+train rows) and the KD term's KL at the training temperature in the training dtype next to fp32 (val
+rows).
 """
 
 from __future__ import annotations
@@ -12,42 +14,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..losses import KD_DTYPES, token_kl
 from ..metrics.tokens import IGNORE, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def token_kl(s: torch.Tensor, t: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
-    """Per-token KL(t||s) at a temperature, every op in `dtype` (what a KD loss computes there)."""
-    s, t = s.to(dtype) / temperature, t.to(dtype) / temperature
-    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
 
 
 class LMFacts:
     """update(teacher logits, student logits, ids, mask, labels, full vocab sizes) per batch; compute()."""
 
     def __init__(
-        self,
-        device: torch.device | str = "cpu",
-        *,
-        pad_id: int | None = None,
-        top_k: int | None = None,
-        temperature: float = 1.0,
-        dtype: str = "float32",
-        precision_rows: int = 4096,
-        sample_rows: int = 16384,
-        chunk_elems: int = 2**22,
+        self, device: torch.device | str = "cpu", *, pad_id: int | None = None, chunk_elems: int = 2**22
     ) -> None:
         self.device, self.pad_id, self.chunk_elems = torch.device(device), pad_id, chunk_elems
-        self.ks = tuple(sorted({*TOP_KS, *([top_k] if top_k else [])}))
-        self.temperature, self.dtype, self.precision_rows = temperature, dtype, precision_rows
-        self.sample_rows = sample_rows  # counted tokens on which the teacher's top-k kept mass is measured
         keys = ("sequences", "positions", "attended", "counted", "prompt", "counted_sq")
-        keys += ("t_pad", "s_pad", "t_dropped", "s_dropped", "kl32", "kl_low", "kl_zero", "kl_nonfinite")
-        keys += ("prec_rows", "kept_rows") + tuple(f"kept_{k}" for k in self.ks)
+        keys += ("t_pad", "s_pad", "t_dropped", "s_dropped")
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in keys}
-        self._prec_taken = self._kept_taken = 0  # host-side counts: the samples need no device sync
+
+    def all_reduce(self) -> None:
+        """Sum the state over every rank of an initialised torch.distributed group."""
+        import torch.distributed as dist
+
+        for v in self.sums.values():
+            dist.all_reduce(v)
 
     def update(
         self,
@@ -105,41 +94,10 @@ class LMFacts:
         if self.pad_id is not None and self.pad_id < t.shape[-1]:
             self.sums["t_pad"] += p_t[:, self.pad_id].sum()
             self.sums["s_pad"] += logp_s[:, self.pad_id].exp().sum()
-        take = min(self.sample_rows - self._kept_taken, t.shape[0])  # a bounded sample: topk is costly
-        if take > 0:
-            self._kept_taken += take
-            self.sums["kept_rows"] += float(take)
-            top = p_t[:take].topk(min(max(self.ks), t.shape[-1]), -1).values.cumsum(-1)
-            for k in self.ks:
-                self.sums[f"kept_{k}"] += top[:, min(k, top.shape[-1]) - 1].sum()
-        self._precision(t, s)
-
-    def _precision(self, t: torch.Tensor, s: torch.Tensor) -> None:
-        take = min(self.precision_rows - self._prec_taken, t.shape[0])
-        if take <= 0:
-            return
-        self._prec_taken += take
-        ref = token_kl(s[:take], t[:take], self.temperature, torch.float32).double()
-        low = (
-            ref
-            if self.dtype == "float32"
-            else token_kl(s[:take], t[:take], self.temperature, DTYPES[self.dtype])
-        )
-        low = low.double()
-        finite = torch.isfinite(low)
-        add = {
-            "prec_rows": float(take),
-            "kl32": ref.sum(),
-            "kl_low": torch.where(finite, low, 0.0).sum(),
-            "kl_zero": ((low <= 0) & (ref > 1e-6)).sum(),
-            "kl_nonfinite": (~finite).sum(),
-        }
-        for k, v in add.items():
-            self.sums[k] += v
 
     def compute(self) -> dict:
         s = {k: float(v) for k, v in self.sums.items()}
-        n, seqs, rows = max(s["counted"], 1.0), max(s["sequences"], 1.0), max(s["prec_rows"], 1.0)
+        n, seqs = max(s["counted"], 1.0), max(s["sequences"], 1.0)
         mean_len = s["counted"] / seqs
         return {
             "sequences": int(s["sequences"]),
@@ -155,6 +113,48 @@ class LMFacts:
             "student_pad_mass": s["s_pad"] / n if self.pad_id is not None else None,
             "teacher_dropped_mass": s["t_dropped"] / n,
             "student_dropped_mass": s["s_dropped"] / n,
+        }
+
+
+class RowFacts:
+    """The teacher's top-k kept mass and the KD term's KL in the training dtype next to fp32, over
+    chunks of counted rows (the probes' sampled rows)."""
+
+    def __init__(self, *, top_k: int | None = None, temperature: float = 1.0, dtype: str = "float32") -> None:
+        self.ks = tuple(sorted({*TOP_KS, *([top_k] if top_k else [])}))
+        self.temperature, self.dtype = temperature, dtype
+        keys = ("kept_rows", "prec_rows", "kl32", "kl_low", "kl_zero", "kl_nonfinite")
+        self.sums = dict.fromkeys(keys + tuple(f"kept_{k}" for k in self.ks), 0.0)
+
+    def kept(self, t: torch.Tensor) -> None:
+        """Teacher logits [n, V] (fp32): the mass in its top k at every reported k."""
+        top = F.softmax(t, -1).topk(min(max(self.ks), t.shape[-1]), -1).values.cumsum(-1)
+        self.sums["kept_rows"] += float(len(t))
+        for k in self.ks:
+            self.sums[f"kept_{k}"] += float(top[:, min(k, top.shape[-1]) - 1].sum())
+
+    def precision(self, t: torch.Tensor, s: torch.Tensor) -> None:
+        """The KD term's per-token KL at the training T, in fp32 and in the training dtype."""
+        ref = token_kl(s, t, self.temperature, torch.float32).double()
+        low = (
+            ref
+            if self.dtype == "float32"
+            else token_kl(s, t, self.temperature, KD_DTYPES[self.dtype]).double()
+        )
+        finite = torch.isfinite(low)
+        add = {
+            "prec_rows": float(len(t)),
+            "kl32": float(ref.sum()),
+            "kl_low": float(torch.where(finite, low, 0.0).sum()),
+            "kl_zero": float(((low <= 0) & (ref > 1e-6)).sum()),
+            "kl_nonfinite": float((~finite).sum()),
+        }
+        for k, v in add.items():
+            self.sums[k] += v
+
+    def compute(self) -> dict:
+        s, rows = self.sums, max(self.sums["prec_rows"], 1.0)
+        return {
             "teacher_kept_mass": {k: s[f"kept_{k}"] / max(s["kept_rows"], 1.0) for k in self.ks},
             "kept_mass_tokens": int(s["kept_rows"]),
             "precision": {

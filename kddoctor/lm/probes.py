@@ -3,7 +3,8 @@
 The main pass samples the rows (`rows.RowSample`: `TRAIN_ROWS` train and `VAL_ROWS` val sequences, their
 first `TOKENS` positions, chosen by a seeded content hash, so the loader's order does not matter and no
 loader is read twice). Copies of the student are fine-tuned on the train rows with a token-level KD
-objective (every term per counted token, the KL in fp32 unless the stated objective ran lower) and
+objective (`KDConvention.token_loss`: every term per counted token, the KL in fp32 unless the stated
+objective ran lower, the stated reduction as its per-token multiplier) and
 scored per counted token on both. The teacher's logits on the rows are kept when they fit
 `TEACHER_CACHE_ELEMS`, else recomputed per step (a 150k vocabulary never holds [rows, tokens, V] in
 memory). Each probe stops at its step budget or its time budget, whichever comes first, and says which.
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics.tokens import IGNORE
+from ..convention import KDConvention
+from ..losses import IGNORE
+from ..metrics.tokens import counted_chunks
 from .engine import lm_logits
-from .facts import DTYPES, token_kl
 
 TRAIN_ROWS = 32  # sequences the probes fine-tune on
 VAL_ROWS = 64  # sequences the probes are scored on (inference only: more rows, less noise)
@@ -30,50 +32,6 @@ BATCH = 8  # rows per fine-tuning step
 LRS = (1e-4, 1e-3, 1e-2)  # the fit probe tries each Adam step size, then goes on with the best
 LR = 1e-3  # the other probes' step size until the fit probe has chosen one
 TEACHER_CACHE_ELEMS = 2**26  # teacher logits kept per split up to this many elements (else recomputed)
-
-
-@dataclass(frozen=True)
-class Objective:
-    """ce * CE + kd * scale * KL_T(t||s), both per counted token; the KL in `dtype`, the teacher's
-    target truncated to its top `top_k` logits (renormalized) when set."""
-
-    ce: float
-    kd: float
-    temperature: float
-    scale: float = 1.0  # T² and the stated reduction's per-token multiplier
-    top_k: int | None = None
-    dtype: str = "float32"
-
-    @classmethod
-    def textbook(cls, alpha_kd: float, temperature: float) -> Objective:
-        return cls(1.0 - alpha_kd, alpha_kd, temperature, temperature**2)
-
-    def loss(self, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        counted = target != IGNORE
-        n = counted.sum().clamp_min(1)
-        out = s.new_zeros(())
-        if self.ce:
-            out = (
-                out
-                + self.ce
-                * F.cross_entropy(
-                    s.reshape(-1, s.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
-                )
-                / n
-            )
-        if self.kd:
-            kl = self._kl(s, t).float()
-            out = out + self.kd * self.scale * (kl * counted).sum() / n
-        return out
-
-    def _kl(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self.top_k:
-            return token_kl(s, t, self.temperature, DTYPES[self.dtype])
-        # the renormalized top-k target: zero probability off the top k (xlogy: 0 log 0 = 0, not NaN)
-        dt, temp = DTYPES[self.dtype], self.temperature
-        kth = t.topk(self.top_k, -1).values[..., -1:]
-        p = F.softmax(t.masked_fill(t < kth, float("-inf")).to(dt) / temp, -1)
-        return (torch.xlogy(p, p) - p * F.log_softmax(s.to(dt) / temp, -1)).sum(-1)
 
 
 @dataclass
@@ -126,6 +84,32 @@ class Probes:
         return self._logits(self.teacher, ids[rows], mask[rows])
 
     @torch.no_grad()
+    def chunks(self, split: str, chunk_elems: int = 2**22):
+        """(teacher, student) fp32 logits of a split's counted row tokens, a chunk at a time."""
+        ids, mask, labels = self.rows[split]
+        for i in range(0, len(ids), BATCH):
+            rows = slice(i, i + BATCH)
+            s = self._logits(self.student, ids[rows], mask[rows])
+            t = self._teacher(split, rows)
+            # the logits hold positions 0..L-2, each predicting labels[:, 1:], as counted_chunks reads them
+            yield from ((tc, sc) for (tc, sc), _, _ in counted_chunks(labels[rows], chunk_elems, t, s))
+
+    @torch.no_grad()
+    def counted_logits(self, split: str, max_elems: int) -> dict:
+        """Student and teacher logits (float64, numpy) of a split's counted row tokens and their labels,
+        at most `max_elems` values per model (the first rows in the sample's canonical order)."""
+        ids, mask, labels = self.rows[split]
+        s = self._logits(self.student, ids, mask)
+        t = self._teacher(split, slice(None))
+        counted = labels[:, 1:] != IGNORE
+        take = max(1, max_elems // max(self.vocab, 1))
+        return {
+            "student": s[counted][:take].double().cpu().numpy(),
+            "teacher": t[counted][:take].double().cpu().numpy(),
+            "target": labels[:, 1:][counted][:take].cpu().numpy(),
+        }
+
+    @torch.no_grad()
     def score(self, model: nn.Module, split: str) -> dict:
         """Per counted token on a split's rows: agreement with the teacher, KL(t||s), NLL, accuracy."""
         ids, mask, labels = self.rows[split]
@@ -149,7 +133,7 @@ class Probes:
 
     def finetune(
         self,
-        objective: Objective,
+        objective: KDConvention,
         *,
         steps: int,
         budget_s: float | None,
@@ -182,7 +166,7 @@ class Probes:
                 model.train()
                 idx = torch.randperm(len(ids), generator=gen)[:bs].to(self.device)
                 s = self._logits(model, ids[idx], mask[idx])
-                loss = objective.loss(s, self._teacher("train", idx), labels[idx, 1:])
+                loss = objective.token_loss(s, self._teacher("train", idx), labels[idx, 1:])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

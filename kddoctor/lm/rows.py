@@ -46,6 +46,16 @@ class RowSample:
         order = torch.argsort(keys, stable=True)[: self.size]
         self.keys, self.rows = keys[order], tuple(r[order] for r in rows)
 
+    def all_gather(self) -> None:
+        """Under torchrun: every rank's rows, merged into the same bottom-k (as one process would keep)."""
+        from .._dist import all_gather
+
+        parts = all_gather((self.keys, self.rows))
+        keys = torch.cat([k for k, _ in parts])
+        rows = [torch.cat([r[i] for _, r in parts]) for i in range(3)]
+        order = torch.argsort(keys, stable=True)[: self.size]
+        self.keys, self.rows = keys[order], tuple(r[order] for r in rows)
+
     def tensors(self) -> tuple[torch.Tensor, ...] | None:
         """(ids, mask, labels) [N, L'] trimmed to the longest kept row; None when no row counts a token."""
         if not len(self.keys):

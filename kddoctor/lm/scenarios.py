@@ -19,16 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_write
-from ..config import Budgets
 from ..convention import KDConvention
 from ..metrics.tokens import IGNORE
-from .demo import SEQ, VOCAB, TinyGPT, _text
 from .engine import lm_logits
-from .facts import DTYPES, token_kl
+from .tiny import SEQ, VOCAB, TinyGPT, pretrain, stdlib_text
 
 PAD = 0  # NUL: no source file holds it
 PROMPT = 16  # an SFT-style collator masks this many leading tokens
@@ -67,7 +64,7 @@ class LMScenario:
     expected: str | None
     description: str
     distill: Distill = Distill()
-    stated: dict = field(default_factory=dict)  # diagnose_lm keywords the user states
+    stated: dict = field(default_factory=dict)  # convention.resolve() keywords the user states
     data: dict = field(default_factory=dict)  # loaders() keywords
     fix: dict = field(default_factory=dict)  # what the counterfactual changes: distill/stated/data
 
@@ -171,7 +168,7 @@ def documents(
     names: tuple[str, ...], seed: int, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random 24-64 byte documents of the modules, right-padded: (ids [N, SEQ], lengths [N])."""
-    text = _text(names)
+    text = stdlib_text(names)
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(24, SEQ + 1, (len(text) // 24,), generator=gen)
     ends = lengths.cumsum(0)
@@ -231,58 +228,56 @@ def student_lm(width: int = 48, layers: int = 1) -> nn.Module:
     return TinyGPT(width=width, layers=layers, heads=2)
 
 
+def zoo_teacher() -> nn.Module:
+    """SPEC `kddoctor.lm.scenarios:zoo_teacher`: the zoo's teacher (trained once, cached)."""
+    return teacher()
+
+
+def zoo_student() -> nn.Module:
+    """SPEC `kddoctor.lm.scenarios:zoo_student`: the zoo's healthy student, draw 0."""
+    return student("healthy")
+
+
 def _logits(model: nn.Module, b: dict) -> torch.Tensor:
     """[B, L, 256] logits of a TinyGPT or a transformers model (rows past the bytes dropped)."""
     return lm_logits(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]))[..., :VOCAB]
 
 
-def _kd(s: torch.Tensor, t: torch.Tensor, counted: torch.Tensor, d: Distill) -> torch.Tensor:
-    if d.top_k:
-        kth = t.topk(d.top_k, -1).values[..., -1:]
-        t = t.masked_fill(t < kth, float("-inf"))
-    kl = token_kl(s, t, d.temperature, DTYPES[d.kd_dtype]).float() * counted
-    per = {"token": counted.sum(), "batchmean": torch.tensor(float(s.shape[0]))}[d.reduction]
-    return kl.sum() / per * d.temperature**2
+def objective(d: Distill) -> KDConvention:
+    """The recipe's KD objective as the one KD convention states it (the probes' objective type too)."""
+    return KDConvention.from_alpha(
+        d.alpha_kd,
+        temperature=d.temperature,
+        reduction=d.reduction,
+        top_k=d.top_k,
+        kd_dtype=d.kd_dtype,
+        task="causal-lm",
+    )
 
 
 def distill(student: nn.Module, teacher: nn.Module, d: Distill, draw: int) -> nn.Module:
-    """KD of a student: (1-a)*CE + a*T²*KL(t||s), both over the counted tokens, as `d` says."""
+    """KD of a student: (1-a)*CE + a*T²*KL(t||s), both over the counted tokens, as `d` says (the KL
+    reduced as the recipe's training code reduces it on each batch)."""
     ids, lengths = documents(DISTILL_FILES, 100 + draw, d.documents)
+    loss_of = objective(d)
     gen = torch.Generator().manual_seed(10 + draw)
     opt = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=0.0)
     student.train()
     for _ in range(d.steps):
         pick = torch.randint(0, len(ids), (32,), generator=gen)
         b = collate(ids[pick], lengths[pick], pad_in_loss=d.pad_in_loss)
-        target = b["labels"][:, 1:]
-        counted = (target != IGNORE).float()
         s = _logits(student, b)[:, :-1]
         with torch.no_grad():
             t = _logits(teacher, b)[:, :-1]
-        ce = F.cross_entropy(s.reshape(-1, VOCAB), target.reshape(-1), ignore_index=IGNORE)
-        loss = (1 - d.alpha_kd) * ce + d.alpha_kd * _kd(s, t, counted, d)
+        loss = loss_of.token_loss(s, t, b["labels"][:, 1:], as_trained=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return student.eval()
 
 
-def _pretrain(model: nn.Module, seqs: torch.Tensor, steps: int, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        x = seqs[torch.randint(0, len(seqs), (32,), generator=gen)]
-        logits = lm_logits(model(input_ids=x))[:, :-1, :VOCAB]
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
 def _root(root: Path | None) -> Path:
-    from ..demo import cache_dir
+    from .._cache import cache_dir
 
     return (root or cache_dir()) / f"lm-zoo-v{RECIPE_VERSION}"
 
@@ -294,12 +289,12 @@ def teacher(kind: str = "base", root: Path | None = None) -> nn.Module:
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    text = _text(TEACHER_FILES)
+    text = stdlib_text(TEACHER_FILES)
     if kind == "rot13":
         text = ROT13[text]
     n = len(text) // SEQ
     torch.manual_seed(0)
-    model = _pretrain(teacher_lm(), text[: n * SEQ].view(n, SEQ), 600, seed=0)
+    model = pretrain(teacher_lm(), text[: n * SEQ].view(n, SEQ), 600, seed=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path.parent, {path.name: lambda f: torch.save(model.state_dict(), f)})
     return model
@@ -333,21 +328,24 @@ def student(scn: LMScenario | str, draw: int = 0, root: Path | None = None) -> n
 
 def run(scn: LMScenario | str, draw: int = 0, root: Path | None = None):
     """Diagnose one scenario: its teacher, its student and its data, with what the user states."""
-    from .api import diagnose_lm
+    from ..api import diagnose
+    from ..convention import resolve
 
     scn = get(scn) if isinstance(scn, str) else scn
     data = loaders(draw, **scn.data)
-    return diagnose_lm(
-        teacher(scn.distill.teacher, root),
+    d = scn.distill
+    stated = resolve(alpha=d.alpha_kd, temperature=d.temperature, task="causal-lm", **scn.stated)
+    return diagnose(
+        teacher(d.teacher, root),
         student(scn, draw, root),
         data["train"],
         data["val"],
-        convention=KDConvention.from_alpha(scn.distill.alpha_kd, temperature=scn.distill.temperature),
+        task="causal-lm",
+        convention=stated,
         device="cpu",
-        budgets=Budgets.quick(),  # steps only: the zoo's probes are deterministic
+        quick=True,  # steps only: the zoo's probes are deterministic
         teacher_spec="lm-zoo:teacher",
         student_spec=f"lm-zoo:{scn.name}",
-        **scn.stated,
     )
 
 

@@ -45,9 +45,13 @@ def empty_stats(num_classes: int, device: torch.device | str = "cpu") -> dict[st
     return stats
 
 
-def _bin_index(conf: torch.Tensor) -> torch.Tensor:
-    """Bin b holds confidences in [b/15, (b+1)/15); a confidence of exactly 1 goes to the last bin."""
+def bin_index(conf: torch.Tensor) -> torch.Tensor:
+    """Bin b holds confidences in [b/15, (b+1)/15); a confidence of exactly 1 goes to the last bin.
+    The one binning of every reliability histogram (image pairs and LM tokens)."""
     return (conf * N_BINS).long().clamp_(0, N_BINS - 1)
+
+
+_bin_index = bin_index  # the former private name, kept for existing callers
 
 
 def pair_update(
@@ -92,7 +96,7 @@ def pair_update(
     stats["agree"] += (agree * w).sum()
     stats["kl"] += (kl.double() * w).sum()
     for m, conf, ok in (("t", t_conf, t_ok), ("s", s_conf, s_ok)):
-        idx = _bin_index(conf)
+        idx = bin_index(conf)
         stats[f"{m}_bin_count"].index_add_(0, idx, w)
         stats[f"{m}_bin_conf"].index_add_(0, idx, conf.double() * w)
         stats[f"{m}_bin_correct"].index_add_(0, idx, ok * w)
@@ -113,7 +117,8 @@ def merge_stats(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[
 
 
 def ece_from_bins(count: torch.Tensor, conf: torch.Tensor, correct: torch.Tensor) -> float:
-    """Expected calibration error: sum_b |acc_b - conf_b| * n_b / N."""
+    """Expected calibration error from 15-bin sums (count, summed confidence, summed correctness per
+    bin): sum_b |acc_b - conf_b| * n_b / N, N = count.sum(); shared by image pairs and LM tokens."""
     n = float(count.sum())
     return float((correct - conf).abs().sum()) / n if n else float("nan")
 

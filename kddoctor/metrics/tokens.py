@@ -5,7 +5,8 @@ position predicting the next token, as Hugging Face models shift them), both mod
 accuracy, their agreement, top-k overlap, KL(t||s) and entropies, 15-bin reliability histograms and
 agreement per position in the sequence. Everything is computed in fp32 on chunks of counted tokens,
 so a [B, L, V] batch in bf16 is never materialized in fp32 (a chunk holds at most `chunk_elems`
-floats: 150k-vocabulary rows are taken a few at a time).
+floats: 150k-vocabulary rows are taken a few at a time). The reliability bins and the ECE are the image
+metrics' own (`functional.bin_index`, `functional.ece_from_bins`), so one binning serves both tasks.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .functional import N_BINS, bin_index, ece_from_bins
+
+__all__ = ["IGNORE", "N_BINS", "TokenMetrics", "counted_chunks"]
+
 IGNORE = -100  # the label Hugging Face collators give masked (pad, prompt) tokens
-N_BINS = 15
 _SUMS = (
     "tokens",
     "t_nll",
@@ -104,7 +108,7 @@ class TokenMetrics:
             self.sums[key] += value
         for m, logp, pred in (("t", logp_t, pred_t), ("s", logp_s, pred_s)):
             conf = logp.gather(1, pred[:, None]).squeeze(1).double().exp()
-            b = torch.clamp((conf * N_BINS).long(), max=N_BINS - 1)
+            b = bin_index(conf)
             self.bins[f"{m}_count"].index_add_(0, b, torch.ones_like(conf))
             self.bins[f"{m}_conf"].index_add_(0, b, conf)
             self.bins[f"{m}_correct"].index_add_(0, b, (pred == y).double())
@@ -132,6 +136,28 @@ class TokenMetrics:
             self.position[k] = F.pad(a, (0, n - len(a))) + F.pad(b, (0, n - len(b)))
         return self
 
+    def all_reduce(self, group=None) -> TokenMetrics:
+        """Sum this accumulator over the ranks of a torch.distributed group (gloo or nccl: the state lives
+        on `self.device`), in place, so every rank then holds the whole stream's state. The per-position
+        arrays may differ in length across ranks: the longest is agreed first, the others zero-padded."""
+        import torch.distributed as dist
+
+        keys = list(self.sums)
+        flat = torch.cat([torch.stack([self.sums[k] for k in keys]), *self.bins.values()])
+        dist.all_reduce(flat, group=group)
+        for i, k in enumerate(keys):
+            self.sums[k] = flat[i].clone()
+        for k, v in zip(self.bins, flat[len(keys) :].split(N_BINS), strict=True):
+            self.bins[k] = v.clone()
+        length = torch.tensor([len(self.position["count"])], dtype=torch.int64, device=self.device)
+        dist.all_reduce(length, op=dist.ReduceOp.MAX, group=group)
+        n = int(length)
+        pos = torch.stack([F.pad(v, (0, n - len(v))) for v in self.position.values()])
+        dist.all_reduce(pos, group=group)
+        for k, v in zip(self.position, pos, strict=True):
+            self.position[k] = v.clone()
+        return self
+
     def compute(self) -> dict:
         """Per counted token: NLL, perplexity, top-1 accuracy, ECE of both models; agreement, top-k
         overlap, KL(t||s) and entropies; agreement per position (None where no token was counted)."""
@@ -151,7 +177,9 @@ class TokenMetrics:
                 "loss": nll,
                 "perplexity": float(torch.tensor(nll).exp()),
                 "acc": s[f"{m}_correct"] / n,
-                "ece": float((self.bins[f"{m}_conf"] - self.bins[f"{m}_correct"]).abs().sum() / n),
+                "ece": ece_from_bins(
+                    self.bins[f"{m}_count"], self.bins[f"{m}_conf"], self.bins[f"{m}_correct"]
+                ),
                 "entropy": s[f"{m}_entropy"] / n,
             }
         count, agree = self.position["count"], self.position["agree"]

@@ -307,10 +307,10 @@ def build_figures(doc: dict, details: dict) -> dict[str, dict]:
         figs["per_class"] = per_class_figure(details["per_class"], doc["run"].get("class_names") or [])
     if checks.get("generalization_gap"):
         figs["membership"] = membership_figure(checks["generalization_gap"])
-    sweep = checks.get("alpha_sensitivity") or checks.get("lm_alpha")  # images / causal LMs
+    sweep = checks.get("alpha_sensitivity")
     if sweep:
         figs["sweep"] = sweep_figure(sweep)
-    cap = evidence.get("capacity_probe") or evidence.get("lm_capacity") or {}
+    cap = evidence.get("capacity_probe") or {}
     if cap.get("fit_curve"):
         figs["fit"] = fit_figure(cap["fit_curve"], cap.get("fit_target", 0.99))
     return figs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..diagnosis import convention_sentence
+from .words import convention_sentence
 
 # Markdown syntax, plus < > & so that no raw HTML or entity survives: `\<script\>` shows as written.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|!<>&~])")

@@ -1,0 +1,104 @@
+"""Do teacher and student read the same tokens, and do train and val count the same ones?"""
+
+from __future__ import annotations
+
+from ..lm.evaluation import LMEvaluation
+from .base import Finding, Status, grade, register_check, worst
+
+
+def _differs(a: dict | None, b: dict | None, key: str) -> int | None:
+    return None if not a or not b else int(a.get(key) != b.get(key))
+
+
+@register_check("lm_vocab_parity", task="causal-lm", title="Tokenizer and vocabulary parity", order=12)
+def lm_vocab_parity(
+    ev: LMEvaluation, *, dropped_mass_fail: float = 0.01, teacher_nll_excess_fail: float = 0.05
+) -> Finding:
+    """Vocabulary sizes and padded rows, the tokenizers (hash, special ids), and whether the teacher
+    predicts this text worse than its own student (it saw other token ids)."""
+    va = ev.splits["val"]
+    tt, ts = ev.tokenizers.get("teacher"), ev.tokenizers.get("student")
+    excess = va["teacher"]["loss"] - va["student"]["loss"]
+    evidence = {
+        "teacher_vocab": va["teacher_vocab"],
+        "student_vocab": va["student_vocab"],
+        "padded_rows": abs(va["teacher_vocab"] - va["student_vocab"]),
+        "teacher_dropped_mass": va["facts"]["teacher_dropped_mass"],
+        "student_dropped_mass": va["facts"]["student_dropped_mass"],
+        "teacher_nll_excess": excess,
+        "tokenizers": {"teacher": tt, "student": ts},
+    }
+    flags = {
+        "tokenizer_differs": _differs(tt, ts, "hash"),
+        "special_tokens_differ": _differs(tt, ts, "special_ids"),
+        "chat_template_differs": _differs(tt, ts, "chat_template_hash"),
+    }
+    evidence.update({k: v for k, v in flags.items() if v is not None})
+    dropped = max(evidence["teacher_dropped_mass"], evidence["student_dropped_mass"])
+    problems = []
+    if flags["tokenizer_differs"]:
+        problems.append("the two tokenizers differ (vocabulary or special tokens)")
+    elif flags["special_tokens_differ"] or flags["chat_template_differs"]:
+        problems.append("the tokenizers' special tokens or chat templates differ")
+    if dropped > dropped_mass_fail:
+        problems.append(f"the compared vocabulary drops {dropped:.1%} of a model's probability mass")
+    if excess > teacher_nll_excess_fail:
+        problems.append(
+            f"the teacher predicts val text {excess:.3f} nats/token worse than its own student "
+            "(it was trained on other token ids)"
+        )
+    sizes = f"vocabularies {va['teacher_vocab']:,} (teacher) and {va['student_vocab']:,} (student)"
+    if tt is None or ts is None:
+        sizes += "; no tokenizer to compare (hf: directories carry theirs)"
+    if problems:
+        return Finding("lm_vocab_parity", Status.FAIL, "; ".join(problems) + f"; {sizes}", evidence)
+    if evidence["padded_rows"]:
+        words = (
+            f"{evidence['padded_rows']:,} padded vocabulary rows compared away (--allow-vocab-truncation); "
+            f"they hold {dropped:.2%} of a model's probability; {sizes}"
+        )
+        return Finding("lm_vocab_parity", Status.WARN, words, evidence)
+    return Finding("lm_vocab_parity", Status.PASS, f"one vocabulary: {sizes}", evidence)
+
+
+@register_check("lm_mask_parity", task="causal-lm", title="Loss-mask parity", order=14)
+def lm_mask_parity(
+    ev: LMEvaluation,
+    *,
+    pad_excess_warn: float = 0.001,
+    pad_excess_fail: float = 0.004,
+    mask_shift_warn: float = 0.05,
+    mask_shift_fail: float = 0.15,
+) -> Finding:
+    """Which tokens each split counts, and whether the student learned to predict padding."""
+    ft, fv = ev.splits["train"]["facts"], ev.splits["val"]["facts"]
+    shift = abs(ft["counted_of_attended"] - fv["counted_of_attended"])
+    evidence = {
+        "train_counted_of_attended": ft["counted_of_attended"],
+        "val_counted_of_attended": fv["counted_of_attended"],
+        "mask_shift": shift,
+        "uncounted_fraction": 1 - ft["counted_fraction"],
+        "pad_fraction": ft["pad_fraction"],
+        "prompt_fraction": ft["prompt_fraction"],
+        "pad_id": fv["pad_id"],
+    }
+    statuses = [grade(shift, mask_shift_warn, mask_shift_fail, what="the mask shift")]
+    words = (
+        f"train counts {ft['counted_of_attended']:.0%} of attended tokens, "
+        f"val {fv['counted_of_attended']:.0%}; "
+        f"a loss that ignored the masks would include {1 - ft['counted_fraction']:.0%} uncounted train "
+        f"positions ({ft['pad_fraction']:.0%} padding, {ft['prompt_fraction']:.0%} prompt)"
+    )
+    if fv["student_pad_mass"] is not None:
+        excess = fv["student_pad_mass"] - fv["teacher_pad_mass"]
+        evidence.update(
+            student_pad_mass=fv["student_pad_mass"],
+            teacher_pad_mass=fv["teacher_pad_mass"],
+            student_pad_excess=excess,
+        )
+        statuses.append(grade(excess, pad_excess_warn, pad_excess_fail, what="the student's pad mass"))
+        words += (
+            f"; on counted val tokens the student puts {fv['student_pad_mass']:.2%} on the pad token "
+            f"(id {fv['pad_id']}), the teacher {fv['teacher_pad_mass']:.2%}"
+        )
+    return Finding("lm_mask_parity", worst(*statuses), words, evidence)

@@ -1,0 +1,99 @@
+"""The causal-LM KD term as stated: its reduction, precision and top-k target, measured on the data."""
+
+from __future__ import annotations
+
+from ..lm.evaluation import LMEvaluation, kd_shares
+from .base import Finding, Status, grade, register_check, worst
+
+
+@register_check("lm_reduction", task="causal-lm", title="KD reduction accounting", order=42)
+def lm_reduction(
+    ev: LMEvaluation, *, share_shift_warn: float = 0.05, share_shift_fail: float = 0.15
+) -> Finding:
+    """The KD term's effective share of the loss under the stated reduction at the measured lengths."""
+    ft = ev.splits["train"]["facts"]
+    mult, stated, share = kd_shares(ev)
+    evidence = {
+        "reduction": ev.convention.reduction,
+        "tokens_per_sequence": ft["tokens_per_sequence"],
+        "kd_multiplier": mult,
+        "kd_share_stated": stated,
+        "kd_share_effective": share,
+        "share_shift": abs(share - stated),
+    }
+    status = grade(abs(share - stated), share_shift_warn, share_shift_fail, what="the KD share shift")
+    what = {
+        "token": "per counted token",
+        "batchmean": "'batchmean' over [B, L, V] (divided by the batch only)",
+        "mean": "'mean' over [B, L, V] (divided by the vocabulary too)",
+        "sum": "'sum' over [B, L, V]",
+    }[ev.convention.reduction]
+    return Finding(
+        "lm_reduction",
+        status,
+        f"KL reduced {what}: at {ft['tokens_per_sequence']:.1f} counted tokens per sequence the KD term "
+        f"is worth {mult:.3g}x per token, so it carries {share:.0%} of the loss"
+        + (
+            f", not the {stated:.0%} the weights state"
+            if abs(share - stated) >= 0.005
+            else ", as the weights state"
+        ),
+        evidence,
+    )
+
+
+@register_check("lm_precision", task="causal-lm", title="KD loss precision", order=44)
+def lm_precision(
+    ev: LMEvaluation, *, rel_error_fail: float = 0.10, zero_fraction_fail: float = 0.05
+) -> Finding:
+    """The KD term's KL in the training dtype next to fp32, on a sample of counted val tokens."""
+    p = ev.splits["val"]["facts"]["precision"]
+    rel = abs(p["kl_dtype"] - p["kl_fp32"]) / max(p["kl_fp32"], 1e-12)
+    evidence = {
+        "dtype": p["dtype"],
+        "tokens": p["tokens"],
+        "kl_fp32": p["kl_fp32"],
+        "kl_dtype": p["kl_dtype"],
+        "rel_error": rel,
+        "zero_fraction": p["zero_fraction"],
+        "nonfinite_fraction": p["nonfinite_fraction"],
+    }
+    if p["dtype"] == "float32":
+        return Finding(
+            "lm_precision",
+            Status.PASS,
+            f"the KD loss is computed in float32 (KL {p['kl_fp32']:.4f} nats/token at T={p['temperature']:g} "
+            f"on {p['tokens']:,} val tokens); pass --kd-dtype when your loss ran in bf16 or fp16",
+            evidence,
+        )
+    status = worst(
+        grade(rel, rel_error_fail / 2, rel_error_fail, what="the KL's relative error"),
+        grade(p["zero_fraction"], zero_fraction_fail / 2, zero_fraction_fail, what="the zero-KL fraction"),
+        Status.FAIL if p["nonfinite_fraction"] > 0 else Status.PASS,
+    )
+    return Finding(
+        "lm_precision",
+        status,
+        f"in {p['dtype']} the KD term's KL at T={p['temperature']:g} reads {p['kl_dtype']:.4g} nats/token "
+        f"where fp32 gives {p['kl_fp32']:.4g} ({rel:.0%} off); it reads 0 on {p['zero_fraction']:.0%} "
+        f"of {p['tokens']:,} val tokens and is not finite on {p['nonfinite_fraction']:.0%}",
+        evidence,
+    )
+
+
+@register_check("lm_topk", task="causal-lm", needs=("stated_top_k",), title="Top-k teacher targets", order=46)
+def lm_topk(ev: LMEvaluation, *, dropped_warn: float = 0.05, dropped_fail: float = 0.10) -> Finding:
+    """How much of the teacher's probability a top-k truncated KD target kept (--teacher-top-k)."""
+    f, k = ev.splits["train"]["facts"], ev.convention.top_k
+    kept = f["teacher_kept_mass"]
+    seen = ", ".join(f"top-{j} {m:.0%}" for j, m in kept.items())
+    evidence = {"kept_mass": kept, "top_k": k}
+    dropped = 1 - kept[k]
+    evidence["dropped_target_mass"] = dropped
+    return Finding(
+        "lm_topk",
+        grade(dropped, dropped_warn, dropped_fail, what="the dropped teacher mass"),
+        f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train "
+        f"tokens; renormalizing it drops {dropped:.1%} ({seen})",
+        evidence,
+    )

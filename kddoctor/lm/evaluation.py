@@ -1,0 +1,93 @@
+"""What the causal-LM checks read: both splits' token metrics and facts, the probes, the run's objective."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from ..convention import KDConvention
+
+SEQUENCE_TOKENS_Z = 16  # tokens per sequence counted as independent when a gap's z-score is computed
+
+
+class TokenSplit(dict):
+    """One split's pass: TokenMetrics.compute() plus vocab sizes, `facts` (LMFacts) and run facts; `n` is
+    the counted tokens (what a check's min_samples counts for causal LMs)."""
+
+    @property
+    def n(self) -> int:
+        return int(self["tokens"])
+
+    @property
+    def effective_n(self) -> int:
+        """Counted tokens are not independent: at most SEQUENCE_TOKENS_Z per sequence count."""
+        return min(self.n, SEQUENCE_TOKENS_Z * self["facts"]["sequences"])
+
+
+@dataclass
+class LMEvaluation:
+    """Everything the LM checks read. `convention` is the stated objective (task causal-lm: its reduction,
+    top-k target and KD dtype) at the measured tokens per train sequence."""
+
+    splits: dict
+    convention: KDConvention
+    config: object = None  # the run's DiagnoseConfig (seed, budgets, sampling)
+    tokenizers: dict = field(default_factory=dict)
+    exposure: dict | None = None
+    exposure_skipped: str = "no val sequence has 48 attended tokens to prompt and sample from"
+    probes: object | None = None  # probes.Probes on rows the main pass sampled (None: no counted row)
+    fit_steps: int = 64
+    sweep_steps: int = 20
+    probe_budget: float | None = None  # seconds per probe (None: the steps alone)
+    unit: str = "tokens"
+    device: object = "cpu"
+    teacher_spec: str = "teacher"
+    student_spec: str = "student"
+    timings: dict = field(default_factory=dict)  # seconds of the steps after the pass (exposure, rows)
+
+    def __post_init__(self) -> None:
+        tps = self.splits["train"]["facts"]["tokens_per_sequence"]
+        self.convention = replace(self.convention, tokens_per_sequence=tps, task="causal-lm")
+
+    def side(self, split: str) -> TokenSplit | None:
+        return self.splits.get(split)
+
+    @property
+    def train(self) -> TokenSplit:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> TokenSplit:
+        return self.splits["val"]
+
+    @property
+    def vocab(self) -> int:
+        return self.splits["val"]["vocab"]
+
+    @property
+    def capabilities(self) -> set[str]:
+        caps = set(self.splits)
+        if self.probes is not None:
+            caps |= {"probe_rows", "trainable"}
+        if self.exposure is not None:
+            caps.add("exposure")
+        if self.convention.top_k:
+            caps.add("stated_top_k")
+        return caps
+
+    @property
+    def need_reasons(self) -> dict[str, str]:
+        return {"exposure": self.exposure_skipped}
+
+
+def z_score(diff: float, p: float, split: TokenSplit) -> float:
+    """A token-rate difference over its standard error at the split's effective n."""
+    se = math.sqrt(max(p * (1 - p), 1e-6) * 2 / max(split.effective_n, 1))
+    return diff / se
+
+
+def kd_shares(ev: LMEvaluation) -> tuple[float, float, float]:
+    """(the stated reduction's per-token multiplier of the KD term, the KD share of the loss the weights
+    state, the share it really has at the measured tokens per train sequence)."""
+    conv, vocab = ev.convention, ev.splits["train"]["vocab"]
+    return conv.reduction_scale(vocab), replace(conv, reduction="token").kd_share(vocab), conv.kd_share(vocab)

@@ -1,0 +1,293 @@
+"""Causal LMs: a row is a counted token (labels != -100, position i predicting i+1), grouped by its
+position, keyed by its sequence's tokens; a sequence is the unit of sampling and of independence."""
+
+from __future__ import annotations
+
+import itertools
+import platform
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .. import checks as _checks  # noqa: F401  (registers every battery)
+from .._cache import TeacherCache
+from .._dist import gather_ints, rank_world
+from .._version import __version__
+from ..causes import remedy_context
+from ..config import LM_TRAIN_SEQUENCES
+from ..convention import KDConvention
+from ..diagnosis import pass_timings
+from ..errors import UserError
+from ..lm.engine import adapt, evaluate_lm, lm_logits, sample_loader
+from ..lm.evaluation import LMEvaluation, TokenSplit
+from ..lm.exposure import exposure
+from ..lm.facts import RowFacts
+from ..lm.probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
+from ..lm.rows import RowSample
+from ..metrics.functional import wilson_interval
+
+NOTE = "causal-LM run: every metric is per counted token (labels != -100), each position predicting the next"
+ONE_SHOT = "the val loader is a one-shot stream (a generator): kddoctor never reads it twice"
+
+
+class CausalLMTask:
+    name = "causal-lm"
+    catalogue = "lm_causes.toml"
+    unit = "tokens"
+
+    def __init__(self, tokenizers: dict | None = None, allow_vocab_truncation: bool = False) -> None:
+        """`tokenizers`: {"teacher": info, "student": info} from `lm.models.tokenizer_info`."""
+        self.tokenizers, self.allow_vocab_truncation = tokenizers or {}, allow_vocab_truncation
+
+    def adapt(self, batch: object, split: str, index: int):
+        return adapt(batch, split, index)
+
+    def logits(self, out: object):
+        return lm_logits(out)
+
+    def evaluate(self, teacher, student, loaders: dict, run) -> LMEvaluation:
+        """Both splits through one streaming pass each (sampled, cached, sharded as for images), then the
+        exposure sampling and the probes' rows on rank 0."""
+        cfg, dev = run.config, run.device
+        conv = lm_convention(cfg.convention)
+        rows = {
+            "train": RowSample(TRAIN_ROWS, TOKENS, cfg.seed),
+            "val": RowSample(VAL_ROWS, TOKENS, cfg.seed + 1),
+        }
+        facts = {"pad_id": _pad_id(self.tokenizers, loaders["train"])}
+        splits = {name: self._split(name, loaders[name], run, facts, rows[name]) for name in ("train", "val")}
+        vocab = splits["val"]["vocab"]
+        if conv.top_k is not None and conv.top_k >= vocab:
+            raise UserError(
+                f"--teacher-top-k {conv.top_k} is not below the vocabulary ({vocab:,} rows): "
+                "such a target truncates nothing; drop the flag"
+            )
+        ev = LMEvaluation(
+            splits,
+            conv,
+            cfg,
+            self.tokenizers,
+            fit_steps=cfg.budgets.fit_steps,
+            sweep_steps=cfg.budgets.sweep_steps,
+            probe_budget=cfg.budgets.probe_budget(sum(s["seconds"] for s in splits.values())),
+            device=dev,
+            teacher_spec=run.teacher_spec,
+            student_spec=run.student_spec,
+        )
+        if rank_world()[0] == 0:
+            _probe_inputs(ev, teacher, student, loaders["val"], rows, dev)
+        return ev
+
+    def _split(self, name: str, loader, run, facts: dict, rows: RowSample) -> TokenSplit:
+        cfg = run.config
+        rank_, world = rank_world()
+        limit, explicit = cfg.split_limit(name, default_train=LM_TRAIN_SEQUENCES)
+        sampled_loader, sampled = sample_loader(loader, limit, cfg.seed, explicit)
+        cache = run.teacher_cache
+        tc = TeacherCache(Path(cache[0]), cache[1], f"lm-{name}", limit, rank_, world) if cache else None
+        out = evaluate_lm(
+            *run.models,
+            sampled_loader,
+            name=name,
+            device=run.device,
+            allow_vocab_truncation=self.allow_vocab_truncation,
+            facts=facts,
+            rows=rows,
+            bar=run.bar,
+            rank=rank_,
+            world=world,
+            cache=tc,
+            save_logits=cfg.save_logits,
+        )
+        if getattr(sampled_loader, "took_all", False):
+            sampled = None  # the split held fewer sequences than the limit
+        out["sampled"] = sampled
+        return out
+
+    def run_metadata(self, ev: LMEvaluation) -> dict:
+        conv, splits, cfg = ev.convention, ev.splits, ev.config
+        convention = conv.to_dict(ev.vocab)
+        run = {
+            "kddoctor_version": __version__,
+            "torch_version": torch.__version__,
+            "device": str(ev.device),
+            "task": "causal-lm",
+            "teacher": ev.teacher_spec,
+            "student": ev.student_spec,
+            "alpha": conv.alpha,
+            "alpha_on": conv.alpha_on,
+            "temperature": conv.temperature,
+            "t2": conv.t2,
+            "kd_reduction": conv.reduction,
+            "teacher_top_k": conv.top_k,
+            "kd_dtype": conv.kd_dtype,
+            "convention": convention,
+            "effective_weights": conv.effective(ev.vocab),
+            "seed": cfg.seed,
+            "quick": cfg.quick,
+            "vocab": ev.vocab,
+            "n": {name: m.n for name, m in splits.items()},
+            "sequences": {name: m["facts"]["sequences"] for name, m in splits.items()},
+            "world_size": rank_world()[1],
+            "rank_samples": {name: gather_ints(m["local_rows"]) for name, m in splits.items()},
+            "python": platform.python_version(),
+            "platform": platform.platform(terse=True),
+        }
+        timings = pass_timings(splits)
+        timings.update(ev.timings)
+        return {**run, "timings": timings}
+
+    def metrics(self, ev: LMEvaluation) -> dict:
+        return {name: _split_metrics(m) for name, m in ev.splits.items()}
+
+    def notes(self, ev: LMEvaluation) -> list[str]:
+        out, va = [NOTE], ev.val
+        if va["teacher_vocab"] != va["student_vocab"]:
+            out.append(
+                f"vocabularies differ ({va['teacher_vocab']:,} vs {va['student_vocab']:,}): compared on the "
+                f"first {va['vocab']:,} rows (--allow-vocab-truncation)"
+            )
+        if ev.exposure is None:
+            out.append(f"exposure bias not measured: {ev.exposure_skipped}")
+        for name, m in ev.splits.items():
+            if m.get("sampled"):
+                out.append(f"{name}: {m['sampled']} (sequences)")
+            if m.get("logits_cut"):
+                out.append(
+                    f"{name}: --save-logits kept the first counted tokens only (the rest exceed the cap)"
+                )
+        return out
+
+    def details(self, ev: LMEvaluation) -> dict:
+        return {"lm": {name: _lm_details(m) for name, m in ev.splits.items()}, "per_class": {}}
+
+    def logits_saved(self, ev: LMEvaluation) -> dict | None:
+        if not ev.config.save_logits:
+            return None
+        return {f"{n}_{k}": v for n, m in ev.splits.items() for k, v in m["logits"].items() if v is not None}
+
+    def remedy_context(self, findings: list[dict], run: dict) -> dict:
+        return remedy_context(findings, {**run, "num_classes": run.get("vocab")})
+
+    def calm_sentence(self, ev: LMEvaluation, findings: list[dict], causes: list[dict], gap: dict) -> str:
+        """A smaller student is always some tokens behind its teacher: without a measured mechanism the
+        LM verdict is calm, and names the checks that flag something."""
+        va, tr = ev.val, ev.train
+        flagged = [r["id"] for r in findings if r["status"] in ("warn", "fail")]
+        if flagged:
+            top = causes[0]
+            lead = f"{len(flagged)} check(s) flag something ({', '.join(flagged)}), but no cause reaches 0.5"
+            lead += f" (the strongest: {top['id']}, {top['score']:.2f})" if top["score"] > 0 else ""
+        else:
+            lead = "no check found a fault"
+        return (
+            f"No likely cause: {lead}; token agreement {va['agreement']:.1%} on val and "
+            f"{tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} nats/token on val"
+        )
+
+
+def lm_convention(conv: KDConvention) -> KDConvention:
+    """The stated objective as a causal-LM one: a convention built for images (the API's default) is
+    read per counted token, its other choices kept."""
+    if conv.task == "causal-lm":
+        return conv
+    return replace(
+        conv, task="causal-lm", reduction="token" if conv.reduction == "batchmean" else conv.reduction
+    )
+
+
+def _probe_inputs(ev: LMEvaluation, teacher, student, val, rows: dict, dev) -> None:
+    """Exposure sampling on a few val batches, the probes on the sampled rows, and the facts measured
+    on those rows (top-k kept mass on train rows, the KD term's precision on val rows)."""
+    import time
+
+    began = time.perf_counter()
+    if iter(val) is val:
+        ev.exposure_skipped = ONE_SHOT
+    else:
+        vocab = ev.vocab
+        batches = [_triple(b, i) for i, b in enumerate(itertools.islice(val, 8))]
+        ev.exposure = exposure(teacher, student, batches, vocab=vocab, device=dev, seed=ev.config.seed)
+    ev.timings["exposure"] = round(time.perf_counter() - began, 4)
+    began = time.perf_counter()
+    tensors = {name: sample.tensors() for name, sample in rows.items()}
+    if None not in tensors.values():
+        ev.probes = Probes(
+            teacher,
+            student,
+            tensors["train"],
+            tensors["val"],
+            vocab=ev.vocab,
+            device=dev,
+            seed=ev.config.seed,
+        )
+        _row_facts(ev)
+    ev.timings["probe_rows"] = round(time.perf_counter() - began, 4)
+
+
+def _triple(batch, index: int) -> tuple:
+    tb = adapt(batch, "val", index)
+    return tb.ids, tb.mask, tb.labels
+
+
+def _row_facts(ev: LMEvaluation) -> None:
+    conv = ev.convention
+    for split in ("train", "val"):
+        facts = RowFacts(top_k=conv.top_k, temperature=conv.temperature, dtype=conv.kd_dtype)
+        for t, s in ev.probes.chunks(split):
+            facts.kept(t)
+            facts.precision(t, s)
+        got = facts.compute()
+        ev.splits[split]["facts"].update(
+            teacher_kept_mass=got["teacher_kept_mass"],
+            kept_mass_tokens=got["kept_mass_tokens"],
+            precision=got["precision"],
+        )
+
+
+def _pad_id(tokenizers: dict, train) -> int | None:
+    """The pad token: the tokenizers' pad (else eos) id, or the most common id under a zero
+    attention mask in the first train batch (when the loader can be read twice); None if no padding."""
+    for role in ("student", "teacher"):
+        ids = (tokenizers.get(role) or {}).get("special_ids") or {}
+        if ids.get("pad") is not None:
+            return int(ids["pad"])
+    if iter(train) is train:  # a one-shot stream: never consume it here
+        return None
+    for batch in itertools.islice(train, 1):
+        tb = adapt(batch, "train", 0)
+        padded = tb.ids[~tb.mask]
+        if padded.numel():
+            return int(torch.mode(padded).values)
+    return None
+
+
+def _split_metrics(m: TokenSplit) -> dict:
+    """results.json's metrics block, per counted token, plus the LM extras; the 95 % intervals at the
+    split's effective n (tokens within a sequence are not independent)."""
+    n, eff = m.n, m.effective_n
+    models = {
+        r: {k: m[r][k] for k in ("loss", "acc", "ece", "perplexity", "entropy")}
+        for r in ("teacher", "student")
+    }
+    ci = {f"{r}_acc": wilson_interval(m[r]["acc"] * eff, eff) for r in ("teacher", "student")}
+    ci["agreement"] = wilson_interval(m["agreement"] * eff, eff)
+    return {
+        **models,
+        "agreement": m["agreement"],
+        "kl": m["kl"],
+        "top_k_overlap": m["top_k_overlap"],
+        "n": n,
+        "effective_n": eff,
+        "excluded_nonfinite": 0,
+        "ci95": ci,
+    }
+
+
+def _lm_details(m: TokenSplit) -> dict:
+    return {
+        "agreement_by_position": m["agreement_by_position"],
+        "top_k_overlap": m["top_k_overlap"],
+        "facts": {k: v for k, v in m["facts"].items() if k != "precision"},
+    }
