@@ -169,10 +169,10 @@ def pass_timings(splits: dict) -> dict:
     return timings
 
 
-def run_metadata(ev) -> dict:
-    """results.json `run`: versions, models, the KD convention (user's words and canonical), sizes."""
-    conv, splits = ev.config.convention, ev.splits
-    run = {
+def run_core(ev, conv, classes: int, local_rows: dict) -> dict:
+    """The `run` facts every task states: versions, device, models, the KD convention (the user's words
+    and the canonical weights), seed, world size and each rank's rows (`local_rows`: split -> rows)."""
+    return {
         "kddoctor_version": __version__,
         "torch_version": torch.__version__,
         "device": str(ev.device),
@@ -183,18 +183,26 @@ def run_metadata(ev) -> dict:
         "temperature": conv.temperature,
         "t2": conv.t2,
         "kd_reduction": conv.reduction,
-        "convention": conv.to_dict(ev.num_classes),
-        "effective_weights": conv.effective(ev.num_classes),
+        "convention": conv.to_dict(classes),
+        "effective_weights": conv.effective(classes),
         "seed": ev.config.seed,
         "quick": ev.config.quick,
+        "world_size": rank_world()[1],
+        "rank_samples": {name: gather_ints(rows) for name, rows in local_rows.items()},
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def run_metadata(ev) -> dict:
+    """results.json `run` of an image run: the shared facts, the classes, sizes and label notes."""
+    conv, splits = ev.config.convention, ev.splits
+    run = {
+        **run_core(ev, conv, ev.num_classes, {name: r.local_rows for name, r in splits.items()}),
         "num_classes": ev.num_classes,
         "class_names": ev.class_names,
         "n": {name: r.n for name, r in splits.items()},
         "label_notes": sorted({note for r in splits.values() for note in r.label_notes}),
-        "world_size": rank_world()[1],
-        "rank_samples": {name: gather_ints(r.local_rows) for name, r in splits.items()},
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
     }
     splits_oom = sum(r.micro_batch_splits for r in splits.values())
     if splits_oom:

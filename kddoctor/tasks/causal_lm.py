@@ -4,7 +4,6 @@ position, keyed by its sequence's tokens; a sequence is the unit of sampling and
 from __future__ import annotations
 
 import itertools
-import platform
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import torch
 
 from .. import checks as _checks  # noqa: F401  (registers every battery)
 from .._cache import TeacherCache
-from .._dist import gather_ints, rank_world
-from .._version import __version__
+from .._dist import rank_world
 from ..causes import remedy_context
 from ..config import LM_TRAIN_SEQUENCES
 from ..convention import KDConvention
-from ..diagnosis import pass_timings
+from ..diagnosis import pass_timings, run_core
 from ..errors import UserError
 from ..lm.engine import adapt, evaluate_lm, lm_logits, sample_loader
 from ..lm.evaluation import LMEvaluation, TokenSplit
@@ -106,33 +104,15 @@ class CausalLMTask:
         return out
 
     def run_metadata(self, ev: LMEvaluation) -> dict:
-        conv, splits, cfg = ev.convention, ev.splits, ev.config
-        convention = conv.to_dict(ev.vocab)
+        conv, splits = ev.convention, ev.splits
         run = {
-            "kddoctor_version": __version__,
-            "torch_version": torch.__version__,
-            "device": str(ev.device),
+            **run_core(ev, conv, ev.vocab, {name: m["local_rows"] for name, m in splits.items()}),
             "task": "causal-lm",
-            "teacher": ev.teacher_spec,
-            "student": ev.student_spec,
-            "alpha": conv.alpha,
-            "alpha_on": conv.alpha_on,
-            "temperature": conv.temperature,
-            "t2": conv.t2,
-            "kd_reduction": conv.reduction,
             "teacher_top_k": conv.top_k,
             "kd_dtype": conv.kd_dtype,
-            "convention": convention,
-            "effective_weights": conv.effective(ev.vocab),
-            "seed": cfg.seed,
-            "quick": cfg.quick,
             "vocab": ev.vocab,
             "n": {name: m.n for name, m in splits.items()},
             "sequences": {name: m["facts"]["sequences"] for name, m in splits.items()},
-            "world_size": rank_world()[1],
-            "rank_samples": {name: gather_ints(m["local_rows"]) for name, m in splits.items()},
-            "python": platform.python_version(),
-            "platform": platform.platform(terse=True),
         }
         timings = pass_timings(splits)
         timings.update(ev.timings)
