@@ -28,7 +28,8 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
 
 
 def _signal(name: str, diag) -> str:
-    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed"), ("generalization_gap", "val_acc_gap", "val acc gap {:.1%}"))
+    default = ("generalization_gap", "val_acc_gap", "val acc gap {:.1%}")
+    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed"), default)
     value = next((f.evidence.get(key) for f in diag.checks if f.id == check), None)
     return fmt.format(value) if isinstance(value, int | float) else "-"
 
