@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from kddoctor import demo
 from kddoctor._sampling import stratified_indices
-from kddoctor._train import DIGITS_MEAN, DIGITS_STD
 from kddoctor.metrics.functional import wilson_interval
+from kddoctor.zoo import demo
+from kddoctor.zoo.digits import DIGITS_MEAN, DIGITS_STD
 
 SIZES = (1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakRSS  # noqa: E402
 
 from kddoctor.lm.engine import evaluate_lm, lm_batch  # noqa: E402
-from kddoctor.lm.tiny import TinyGPT  # noqa: E402
+from kddoctor.zoo.tiny_lm import TinyGPT  # noqa: E402
 
 
 def rss_mib() -> float:

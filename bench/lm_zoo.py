@@ -1,18 +1,21 @@
 """The causal-LM scenario zoo: diagnose every planted pathology and its counterfactual, both draws.
 
-    python bench/lm_zoo.py               # draw 0 (tuning) and draw 1 (held back), markdown table
-    python bench/lm_zoo.py --draw 1      # the held-back half only
+    python bench/lm_zoo.py                          # every family, draw 0 (tuning) and 1 (held back)
+    python bench/lm_zoo.py --family bytes --draw 1  # one family, the held-back half only
+    python bench/lm_zoo.py --json out.jsonl         # also one JSON line per pair (the evidence tables)
 
 Draw 0 is the half lm_causes.toml was tuned on; draw 1 is held back (other documents, another student
-initialisation and batch order). Correct: a planted pair leads with its cause and it is likely; a
-healthy or fixed pair has no likely cause. Models are trained once and cached ($KDDOCTOR_CACHE).
+initialisation and batch order). Correct: see `kddoctor.zoo.lm.judge`. Models are trained once and
+cached ($KDDOCTOR_CACHE); the Hugging Face families are diagnosed through hf: directories.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from kddoctor.lm import scenarios
+from kddoctor.zoo import lm as scenarios
 
 SIGNAL = {  # the evidence value that carries each scenario's diagnosis
     "kd_batchmean": ("lm_reduction", "share_shift", "KD share moved {:.0%}"),
@@ -29,33 +32,65 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
 
 def _signal(name: str, diag) -> str:
     default = ("generalization_gap", "val_acc_gap", "val acc gap {:.1%}")
-    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed"), default)
+    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed").split(":")[-1], default)
     value = next((f.evidence.get(key) for f in diag.checks if f.id == check), None)
     return fmt.format(value) if isinstance(value, int | float) else "-"
+
+
+def _row(v, draw: int, d) -> dict:
+    gap = next((f.evidence for f in d.checks if f.id == "generalization_gap"), {})
+    return {
+        "scenario": v.name,
+        "family": v.family,
+        "draw": draw,
+        "expected": v.expected,
+        "verdict": d.verdict["kind"],
+        "lead": d.verdict.get("lead"),
+        "sentence": d.verdict["sentence"],
+        "causes": [(c["id"], c["score"]) for c in d.causes],
+        "val_agreement": d.metrics["val"]["agreement"],
+        "gap": {k: v for k, v in gap.items() if isinstance(v, int | float)},
+        "checks": {f.id: f.status.value for f in d.checks},
+        "correct": scenarios.judge(v, d),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--draw", type=int, choices=scenarios.DRAWS, action="append")
+    ap.add_argument("--family", choices=list(scenarios.FAMILIES), action="append")
+    ap.add_argument("--only", action="append", help="scenario name (repeatable)")
+    ap.add_argument("--json", help="append one JSON line per pair to this file")
+    ap.add_argument("--docs", help="write each pair's results.json document into this directory")
     a = ap.parse_args()
     print("| scenario | draw | planted | verdict | top cause (score) | signal | correct |")
     print("|---|---|---|---|---|---|---|")
-    totals = {}
+    totals: dict = {}
     for draw in a.draw or scenarios.DRAWS:
         for scn in scenarios.SCENARIOS:
+            if a.family and scn.family not in a.family or a.only and scn.name not in a.only:
+                continue
             for v in [scn] + ([scn.fixed()] if scn.fix else []):
                 d = scenarios.run(v, draw)
-                ok = scenarios.judge(v, d)
-                totals.setdefault(draw, []).append(ok)
+                row = _row(v, draw, d)
+                totals.setdefault((scn.family, draw), []).append(row["correct"])
                 top = d.causes[0]
                 print(
                     f"| {v.name} | {draw} | {v.expected or '-'} | {d.verdict['kind']} | "
-                    f"{top['id']} ({top['score']:.2f}) | {_signal(v.name, d)} | {'yes' if ok else 'NO'} |",
+                    f"{top['id']} ({top['score']:.2f}) | {_signal(v.name, d)} | "
+                    f"{'yes' if row['correct'] else 'NO'} |",
                     flush=True,
                 )
-    for draw, oks in totals.items():
+                if a.json:
+                    with open(a.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if a.docs:
+                    out = Path(a.docs) / f"{v.name.replace(':', '--')}-d{draw}.json"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps(d.to_dict()))
+    for (family, draw), oks in totals.items():
         half = "tuning" if draw == 0 else "held back"
-        print(f"draw {draw} ({half}): {sum(oks)}/{len(oks)} correct")
+        print(f"{family}, draw {draw} ({half}): {sum(oks)}/{len(oks)} correct")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from kddoctor import scenarios
+from kddoctor.zoo import images as scenarios
 
 
 def rows(draw: int, quick: bool, only: str | None, fixes: bool):

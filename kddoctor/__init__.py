@@ -5,6 +5,7 @@ from ._version import __version__
 from .api import Diagnosis, diagnose
 from .checks import Finding, Status, list_checks, register_check
 from .convention import KDConvention
+from .flags import resolve
 
 __all__ = [
     "Diagnosis",
@@ -16,4 +17,5 @@ __all__ = [
     "gate",
     "list_checks",
     "register_check",
+    "resolve",
 ]

@@ -54,11 +54,11 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def merge_reservoirs(kept):
-    """Bottom-k over every rank's reservoirs (all ranks end with the same subsets)."""
+def merge_reservoirs(kept, attrs: tuple[str, ...] = ("inputs", "outputs")):
+    """Bottom-k over every rank's reservoirs `kept.<attr>` (all ranks end with the same subsets)."""
     from ._sampling import Reservoir, merge_results
 
-    for attr in ("inputs", "outputs"):
+    for attr in attrs:
         res = getattr(kept, attr)
         keys, cols = res.result()
         parts: list = [None] * dist.get_world_size()

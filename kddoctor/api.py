@@ -25,11 +25,12 @@ from ._progress import progress
 from .causes import rank, verdict
 from .checks.base import Finding, get_check, list_checks, run_check
 from .config import TRAIN_SAMPLES, DiagnoseConfig
-from .convention import KDConvention, resolve
+from .convention import KDConvention
 from .data import DataBundle
 from .diagnosis import Diagnosis
 from .engine import pick_device
 from .errors import UserError
+from .flags import resolve
 from .tasks import Task, get_task
 
 __all__ = ["Diagnosis", "RunContext", "diagnose", "diagnose_bundle"]
@@ -87,45 +88,23 @@ def diagnose(
     config: DiagnoseConfig | None = None,
     **legacy,
 ) -> Diagnosis:
-    """Diagnose a teacher-student pair.
+    """Diagnose a teacher-student pair: models and loaders in, a Diagnosis out (`.save(out_dir)` writes
+    results.json and the reports).
 
-    Args:
-        teacher, student: the two models (nn.Modules returning [B, classes] logits, or [B, L, V] logits
-            of causal LMs under task="causal-lm").
-        train, val: loaders (or iterables) of (inputs, targets) or dict batches (causal LMs: mappings with
-            input_ids, attention_mask, labels).
-        task: "classification" (default), "causal-lm", or a tasks.Task (e.g. tasks.causal_lm.CausalLMTask
-            with the tokenizers' facts and allow_vocab_truncation).
-        train_eval: optional training data under inference transforms.
-        convention: how the student was trained (`KDConvention`; default (1-0.7)*CE + 0.7*T²*KL at
-            T=4). The older keywords alpha, alpha_on, temperature, t2, kd_reduction (and for causal LMs
-            teacher_top_k, kd_dtype) still work.
-        device: "auto" picks CUDA when present.
-        limit: at most this many samples (causal LMs: sequences) of every split.
-        train_samples: the train side is a seeded sample of this many samples (None: the whole split);
-            val_samples likewise for val (default: all of it).
-        quick: shrink every probe budget (CPU-friendly smoke runs).
-        checks: ids of the checks to run (default: all registered for the task).
-        compile: torch.compile both models (worth it for long runs on GPU).
-        teacher_cache: a directory for cached teacher logits; a second diagnosis of another student
-            against the same teacher and data skips the teacher pass. None disables it.
-
-    Returns:
-        A Diagnosis; call `.save(out_dir)` to write results.json and the reports.
-    """
-    t = get_task(
-        task, **({"num_classes": num_classes, "class_names": class_names} if task == "classification" else {})
-    )
-    cfg = config or DiagnoseConfig(
-        convention=convention or _legacy_convention(legacy, t.name),
-        device=device,
-        limit=limit,
-        train_samples=train_samples,
-        val_samples=val_samples,
-        seed=seed,
-        quick=quick,
-        save_logits=save_logits,
-    )
+    `teacher`, `student`: nn.Modules returning [B, classes] logits, or [B, L, V] under
+    task="causal-lm" (or a tasks.Task such as CausalLMTask with the tokenizers' facts); `train`, `val`:
+    iterables of (inputs, targets) or dict batches (causal LMs: input_ids, attention_mask, labels);
+    `train_eval`: the training data under inference transforms. `convention`: the stated KD objective
+    (default (1-0.7)*CE + 0.7*T²*KL at T=4; the older alpha=, alpha_on=, temperature=, t2=,
+    kd_reduction=, teacher_top_k=, kd_dtype= keywords still work). `limit` caps every split (causal
+    LMs: sequences); `train_samples` draws a seeded train sample (None: all), `val_samples` likewise;
+    `quick` shrinks every probe budget; `checks` picks ids (default: the task's all); `compile`
+    torch.compiles both models; `teacher_cache` is a directory that lets a second student against the
+    same teacher and data skip the teacher's pass. The README's Python API section has an example."""
+    t = get_task(task, num_classes=num_classes, class_names=class_names)
+    run_opts = dict(device=device, limit=limit, train_samples=train_samples, val_samples=val_samples)
+    run_opts.update(seed=seed, quick=quick, save_logits=save_logits)
+    cfg = config or DiagnoseConfig(convention=convention or _legacy_convention(legacy, t.name), **run_opts)
     start = time.perf_counter()
     loaders = {"train": train, "val": val, **({"train_eval": train_eval} if train_eval is not None else {})}
     options = (teacher_cache, channels_last, compile, teacher_spec)
@@ -168,7 +147,9 @@ def _placed(teacher: nn.Module, student: nn.Module, cfg: DiagnoseConfig, options
     dev = pick_device(cfg.device)
     teacher_id = model_fingerprint(teacher, teacher_spec) if cache_dir is not None else None
     modes = (teacher.training, student.training)
-    teacher.to(dev).eval()
+    if not getattr(teacher, "hf_device_map", None):  # a teacher spread over devices stays where it is
+        teacher.to(dev)
+    teacher.eval()
     student.to(dev).eval()
     if channels_last and dev.type == "cuda":
         teacher.to(memory_format=torch.channels_last)

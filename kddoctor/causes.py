@@ -16,8 +16,7 @@ import tomllib
 from functools import cache
 from importlib import resources
 
-from . import models
-from .convention import KDConvention
+from .remedies import convention_of, ran, remedy_context, render_remedies  # noqa: F401  (re-exported)
 
 CAUSE_IDS = (
     "overfitting",
@@ -76,8 +75,10 @@ def _signals(signals: list[dict], evidence: dict[str, dict], field: str) -> tupl
             continue
         s = sig["weight"] * ramp(value, sig["lo"], sig["hi"])
         strengths.append(s)
-        if s > 0:
-            sentences.append((s, sig[field].format(v=_fmt(value, sig["fmt"]))))
+        if s > 0:  # {v} is the value; {name} any text or integer evidence of the same check
+            ev = evidence.get(sig["check"], {})
+            words = {k: w for k, w in ev.items() if isinstance(w, str | int) and not isinstance(w, bool)}
+            sentences.append((s, sig[field].format(**words, v=_fmt(value, sig["fmt"]))))
     sentences.sort(key=lambda t: -t[0])
     return strengths, [t[1] for t in sentences]
 
@@ -116,115 +117,6 @@ def _mechanism(mech: dict, evidence: dict[str, dict]) -> dict:
     }
 
 
-SOFT_KD = 0.9  # the KD share an overfitting remedy aims at ("lean harder on the soft targets")
-SOFT_T = 8.0  # the temperature a capacity remedy aims at ("soften the targets")
-
-
-def convention_of(run: dict) -> KDConvention:
-    """The run's KD convention (results.json `run.convention`; older files: the flat alpha keys)."""
-    conv = run.get("convention")
-    if isinstance(conv, dict):
-        return KDConvention.from_dict(conv)
-    if "alpha" in run:
-        return KDConvention.from_alpha(
-            run["alpha"],
-            run.get("alpha_on", "kd"),
-            temperature=run.get("temperature", 4.0),
-            t2=run.get("t2", True),
-            reduction=run.get("kd_reduction", "batchmean"),
-            train_batch_size=run.get("train_batch_size"),
-        )
-    return KDConvention()
-
-
-def _target(name: str, target: KDConvention, conv: KDConvention, wanted: bool, ctx: dict) -> None:
-    """A setting a remedy proposes, in the user's words; it applies only when it changes something."""
-    ctx[f"{name}_setting"], ctx[f"{name}_code"], ctx[f"{name}_lang"] = (
-        target.setting(),
-        target.code(),
-        target.code_lang,
-    )
-    if wanted and not target.same_setting(conv):
-        ctx["applies"].add(name)
-
-
-def remedy_context(findings: list[dict], run: dict) -> dict:
-    """Every value a remedy template may name, from the findings and the run facts alone, and the set
-    of conditions (`applies`) under which remedies with a `when` are shown."""
-    conv, n = convention_of(run), int(run.get("num_classes") or 2)
-    evidence = _ran(findings)
-    share = conv.kd_share(n)
-    ctx: dict = {
-        "applies": {"always"},
-        "setting": conv.setting(),
-        "num_classes": n,
-        "temperature": conv.temperature,
-        "t2_loss": conv.temperature**2,
-        "student_code": models.spec_code(run.get("student", ""), n) or "",
-    }
-    _target("more_kd", conv.to_user(SOFT_KD, conv.temperature, n), conv, share < SOFT_KD - 0.005, ctx)
-    _target("higher_t", conv.to_user(share, SOFT_T, n), conv, conv.temperature < SOFT_T, ctx)
-    rec = evidence.get("alpha_sensitivity", {}).get("recommended")
-    ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_share="")
-    if rec:
-        ctx["applies"].add("rebalance")
-        ctx.update(rec_setting=rec["setting"], rec_code=rec["code"], rec_lang=rec["code_lang"])
-        ctx["rec_share"] = f"the KD term's effective share of the loss becomes {rec['alpha_kd']:.0%}"
-    if conv.reduction == "mean":
-        ctx["applies"].add("mean_reduction")
-    if not conv.t2 and conv.temperature > 1:
-        ctx["applies"].add("t2_missing")
-    ctx.update(_normalization(evidence.get("preprocessing_parity", {}), ctx["applies"]))
-    return ctx
-
-
-def _normalization(pp: dict, applies: set) -> dict:
-    """The measured Normalize that maps the val inputs onto train's, and the student's declared one."""
-    fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"  # noqa: E731
-    declared = (pp.get("data_config") or {}).get("student")
-    out = {
-        "norm_declared": f" (the student's data config: mean={declared['mean']}, std={declared['std']})"
-        if declared
-        else "",
-        "norm_fix_say": "",
-        "norm_fix_code": "",
-    }
-    fix = pp.get("normalization_fix")
-    if fix:
-        applies.add("norm_fix")
-        need = f"Normalize(mean={fmt(fix['mean'])}, std={fmt(fix['std'])})"
-        out["norm_fix_say"] = (
-            f"The {fix['split']} split needs {need} on top of what it gets now: measured here, its inputs "
-            f"arrive with mean {fmt(fix['val_mean'])}, std {fmt(fix['val_std'])}, the train inputs with "
-            f"mean {fmt(fix['train_mean'])}, std {fmt(fix['train_std'])}."
-        )
-        out["norm_fix_code"] = (
-            "from torchvision import transforms\n"
-            f"val_transform = transforms.Compose([val_transform, transforms.{need}])  # {fix['split']} only"
-        )
-    return out
-
-
-def render_remedies(cause: dict, mechanism: str, ctx: dict) -> list[dict]:
-    """The cause's remedies that apply to this run, the mechanism's first, rendered against it.
-
-    An unknown placeholder raises KeyError: the catalogue test renders every remedy, so a typo fails
-    there rather than reaching a report as "?"."""
-    order = cause["mechanisms"][mechanism].get("first", [])
-    items = [cause["remedies"][i] for i in order] + [
-        r for i, r in enumerate(cause["remedies"]) if i not in order
-    ]
-    out = []
-    for r in items:
-        if r.get("when", "always") not in ctx["applies"]:
-            continue
-        code = r.get("code", "").format_map(ctx)
-        out.append(
-            {"say": r["say"].format_map(ctx), "code": code, "lang": r.get("lang", "python").format_map(ctx)}
-        )
-    return out
-
-
 def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, ctx: dict) -> dict:
     mechs = {name: _mechanism(m, evidence) for name, m in cause["mechanisms"].items()}
     name, best = max(mechs.items(), key=lambda kv: kv[1]["score"])
@@ -253,11 +145,6 @@ def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, c
     }
 
 
-def _ran(findings: list[dict]) -> dict[str, dict]:
-    """Evidence of the checks that ran; skipped or errored checks say nothing."""
-    return {f["id"]: f.get("evidence", {}) for f in findings if f["status"] in ("pass", "warn", "fail")}
-
-
 def rank(
     findings: list[dict], run: dict | None = None, *, name: str = "causes.toml", context: dict | None = None
 ) -> list[dict]:
@@ -267,7 +154,7 @@ def rank(
     Only checks that ran (pass/warn/fail) contribute evidence; skipped or errored checks say nothing.
     `name` picks the catalogue (lm_causes.toml for causal LMs, whose remedy `context` the caller builds).
     """
-    evidence = _ran(findings)
+    evidence = ran(findings)
     gap = gap_strength(evidence, name)["strength"]
     cat, ctx = catalogue(name), context if context is not None else remedy_context(findings, run or {})
     ids = CATALOGUES[name]
@@ -283,9 +170,12 @@ def verdict(findings: list[dict], causes: list[dict], name: str = "causes.toml",
     student sits `sick_val_gap` below its teacher on val (`[gap]` of the catalogue; without either, as
     for causal LMs until their healthy pairs calibrate it, a pair is likely or healthy). `calm(gap)`
     words the healthy verdict (the task's)."""
-    evidence = _ran(findings)
+    evidence = ran(findings)
     gap = gap_strength(evidence, name)
     cfg = catalogue(name)["gap"]
+    if evidence.get("model_identity", {}).get("identical"):  # nothing to explain: nothing was distilled
+        same = next(f["summary"] for f in findings if f["id"] == "model_identity")
+        return {"gap": gap, "kind": "identical_models", "lead": None, "sentence": f"Setup fault: {same}"}
     likely = [c for c in causes if c["likely"]]
     val_gap = _value(evidence, "generalization_gap", "val_acc_gap") or 0.0
     flagged = {s["key"] for s in cfg["signals"] if s.get("verdict")}

@@ -150,12 +150,43 @@ def diagnose(
     kd_dtype: Annotated[
         str, Opt(help="causal-lm: the dtype the KD loss ran in: float32 (default), bfloat16, float16.")
     ] = "float32",
+    divergence: Annotated[
+        str | None,
+        Opt(
+            help="causal-lm: the KD divergence: forward_kl (default), reverse_kl, jsd, skew_forward_kl, "
+            "skew_reverse_kl, tv."
+        ),
+    ] = None,
+    beta: Annotated[
+        float | None,
+        Opt(help="causal-lm: a JSD's beta (TRL: 0 forward KL, 1 reverse KL) or a skew KL's alpha."),
+    ] = None,
+    lmbda: Annotated[
+        float | None, Opt(help="causal-lm: the share of batches the student generated itself (TRL's lmbda).")
+    ] = None,
+    top_k_rule: Annotated[
+        str | None,
+        Opt(
+            help="causal-lm: a top-k target's missing mass: renormalize (DistillKit zero), tail "
+            "(symmetric_uniform), none."
+        ),
+    ] = None,
+    teacher_device_map: Annotated[
+        str | None,
+        Opt(help="causal-lm, hf: teacher: spread it over devices (auto, balanced, ...; needs accelerate)."),
+    ] = None,
+    teacher_dtype: Annotated[
+        str | None, Opt(help="causal-lm, hf: teacher: load it in auto, float32, bfloat16 or float16.")
+    ] = None,
     allow_vocab_truncation: Annotated[
         bool, Opt("--allow-vocab-truncation", help="causal-lm: compare the first min(V) vocabulary rows.")
     ] = False,
     convention: Annotated[
         str | None,
-        Opt(help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit."),
+        Opt(
+            help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit; "
+            "causal-lm trainers: trl-gkd, trl-distill, distillkit, minillm, distillm."
+        ),
     ] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, Opt(help="Batch size for loaders kddoctor builds (--data-dir).")] = 256,
@@ -257,9 +288,9 @@ def demo(
     debug: Annotated[bool, Opt("--debug")] = False,
 ) -> None:
     """Build (once, cached) a real digits teacher/student pair and diagnose it."""
-    from . import demo as demo_mod
     from .config import DiagnoseConfig
     from .runner import diagnose_specs
+    from .zoo import demo as demo_mod
 
     def go() -> int:
         from .runner import probe_outputs
@@ -276,11 +307,11 @@ def demo(
         t_path, s_path = demo_mod.build_demo_pair()
         cfg = DiagnoseConfig(convention=demo_mod.demo_convention(), quick=quick)
         diag = diagnose_specs(
-            "kddoctor.demo:teacher_cnn",
-            "kddoctor.demo:student_cnn",
+            "kddoctor.zoo.demo:teacher_cnn",
+            "kddoctor.zoo.demo:student_cnn",
             teacher_ckpt=t_path,
             student_ckpt=s_path,
-            data="kddoctor.demo:digits_loaders",
+            data="kddoctor.zoo.demo:digits_loaders",
             data_dir=None,
             data_args=[f"train_subset={demo_mod.DEMO_STUDENT_SUBSET}"],
             num_classes=None,
@@ -295,16 +326,16 @@ def demo(
 
 def _lm_demo(out: Path, outputs: Outputs) -> int:
     """`kddoctor demo --task causal-lm`: tiny GPT-2s (transformers, random init, trained here) as hf: dirs."""
-    from .lm.demo import DEMO_SEQUENCES, build_lm_demo_pair
-    from .lm.scenarios import Distill
     from .runner import DiagnoseArgs, diagnose_command
+    from .zoo.lm import Distill
+    from .zoo.lm_demo import DEMO_SEQUENCES, build_lm_demo_pair
 
     t_dir, s_dir = build_lm_demo_pair()
     recipe = Distill()
     args = DiagnoseArgs(
         teacher=f"hf:{t_dir}",
         student=f"hf:{s_dir}",
-        data="kddoctor.lm.scenarios:loaders",
+        data="kddoctor.zoo.lm:loaders",
         data_arg=[f"sequences={DEMO_SEQUENCES}"],
         task="causal-lm",
         alpha=recipe.alpha_kd,

@@ -18,11 +18,11 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
+from . import convention_text, losses
 from .errors import UserError, check_int, check_number
-from .losses import IGNORE, KD_DTYPES, kd_term, token_kl
-from .presets import PRESETS, Preset
+from .losses import DIVERGENCES, KD_DTYPES, TOP_K_RULES
+from .presets import PRESETS, Preset, written
 
 KD_REDUCTIONS = ("batchmean", "mean", "sum")
 LM_REDUCTIONS = (
@@ -40,13 +40,10 @@ __all__ = [
     "PRESETS",
     "KDConvention",
     "Preset",
-    "resolve",
 ]
 
 
-def _r(x: float, digits: int = 4) -> float:
-    """A weight as a user would write it (`digits` significant digits, no float noise)."""
-    return float(f"{x:.{digits}g}")
+_r = written  # a weight as a user would write it
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,14 @@ class KDConvention:
     # the token sum by B only, so a per-token KL is worth this much more (1 for classification)
     tokens_per_sequence: float = 1.0
     task: str = "classification"  # what the loss is over: samples, or the counted tokens of a causal LM
+    # causal LMs: the divergence the KD term computes (losses.DIVERGENCES), its beta (a JSD's mixture
+    # weight, a skew divergence's alpha), a top-k target's missing-mass rule, and the share of batches
+    # the student generated itself (on-policy, TRL's lmbda), sampled at `sample_temperature`
+    divergence: str = "forward_kl"
+    beta: float | None = None
+    top_k_rule: str = "renormalize"
+    lmbda: float | None = None
+    sample_temperature: float | None = None
 
     def __post_init__(self) -> None:
         for flag, w in (("--ce-weight", self.ce_weight), ("--kd-weight", self.kd_weight)):
@@ -90,10 +95,34 @@ class KDConvention:
             raise UserError(
                 "--kd-reduction sum scales the KD term by the training batch size: pass --train-batch-size B"
             )
+        self._check_objective()
         if self.form not in FORMS or self.preset not in PRESETS:
             raise ValueError(f"unknown form {self.form!r} or preset {self.preset!r}")
         if self.form != "weights" and not math.isclose(self.ce_weight + self.kd_weight, 1.0, abs_tol=1e-9):
             raise ValueError("an alpha form needs weights that sum to 1")
+
+    def _check_objective(self) -> None:
+        """The causal-LM objective fields: known names, beta and lmbda in range, LM-only."""
+        if self.divergence not in DIVERGENCES:
+            raise UserError(f"--divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        if self.top_k_rule not in TOP_K_RULES:
+            raise UserError(f"--top-k-rule must be one of {', '.join(TOP_K_RULES)}, got {self.top_k_rule!r}")
+        for flag, v in (("--beta", self.beta), ("--lmbda", self.lmbda)):
+            if v is not None and not 0.0 <= check_number(flag, v) <= 1.0:
+                raise UserError(f"{flag} must be in [0, 1], got {v}")
+        if self.divergence.startswith("skew") and self.beta is not None and not 0 < self.beta < 1:
+            raise UserError(f"--beta of a skew divergence must be in (0, 1), got {self.beta}")
+        lm_only = self.divergence != "forward_kl" or self.beta is not None or self.lmbda is not None
+        if self.task != "causal-lm" and (lm_only or self.top_k_rule != "renormalize"):
+            raise UserError(
+                "--divergence, --beta, --lmbda and --top-k-rule describe a causal-LM loss: "
+                "add --task causal-lm"
+            )
+        if self.top_k and self.divergence != "forward_kl":
+            raise UserError(
+                f"--teacher-top-k targets a forward KL (as DistillKit and verl do); --divergence "
+                f"{self.divergence} needs the teacher's full distribution"
+            )
 
     # --- construction ----------------------------------------------------------------------------
 
@@ -175,19 +204,7 @@ class KDConvention:
 
     def terms(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
         """(weighted KD term, weighted CE term) on one batch; `sum` scaled to the stated training batch."""
-        kd_w = 1.0 if self.bare_kl else self.kd_weight
-        kd = ce = s.new_zeros(())
-        if kd_w:
-            if self.reduction == "sum":  # the user's batch, not this one
-                kd = kd_term(s, t, self.temperature, t2=self.t2 and not self.bare_kl, reduction="batchmean")
-                kd = kd * self.train_batch_size
-            else:
-                t2 = self.t2 and not self.bare_kl
-                kd = kd_term(s, t, self.temperature, t2=t2, reduction=self.reduction)
-            kd = kd_w * kd
-        if self.ce_weight and y is not None:
-            ce = self.ce_weight * F.cross_entropy(s, y)
-        return kd, ce
+        return losses.batch_terms(self, s, t, y)
 
     def loss(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The training objective on one batch."""
@@ -197,35 +214,24 @@ class KDConvention:
     def token_terms(
         self, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, *, as_trained: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weighted KD term, weighted CE term) on [B, L, V] logits aligned with `target` [B, L] (-100 not
-        counted): the CE per counted token; the KL in `kd_dtype`, on the `top_k` target, T² as stated.
-        `as_trained` divides the KL sum as the reduction does on this very batch (training code); else it
-        is per counted token times the reduction's per-token multiplier at the measured tokens per
-        sequence (`reduction_scale`: the probes' rows are not the training batches)."""
-        counted = target != IGNORE
-        n = counted.sum().clamp_min(1)
-        kd_w = 1.0 if self.bare_kl else self.kd_weight
-        kd = ce = s.new_zeros(())
-        if kd_w:
-            t2 = self.temperature**2 if self.t2 and not self.bare_kl else 1.0
-            kl = token_kl(s, t, self.temperature, self.kd_dtype, self.top_k).float() * counted
-            if as_trained:
-                divisor = {"token": n, "batchmean": s.shape[0], "mean": s.numel(), "sum": 1}[self.reduction]
-                kd = kd_w * (kl.sum() / divisor * t2)
-            else:
-                kd = kd_w * (kl.sum() / n * (t2 * self.reduction_scale(s.shape[-1])))
-        if self.ce_weight:
-            flat = s.reshape(-1, s.shape[-1]), target.reshape(-1)
-            if as_trained:  # the training code's own mean over the counted tokens
-                ce = self.ce_weight * F.cross_entropy(*flat, ignore_index=IGNORE)
-            else:
-                ce = self.ce_weight * (F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum") / n)
-        return kd, ce
+        """(weighted KD term, weighted CE term) of a causal-LM batch (losses.token_terms)."""
+        return losses.token_terms(self, s, t, target, as_trained=as_trained)
 
     def token_loss(self, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, **kw) -> torch.Tensor:
         """The causal-LM objective on one batch (see `token_terms`)."""
         kd, ce = self.token_terms(s, t, target, **kw)
         return ce + kd
+
+    def unit_terms(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple:
+        """(CE, KD at T), each a mean per unit and unweighted (losses.unit_terms)."""
+        return losses.unit_terms(self, s, t, y)
+
+    def term_weights(self, num_classes: int) -> tuple[float, float]:
+        """(a, b): this objective is a * CE + b * KD_T over `unit_terms` (T², the reduction and the bare
+        torchdistill KL folded into b)."""
+        kd_w = 1.0 if self.bare_kl else self.kd_weight
+        t2 = self.temperature**2 if self.t2 and not self.bare_kl else 1.0
+        return self.ce_weight, kd_w * t2 * self.reduction_scale(num_classes)
 
     # --- translation -----------------------------------------------------------------------------
 
@@ -276,12 +282,23 @@ class KDConvention:
         return p.ce_name, p.kd_name  # torchdistill writes beta out even when it is 1 - alpha
 
     def user_params(self) -> dict:
-        """The setting under the codebase's own parameter names."""
-        ce_name, kd_name = self._names()
-        weights = {ce_name: _r(self.ce_weight, 8)} if ce_name else {}
-        if kd_name:
-            weights[kd_name] = _r(self.kd_weight, 8)
-        return {**weights, PRESETS[self.preset].t_name: _r(self.temperature, 8)}
+        """The setting under the codebase's own parameter names (an LM trainer's: its beta, lmbda and the
+        temperature it samples at when its loss runs at a fixed one)."""
+        p = PRESETS[self.preset]
+        out = {}
+        if not p.fixed_weights:
+            ce_name, kd_name = self._names()
+            out = {ce_name: _r(self.ce_weight, 8)} if ce_name else {}
+            if kd_name:
+                out[kd_name] = _r(self.kd_weight, 8)
+        if self.beta is not None and self.divergence in ("jsd", "skew_forward_kl", "skew_reverse_kl"):
+            out[p.beta_name] = _r(self.beta, 8)
+        if self.lmbda is not None:
+            out["lmbda"] = _r(self.lmbda, 8)
+        temperature = self.sample_temperature if p.loss_temperature is not None else self.temperature
+        if temperature is not None:
+            out[p.t_name] = _r(temperature, 8)
+        return out
 
     def setting(self) -> str:
         """e.g. `alpha=0.7, T=4` or `CE_WEIGHT=0.1, KD_WEIGHT=0.9, TEMPERATURE=4`."""
@@ -302,52 +319,15 @@ class KDConvention:
         return _r(self.ce_weight if self.form == "alpha_ce" else self.kd_weight, 8)
 
     def formula(self) -> str:
-        if self.form == "alpha_kd":
-            return f"loss = (1-{self.kd_weight:g})*CE + {self.kd_weight:g}*KD"
-        if self.form == "alpha_ce":
-            return f"loss = {self.ce_weight:g}*CE + (1-{self.ce_weight:g})*KD"
-        return f"loss = {self.ce_weight:g}*CE + {self.kd_weight:g}*KD"
+        return convention_text.formula(self)
 
     def sentence(self, num_classes: int) -> str:
         """The convention assumed, in words, with each term's effective weight."""
-        eff = self.effective(num_classes)
-        if self.bare_kl:
-            t2 = "the bare KL (torchdistill drops beta and T² when alpha is 0)"
-        elif self.t2:
-            t2 = f"KD multiplied by T²={self.temperature**2:g}"
-        else:
-            t2 = "KD not multiplied by T² (--no-t2)"
-        who = f" ({self.preset}: {self.setting()})" if self.preset != "kd" else ""
-        if self.task == "causal-lm":
-            return f"{self.formula()}{who} with T={self.temperature:g}, {t2}, {self._token_words(eff)}"
-        red = f"KL reduced by '{self.reduction}'"
-        if self.reduction == "sum":
-            red += f" over training batches of {self.train_batch_size}"
-        return (
-            f"{self.formula()}{who} with T={self.temperature:g}, {t2}, {red}; effective weights: "
-            f"CE {eff['ce']:.3g}, KD {eff['kd_effective']:.3g} in CE-gradient units "
-            f"({eff['kd_share']:.0%} of the total)"
-        )
-
-    def _token_words(self, eff: dict) -> str:
-        """How a causal-LM KL was reduced, truncated and computed, and the share it really had."""
-        red = {
-            "token": "KL averaged per counted token",
-            "batchmean": "KL summed over tokens and divided by the batch ('batchmean' on [B, L, V])",
-            "mean": "KL averaged over every [B, L, V] element ('mean')",
-            "sum": f"KL summed over [B, L, V] and training batches of {self.train_batch_size}",
-        }[self.reduction]
-        top = f", teacher target truncated to its top {self.top_k}" if self.top_k else ""
-        return (
-            f"{red}{top}, KD computed in {self.kd_dtype}; at {self.tokens_per_sequence:.1f} counted tokens "
-            f"per sequence the KD term carries {eff['kd_share']:.0%} of the loss"
-        )
+        return convention_text.sentence(self, num_classes)
 
     def code(self) -> str:
         """This setting written where the user writes it (Python, the codebase's YAML, its CLI)."""
-        from .flags import setting_code
-
-        return setting_code(self)
+        return convention_text.setting_code(self)
 
     @property
     def code_lang(self) -> str:
@@ -370,6 +350,12 @@ class KDConvention:
             "kd_dtype": self.kd_dtype,
             "tokens_per_sequence": self.tokens_per_sequence,
             "task": self.task,
+            "divergence": self.divergence,
+            "beta": self.beta,
+            "top_k_rule": self.top_k_rule,
+            "lmbda": self.lmbda,
+            "sample_temperature": self.sample_temperature,
+            "objective": convention_text.objective_words(self),
             "alpha_kd_equivalent": alpha_kd,
             "sentence": self.sentence(num_classes),
         }
@@ -388,7 +374,6 @@ class KDConvention:
             "preset",
         )
         later = {"top_k": None, "kd_dtype": "float32", "tokens_per_sequence": 1.0, "task": "classification"}
+        later.update(divergence="forward_kl", beta=None, top_k_rule="renormalize", lmbda=None)
+        later.update(sample_temperature=None)
         return cls(**{k: d[k] for k in keys}, **{k: d.get(k, v) for k, v in later.items()})
-
-
-from .flags import resolve  # noqa: E402  (the flags build a KDConvention: defined above)

@@ -29,6 +29,7 @@ class DataBundle:
     # role -> {"mean": [...], "std": [...]} when kddoctor, not the loader, normalizes (--data-dir)
     normalization: dict[str, dict] | None = None
     notes: list[str] = field(default_factory=list)  # what kddoctor decided about the data, in sentences
+    tokenizer: object = None  # causal LMs: the tokenizer that made the batches (a factory's 'tokenizer')
 
 
 def parse_data_args(pairs: Iterable[str]) -> dict:
@@ -72,7 +73,12 @@ def from_mapping(obj: object, source: str) -> DataBundle:
     nc = obj.get("num_classes")
     if nc is not None and (not isinstance(nc, int) or nc < 1):
         raise UserError(f"data factory {source}: num_classes must be a positive int, got {nc!r}")
-    return DataBundle(splits, num_classes=nc, class_names=[str(n) for n in names] if names else None)
+    return DataBundle(
+        splits,
+        num_classes=nc,
+        class_names=[str(n) for n in names] if names else None,
+        tokenizer=obj.get("tokenizer"),
+    )
 
 
 def seed_everything(seed: int) -> None:

@@ -1,15 +1,16 @@
-"""The KD convention from the flags a user gives (presets, defaults, conflicts refused in one line), and a
-setting written back where the user writes it (Python, a codebase's YAML or command line)."""
+"""The KD convention from the flags a user gives: presets, defaults, conflicts refused in one line."""
 
 from __future__ import annotations
 
 import math
 
 from .convention import LM_REDUCTIONS, KDConvention
-from .convention import _r as _round
 from .errors import UserError
-from .losses import KD_DTYPES
+from .losses import KD_DTYPES, TOP_K_RULES
 from .presets import PRESETS, Preset
+
+# a missing-mass rule as DistillKit names it (lossfuncs/missing_probability.py)
+TOP_K_RULE_NAMES = {"zero": "renormalize", "symmetric_uniform": "tail", "uniform": "tail"}
 
 
 def resolve(
@@ -26,19 +27,29 @@ def resolve(
     task: str = "classification",
     top_k: int | None = None,
     kd_dtype: str | None = None,
+    divergence: str | None = None,
+    beta: float | None = None,
+    lmbda: float | None = None,
+    top_k_rule: str | None = None,
 ) -> KDConvention:
     """The convention from the flags a user gave (None: not given); conflicting flags are an error.
     A causal-LM loss (`task="causal-lm"`) is per counted token unless `reduction` says otherwise, and may
-    state a top-k target and the KD term's dtype."""
+    state a top-k target and its missing-mass rule, the KD term's dtype, its divergence and beta, and the
+    share of batches the student sampled (an LM trainer's preset gives its own defaults)."""
     name = (preset or "kd").lower()
     if name not in PRESETS:
         raise UserError(f"--convention must be one of {', '.join(PRESETS)}, got {preset!r}")
     p = PRESETS[name]
+    if p.lm_only and task != "causal-lm":
+        raise UserError(f"--convention {name} is a causal-LM trainer's objective: add --task causal-lm")
     _check_conflicts(p, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset)
-    _check_task_flags(task, reduction, top_k, kd_dtype, train_batch_size)
+    _check_task_flags(task, reduction, top_k, kd_dtype, train_batch_size, top_k_rule)
     lm = task == "causal-lm"
+    loss_t = p.loss_temperature  # a trainer whose loss runs at a fixed T: --temperature samples
+    given_t = p.defaults[2] if temperature is None else temperature
     common = dict(
-        temperature=p.defaults[2] if temperature is None else temperature,
+        temperature=loss_t if loss_t is not None else given_t,
+        sample_temperature=temperature if loss_t is not None else None,
         t2=p.t2 if p.t2 is not None else not no_t2,
         reduction=p.reduction or reduction or ("token" if lm else "batchmean"),
         train_batch_size=train_batch_size,
@@ -46,6 +57,12 @@ def resolve(
         top_k=top_k,
         kd_dtype=kd_dtype or "float32",
         task=task,
+        divergence=divergence or p.divergence or "forward_kl",
+        beta=beta if beta is not None else p.beta,
+        lmbda=lmbda if lmbda is not None else p.lmbda,
+        top_k_rule=TOP_K_RULE_NAMES.get(top_k_rule, top_k_rule)
+        if top_k_rule
+        else p.top_k_rule or "renormalize",
     )
     if ce_weight is not None:
         return KDConvention(
@@ -57,8 +74,11 @@ def resolve(
     return KDConvention(ce_weight=ce, kd_weight=kd, form=p.form, **common)
 
 
-def _check_task_flags(task: str, reduction, top_k, kd_dtype, train_batch_size) -> None:
+def _check_task_flags(task: str, reduction, top_k, kd_dtype, train_batch_size, top_k_rule=None) -> None:
     """The flags that describe a causal-LM loss, refused for images; an LM reduction checked in its words."""
+    if top_k_rule is not None and TOP_K_RULE_NAMES.get(top_k_rule, top_k_rule) not in TOP_K_RULES:
+        names = ", ".join([*TOP_K_RULES, *TOP_K_RULE_NAMES])
+        raise UserError(f"--top-k-rule must be one of {names}, got {top_k_rule!r}")
     if task != "causal-lm":
         if top_k is not None or kd_dtype not in (None, "float32"):
             raise UserError("--teacher-top-k and --kd-dtype describe a causal-LM loss: add --task causal-lm")
@@ -80,6 +100,15 @@ def _check_task_flags(task: str, reduction, top_k, kd_dtype, train_batch_size) -
 def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset) -> None:
     """Flags that state one thing twice, differently: exit 2 naming both."""
     named = f"--convention {preset}"
+    given = [
+        f
+        for f, v in (("--alpha", alpha), ("--alpha-on", alpha_on), ("--ce-weight", ce_weight))
+        if v is not None
+    ]
+    if p.fixed_weights and given:
+        raise UserError(
+            f"{given[0]} conflicts with {named}, whose loss is one divergence term with no CE weight"
+        )
     if alpha_on is not None and alpha_on not in ("kd", "ce"):
         raise UserError(f"--alpha-on must be one of kd, ce, got {alpha_on!r}")
     if (ce_weight is None) != (kd_weight is None):
@@ -110,42 +139,3 @@ def _weights_form(p: Preset, ce: float, kd: float) -> str:
     if not math.isclose(ce + kd, 1.0):
         raise UserError(f"--convention {p.name} has one alpha, so its weights sum to 1; got {ce:g} + {kd:g}")
     return p.form
-
-
-def setting_code(conv: KDConvention) -> str:
-    """This setting written where the user writes it (Python, the codebase's YAML, its CLI)."""
-    p = PRESETS[conv.preset]
-    params = conv.user_params()
-    if p.syntax == "shell":
-        script = {"deit": "main.py", "repdistiller": "train_student.py --distill kd"}.get(p.name, "train.py")
-        return f"python {script} " + " ".join(f"{k} {v:g}" for k, v in params.items())
-    if p.name == "mdistiller":
-        return "\n".join(
-            ["KD:", f"  TEMPERATURE: {conv.temperature:g}", "  LOSS:"]
-            + [f"    {k}: {params[k]:g}" for k in (p.ce_name, p.kd_name)]
-        )
-    if p.syntax == "yaml":
-        return "\n".join(f"{k}: {v:g}" for k, v in params.items())
-    return _python(conv)
-
-
-def _python(conv: KDConvention) -> str:
-    """The loss in PyTorch, with this convention's T² choice and reduction."""
-    if conv.task == "causal-lm":  # per counted token (the remedy form; the masks of the CE)
-        kd = "(F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, "
-        kd += "reduction='none').sum(-1) * mask).sum() / mask.sum()"
-        y = "y, ignore_index=-100"
-    else:
-        kd = f"F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction='{conv.reduction}')"
-        y = "y"
-    kd += " * T**2" if conv.t2 else ""
-    if conv.form == "alpha_kd":
-        weights = f"alpha = {_round(conv.kd_weight):g}", f"(1 - alpha) * F.cross_entropy(s, {y}) + alpha * kd"
-    elif conv.form == "alpha_ce":
-        weights = f"alpha = {_round(conv.ce_weight):g}", f"alpha * F.cross_entropy(s, {y}) + (1 - alpha) * kd"
-    else:
-        weights = (
-            f"ce_weight, kd_weight = {_round(conv.ce_weight):g}, {_round(conv.kd_weight):g}",
-            f"ce_weight * F.cross_entropy(s, {y}) + kd_weight * kd",
-        )
-    return f"T = {_round(conv.temperature):g}\n{weights[0]}\nkd = {kd}\nloss = {weights[1]}"

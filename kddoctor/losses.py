@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -50,3 +52,135 @@ def token_kl(
     kth = t.topk(top_k, -1).values[..., -1:]
     p = F.softmax(t.masked_fill(t < kth, float("-inf")).to(dt) / temperature, -1)
     return (torch.xlogy(p, p) - p * F.log_softmax(s.to(dt) / temperature, -1)).sum(-1)
+
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv")
+TOP_K_RULES = (
+    "renormalize",
+    "tail",
+    "none",
+)  # a top-k target's missing mass: renormalized, one bucket, dropped
+
+
+def token_divergence(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    temperature: float,
+    dtype: str | torch.dtype = "float32",
+    top_k: int | None = None,
+    kind: str = "forward_kl",
+    beta: float | None = None,
+    rule: str = "renormalize",
+) -> torch.Tensor:
+    """Per-token divergence between teacher (p) and student (q) at a temperature, every op in `dtype`:
+    forward_kl KL(p||q); reverse_kl KL(q||p); jsd (TRL's generalized JSD: beta 0 forward KL, 1 reverse
+    KL, else beta*KL(p||M) + (1-beta)*KL(q||M), M = beta*p + (1-beta)*q); skew_forward_kl KL(p||M),
+    M = beta*p + (1-beta)*q, and skew_reverse_kl KL(q||M), M = (1-beta)*p + beta*q (DistiLLM, beta its
+    skew alpha); tv, half the L1 distance. A top-k target (forward KL) keeps the teacher's top k ids and
+    handles the rest by `rule`: renormalize the kept mass (DistillKit ZERO), add one tail bucket
+    (1-P) log((1-P)/(1-Q)) (DistillKit SYMMETRIC_UNIFORM, verl's tail), or drop it ('none')."""
+    if kind == "jsd" and beta in (0.0, 1.0):
+        kind = "forward_kl" if beta == 0.0 else "reverse_kl"
+    if kind == "forward_kl" and (not top_k or rule == "renormalize"):
+        return token_kl(s, t, temperature, dtype, top_k)
+    dt = KD_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    log_q = F.log_softmax(s.to(dt) / temperature, -1)
+    log_p = F.log_softmax(t.to(dt) / temperature, -1)
+    if top_k:
+        idx = t.topk(top_k, -1).indices
+        lp, lq = log_p.gather(-1, idx), log_q.gather(-1, idx)
+        kept = (lp.exp() * (lp - lq)).sum(-1)
+        if rule == "none":
+            return kept
+        p_tail = (1 - lp.exp().sum(-1)).clamp_min(0)
+        q_tail = (1 - lq.exp().sum(-1)).clamp_min(torch.finfo(dt).tiny)
+        return kept + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+    if kind == "reverse_kl":
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "tv":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    b = 0.5 if beta is None else beta
+    if kind == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(b), log_q + math.log1p(-b)]), 0)
+        return b * (log_p.exp() * (log_p - log_m)).sum(-1) + (1 - b) * (log_q.exp() * (log_q - log_m)).sum(-1)
+    if kind == "skew_forward_kl":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(b), log_q + math.log1p(-b)]), 0)
+        return (log_p.exp() * (log_p - log_m)).sum(-1)
+    if kind == "skew_reverse_kl":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log1p(-b), log_q + math.log(b)]), 0)
+        return (log_q.exp() * (log_q - log_m)).sum(-1)
+    raise ValueError(f"no divergence {kind!r}")
+
+
+def objective_divergence(conv, s: torch.Tensor, t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """The per-token KD divergence a convention states (its kind, beta, top-k rule, dtype)."""
+    return token_divergence(
+        s,
+        t,
+        conv.temperature,
+        dtype or conv.kd_dtype,
+        conv.top_k,
+        conv.divergence,
+        conv.beta,
+        conv.top_k_rule,
+    )
+
+
+def batch_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
+    """(weighted KD term, weighted CE term) on one batch; `sum` scaled to the stated training batch."""
+    kd_w = 1.0 if conv.bare_kl else conv.kd_weight
+    kd = ce = s.new_zeros(())
+    if kd_w:
+        if conv.reduction == "sum":  # the user's batch, not this one
+            kd = kd_term(s, t, conv.temperature, t2=conv.t2 and not conv.bare_kl, reduction="batchmean")
+            kd = kd * conv.train_batch_size
+        else:
+            t2 = conv.t2 and not conv.bare_kl
+            kd = kd_term(s, t, conv.temperature, t2=t2, reduction=conv.reduction)
+        kd = kd_w * kd
+    if conv.ce_weight and y is not None:
+        ce = conv.ce_weight * F.cross_entropy(s, y)
+    return kd, ce
+
+
+def token_terms(
+    conv, s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, *, as_trained: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted KD term, weighted CE term) on [B, L, V] logits aligned with `target` [B, L] (-100 not
+    counted): the CE per counted token; the KL in `kd_dtype`, on the `top_k` target, T² as stated.
+    `as_trained` divides the KL sum as the reduction does on this very batch (training code); else it
+    is per counted token times the reduction's per-token multiplier at the measured tokens per
+    sequence (`reduction_scale`: the probes' rows are not the training batches)."""
+    counted = target != IGNORE
+    n = counted.sum().clamp_min(1)
+    kd_w = 1.0 if conv.bare_kl else conv.kd_weight
+    kd = ce = s.new_zeros(())
+    if kd_w:
+        t2 = conv.temperature**2 if conv.t2 and not conv.bare_kl else 1.0
+        kl = objective_divergence(conv, s, t).float() * counted
+        if as_trained:
+            divisor = {"token": n, "batchmean": s.shape[0], "mean": s.numel(), "sum": 1}[conv.reduction]
+            kd = kd_w * (kl.sum() / divisor * t2)
+        else:
+            kd = kd_w * (kl.sum() / n * (t2 * conv.reduction_scale(s.shape[-1])))
+    if conv.ce_weight:
+        flat = s.reshape(-1, s.shape[-1]), target.reshape(-1)
+        if as_trained:  # the training code's own mean over the counted tokens
+            ce = conv.ce_weight * F.cross_entropy(*flat, ignore_index=IGNORE)
+        else:
+            ce = conv.ce_weight * (F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum") / n)
+    return kd, ce
+
+
+def unit_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE, KD at T) each a mean per unit, unweighted: per sample of [B, C] logits, or per counted
+    token of [B, L, V] logits aligned with `y` [B, L] (-100 uncounted); the KD term as this objective
+    computes it (its dtype and top-k target), without T² or the reduction's multiplier, which
+    `term_weights` carries."""
+    if conv.task != "causal-lm":
+        return F.cross_entropy(s, y), kd_term(s, t, conv.temperature, t2=False, reduction="batchmean")
+    counted = y != IGNORE
+    n = counted.sum().clamp_min(1)
+    kl = objective_divergence(conv, s, t).float() * counted
+    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return ce / n, kl.sum() / n

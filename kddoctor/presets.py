@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def written(x: float, digits: int = 4) -> float:
+    """A weight as a user would write it (`digits` significant digits, no float noise)."""
+    return float(f"{x:.{digits}g}")
+
+
 @dataclass(frozen=True)
 class Preset:
     """How one codebase states its KD loss: parameter names, fixed choices, defaults, source."""
@@ -20,6 +25,15 @@ class Preset:
     reduction: str | None = None  # fixed by the codebase (None: the user says, --kd-reduction)
     citation: str = ""
     bare_kl_without_ce: bool = False  # torchdistill: alpha 0 returns the bare KL (no beta, no T²)
+    # causal-LM trainers: their objective beyond CE/KD weights (refused for images)
+    lm_only: bool = False
+    divergence: str | None = None  # the trainer's divergence (the user may pick another where it lets them)
+    beta: float | None = None  # its default beta (JSD mixture weight, or the skew coefficient)
+    beta_name: str = "beta"
+    lmbda: float | None = None  # its default share of student-generated sequences
+    loss_temperature: float | None = None  # its loss's T whatever --temperature says (which then samples)
+    top_k_rule: str = "renormalize"  # its missing-mass rule for a top-k teacher target
+    fixed_weights: bool = False  # its loss has no CE/KD weights to state (one divergence term)
 
 
 PRESETS: dict[str, Preset] = {
@@ -99,6 +113,104 @@ PRESETS: dict[str, Preset] = {
             reduction="mean",
             citation="facebookresearch/deit@7e160fe losses.py:54-69 (sum-KL * T² / outputs.numel(): "
             "the per-element mean; (1-alpha)*CE + alpha*KD), main.py:145-147",
+        ),
+        Preset(
+            "trl-gkd",
+            "weights",
+            "",
+            "",
+            "temperature",
+            "python",
+            (0.0, 1.0, 1.0),
+            t2=False,
+            reduction="token",
+            lm_only=True,
+            divergence="jsd",
+            beta=0.5,
+            lmbda=0.5,
+            loss_temperature=1.0,
+            fixed_weights=True,
+            citation="huggingface/trl@f2cd577 trl/experimental/gkd/gkd_trainer.py:238-323 (generalized JSD: "
+            "beta 0 forward KL, 1 reverse KL, else beta*KL(p||M) + (1-beta)*KL(q||M), "
+            "M = beta*p + (1-beta)*q; labels != -100, divided by the counted tokens), :417-428 (the loss "
+            "called without temperature: "
+            "T 1), gkd_config.py:55-73 (temperature 0.9 samples; lmbda 0.5, beta 0.5)",
+        ),
+        Preset(
+            "trl-distill",
+            "weights",
+            "",
+            "",
+            "temperature",
+            "python",
+            (0.0, 1.0, 1.0),
+            t2=False,
+            reduction="token",
+            lm_only=True,
+            divergence="jsd",
+            beta=1.0,
+            lmbda=1.0,
+            fixed_weights=True,
+            citation="huggingface/trl@f2cd577 trl/experimental/distillation/distillation_trainer.py:133-145, "
+            ":963-997 (the same JSD at its temperature, always on-policy), distillation_config.py:154-160 "
+            "(beta 1.0: reverse KL)",
+        ),
+        Preset(
+            "distillkit",
+            "weights",
+            "cross_entropy weight",
+            "kl weight",
+            "temperature",
+            "yaml",
+            (0.5, 0.5, 1.0),
+            t2=True,
+            reduction="token",
+            lm_only=True,
+            divergence="forward_kl",
+            top_k_rule="renormalize",
+            citation="arcee-ai/DistillKit@a61c2e7 distillkit/lossfuncs/kl.py:17-87 (sparse KL on the "
+            "teacher's top-k ids; missing mass ZERO renormalizes the teacher, SYMMETRIC_UNIFORM adds a tail "
+            "term), "
+            ":197-231 (times T², divided by the counted tokens), configuration.py:167-181 (CE 0.5 + KL 0.5, "
+            "T 1, ZERO)",
+        ),
+        Preset(
+            "minillm",
+            "weights",
+            "",
+            "",
+            "temperature",
+            "python",
+            (0.0, 1.0, 1.0),
+            t2=False,
+            reduction="token",
+            lm_only=True,
+            divergence="reverse_kl",
+            lmbda=1.0,
+            loss_temperature=1.0,
+            fixed_weights=True,
+            citation="microsoft/LMOps@4f2a9de minillm/minillm/losses.py:98-108 (the per-step reverse KL "
+            "sum_v q (log q - log p), on sequences the student samples; policy-gradient terms aside)",
+        ),
+        Preset(
+            "distillm",
+            "alpha_kd",
+            "1 - --kd-ratio",
+            "--kd-ratio",
+            "temperature",
+            "shell",
+            (0.0, 1.0, 1.0),
+            t2=False,
+            reduction="token",
+            lm_only=True,
+            divergence="skew_forward_kl",
+            beta=0.1,
+            beta_name="--skew-alpha",
+            loss_temperature=1.0,
+            citation="jongwooko/distillm@d47e77f distillm/losses.py:4-95 (fkl, rkl, sfkl, srkl, js, tv; "
+            "no temperature; its fkl and sfkl omit the teacher entropy), finetune.py:171-189, :337 "
+            "((1-kd_ratio)*CE + kd_ratio*distil), scripts/gpt2/distillm/train_0.1B_1.5B.sh:61,80 "
+            "(--kd-ratio 1.0, --type adaptive-sfkl), arguments.py:178 (--skew-alpha 0.1)",
         ),
     )
 }

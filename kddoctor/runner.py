@@ -10,9 +10,9 @@ from pathlib import Path
 
 from .api import Diagnosis, diagnose_bundle
 from .config import TRAIN_SAMPLES, DiagnoseConfig, check_int
-from .convention import resolve
 from .data import load_factory, parse_data_args
 from .errors import UserError
+from .flags import resolve
 from .image_folder import image_folder, normalize_inputs
 from .models import infer_num_classes, load_model, load_state_dict, spec_num_classes
 from .tasks import TASKS
@@ -128,7 +128,13 @@ class DiagnoseArgs:
     task: str = "classification"
     teacher_top_k: int | None = None
     kd_dtype: str = "float32"
+    divergence: str | None = None
+    beta: float | None = None
+    lmbda: float | None = None
+    top_k_rule: str | None = None
     allow_vocab_truncation: bool = False
+    teacher_device_map: str | None = None
+    teacher_dtype: str | None = None
     device: str = "auto"
     batch_size: int = 256
     limit: int | None = None
@@ -167,6 +173,10 @@ class DiagnoseArgs:
             task=self.task if self.task in TASKS else "classification",
             top_k=self.teacher_top_k,
             kd_dtype=self.kd_dtype,
+            divergence=self.divergence,
+            beta=self.beta,
+            lmbda=self.lmbda,
+            top_k_rule=self.top_k_rule,
         )
         cfg = DiagnoseConfig(
             convention=conv,
@@ -209,20 +219,40 @@ class DiagnoseArgs:
         return self.out or Path("reports") / run_name(self.student, self.teacher)
 
 
-def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool):
-    """A causal LM from hf:DIR (transformers, local files only) or a file/module SPEC (+ checkpoint)."""
+def _lm_model(role: str, spec: str, ckpt: Path | None, ema: bool, trust: bool, **hf):
+    """A causal LM from hf:DIR (transformers, local files only; `hf`: device_map, dtype) or a file/module
+    SPEC (+ checkpoint)."""
     from .lm.models import load_hf
 
     if spec.startswith("hf:"):
-        return load_hf(spec, role, trust=trust)
+        return load_hf(spec, role, trust=trust, **hf)
+    if any(v is not None for v in hf.values()):
+        raise UserError(f"--{role}-device-map and --{role}-dtype load hf: directories; --{role} is {spec}")
     sd = load_state_dict(ckpt, role=role, ema=ema, trust=trust) if ckpt else None
     return load_model(spec, str(ckpt) if ckpt else None, role=role, num_classes=None, state_dict=sd)
+
+
+def _lm_models(args: DiagnoseArgs) -> tuple:
+    """(teacher, student) of a causal-LM run; a `topk:FILE` teacher is an offline capture read against
+    the student's vocabulary."""
+    trust = args.trust_checkpoint
+    student = _lm_model("student", args.student, args.student_ckpt, args.student_ema, trust)
+    if not args.teacher.startswith("topk:"):
+        hf = {"device_map": args.teacher_device_map, "dtype": args.teacher_dtype}
+        return _lm_model("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema, trust, **hf), student
+    from .lm.features import lm_head_of
+    from .lm.offline import OfflineTeacher
+
+    if args.teacher_ckpt:
+        raise UserError("--teacher-ckpt: a topk: capture holds the teacher's outputs; drop --teacher-ckpt")
+    vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    return OfflineTeacher(args.teacher[5:], vocab or lm_head_of(student).out_features), student
 
 
 def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diagnosis:
     """--task causal-lm: hf:DIR or file/module models, the token-level task (kddoctor.tasks.causal_lm)."""
     from .api import diagnose
-    from .lm.models import hf_dir, tokenizer_info
+    from .lm.models import hf_dir, load_tokenizer, tokenizer_info, vocabulary_text
     from .tasks.causal_lm import CausalLMTask
 
     for role, spec in (("teacher", args.teacher), ("student", args.student)):
@@ -230,14 +260,14 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diag
             hf_dir(spec, role)
             if getattr(args, f"{role}_ckpt"):
                 raise UserError(f"--{role}-ckpt: an hf: directory holds its own weights; drop --{role}-ckpt")
-    models = [
-        _lm_model("teacher", args.teacher, args.teacher_ckpt, args.teacher_ema, args.trust_checkpoint),
-        _lm_model("student", args.student, args.student_ckpt, args.student_ema, args.trust_checkpoint),
-    ]
+    models = list(_lm_models(args))
     bundle = load_factory(args.data, parse_data_args(args.data_arg or []), seed=cfg.seed)
+    toks = {"teacher": load_tokenizer(args.teacher), "student": load_tokenizer(args.student)}
+    reader = next((t for t in (bundle.tokenizer, toks["student"], toks["teacher"]) if t is not None), None)
     task = CausalLMTask(
-        tokenizers={"teacher": tokenizer_info(args.teacher), "student": tokenizer_info(args.student)},
+        tokenizers={role: tokenizer_info(tok) for role, tok in toks.items()},
         allow_vocab_truncation=args.allow_vocab_truncation,
+        vocab_text=vocabulary_text(reader) if reader is not None else None,
     )
     return diagnose(
         *models,

@@ -15,7 +15,7 @@ os.environ.setdefault("KDDOCTOR_CACHE", str(ROOT / ".pytest_cache" / "kddoctor-m
 @functools.cache
 def scenario(name: str):
     """Diagnosis of a planted scenario (quick budgets), computed once per session."""
-    from kddoctor import scenarios
+    from kddoctor.zoo import images as scenarios
 
     return scenarios.run(name, quick=True)
 
@@ -27,7 +27,7 @@ def diagnose_scenario():
 
 @pytest.fixture(scope="session")
 def demo_paths():
-    from kddoctor import demo
+    from kddoctor.zoo import demo
 
     return demo.build_demo_pair()
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from kddoctor import __version__, list_checks
 from kddoctor.cli import app
-from kddoctor.demo import DEMO_STUDENT_SUBSET, demo_command
+from kddoctor.zoo.demo import DEMO_STUDENT_SUBSET, demo_command
 
 runner = CliRunner()
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kddoctor.convention import PRESETS, KDConvention, resolve
+from kddoctor.convention import PRESETS, KDConvention
 from kddoctor.errors import UserError
+from kddoctor.flags import resolve
 
 
 def _batch(seed=2, classes=5, n=8):

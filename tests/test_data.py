@@ -46,7 +46,7 @@ def test_limit_trims_the_last_batch(factory):
 
 
 def test_module_factory():
-    b = load_factory("kddoctor.demo:digits_loaders", {"train_subset": 100})
+    b = load_factory("kddoctor.zoo.demo:digits_loaders", {"train_subset": 100})
     assert len(b.splits["train"].dataset) == 100 and b.class_names[0] == "0"
 
 
@@ -269,7 +269,10 @@ def test_seed_covers_the_data_factory(tmp_path, specs_run):
     for _ in range(2):
         torch.rand(7)  # whatever ran before must not matter
         run = specs_run(
-            "kddoctor.demo:teacher_cnn", "kddoctor.demo:student_cnn", data=f"{fac}:make", num_classes=10
+            "kddoctor.zoo.demo:teacher_cnn",
+            "kddoctor.zoo.demo:student_cnn",
+            data=f"{fac}:make",
+            num_classes=10,
         )
         picks.append(list(run["b"].splits["val"].dataset.indices))
     assert picks[0] == picks[1]

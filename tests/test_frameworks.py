@@ -9,15 +9,15 @@ import re
 import pytest
 import torch
 
-from kddoctor._frameworks import (
+from kddoctor.models import SAFE_GLOBALS, fit_state_dict, load_state_dict
+from kddoctor.zoo.demo import student_cnn
+from kddoctor.zoo.frameworks import (
     FRAMEWORKS,
     MDISTILLER,
     REPDISTILLER,
     TIMM,
     TORCHDISTILL,
 )
-from kddoctor.demo import student_cnn
-from kddoctor.models import SAFE_GLOBALS, fit_state_dict, load_state_dict
 
 TEMPS = (1.0, 2.0, 4.0, 8.0)
 # torchdistill's reduction='mean' reaches F.kl_div(reduction='mean'), which warns on purpose.

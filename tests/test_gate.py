@@ -205,7 +205,7 @@ def test_baseline_regression(results_file, tmp_path):
 
 
 def test_diagnose_with_policy_records_the_gate(demo_paths, tmp_path):
-    from kddoctor.demo import demo_command
+    from kddoctor.zoo.demo import demo_command
 
     out = tmp_path / "run"
     junit = tmp_path / "j.xml"

@@ -9,14 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from kddoctor import demo, diagnose, scenarios
+from kddoctor import diagnose
 from kddoctor._imports import split_ref
 from kddoctor.cli import app
 from kddoctor.data import parse_data_args
-from kddoctor.demo import demo_command
 from kddoctor.errors import UserError
 from kddoctor.gate import parse_policy
 from kddoctor.models import parse_spec
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
+from kddoctor.zoo.demo import demo_command
 
 runner = CliRunner()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,7 +50,7 @@ def test_teacher_and_student_checkpoints_disagree_on_classes(demo_paths, tmp_pat
 def test_labels_out_of_range(demo_paths, tmp_path):
     fac = tmp_path / "fac.py"
     fac.write_text(
-        "import torch\nfrom kddoctor.demo import digits_loaders\n"
+        "import torch\nfrom kddoctor.zoo.demo import digits_loaders\n"
         "def make(**kw):\n    d = digits_loaders()\n"
         "    x, y = d['val'].dataset.tensors\n"
         "    ds = torch.utils.data.TensorDataset(x, y + 5)\n"
@@ -67,7 +69,7 @@ def test_model_failing_on_the_data_is_one_line(demo_paths, tmp_path):
         replace={"--student": "timm:resnet10t", "--student-ckpt": str(demo_paths[1])},
     )
     assert res.exit_code == 2 and "does not fit the --student model" in res.stderr
-    res = run_cli(demo_paths, tmp_path / "o", replace={"--student": "kddoctor.demo:student_mlp"})
+    res = run_cli(demo_paths, tmp_path / "o", replace={"--student": "kddoctor.zoo.demo:student_mlp"})
     assert_one_line(res, 2, "--student-ckpt", "does not fit")
 
 
@@ -78,7 +80,7 @@ def test_prefix_hint(tmp_path):
     p = tmp_path / "w.pt"
     torch.save(sd, p)
     with pytest.raises(UserError, match="prefix 'backbone_wrapper.'"):
-        load_model("kddoctor.demo:student_cnn", str(p), role="student", num_classes=10)
+        load_model("kddoctor.zoo.demo:student_cnn", str(p), role="student", num_classes=10)
 
 
 def test_out_not_writable(demo_paths, tmp_path):
@@ -94,7 +96,7 @@ def test_interrupted_run_exits_130_and_keeps_previous_report(demo_paths, tmp_pat
     (out / "results.json").write_text("previous")
     fac = tmp_path / "fac.py"
     fac.write_text(
-        "from kddoctor.demo import digits_loaders\n"
+        "from kddoctor.zoo.demo import digits_loaders\n"
         "def boom():\n    yield next(iter(digits_loaders()['val']))\n    raise KeyboardInterrupt\n"
         "def make(**kw):\n    d = digits_loaders()\n    return {'train': d['train'], 'val': boom()}\n"
     )

@@ -1,6 +1,7 @@
 """The causal-LM facts and checks on inputs whose answer is known by construction."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ import torch.nn.functional as F
 from kddoctor.checks.base import Status, all_checks
 from kddoctor.checks.lm_inputs import lm_mask_parity, lm_vocab_parity
 from kddoctor.checks.lm_loss import lm_precision, lm_reduction, lm_topk
-from kddoctor.convention import resolve
+from kddoctor.convention import KDConvention
 from kddoctor.errors import UserError
+from kddoctor.flags import resolve
 from kddoctor.lm.evaluation import LMEvaluation
 from kddoctor.lm.facts import LMFacts, RowFacts
 from kddoctor.losses import token_kl
@@ -39,7 +41,7 @@ def test_facts_count_masks_and_kept_mass_exactly():
     assert out["pad_fraction"] == pytest.approx(1 - mask[:, 1:].sum().item() / mask[:, 1:].numel())
     rows = t[:, :-1][target]
     kept = F.softmax(rows, -1).topk(3, -1).values.sum(-1).mean().item()
-    row_facts = RowFacts(top_k=3)
+    row_facts = RowFacts(replace(KDConvention(task="causal-lm", reduction="token"), top_k=3))
     row_facts.kept(rows)
     assert row_facts.compute()["teacher_kept_mass"][3] == pytest.approx(kept, rel=1e-5)
     assert out["teacher_pad_mass"] == pytest.approx(F.softmax(rows, -1)[:, 0].mean().item(), rel=1e-5)
@@ -78,6 +80,10 @@ def _ev(**facts_over):
         "teacher_dropped_mass": 0.0,
         "student_dropped_mass": 0.0,
         "teacher_kept_mass": {1: 0.5, 2: 0.7, 5: 0.9, 20: 0.99},
+        "empty_row_share": 0.0,
+        "masked_rows": 0,
+        "empty_batches": 0,
+        "batches": 2,
         "precision": {
             "dtype": "float32",
             "temperature": 1.0,

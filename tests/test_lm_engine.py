@@ -357,3 +357,80 @@ def test_old_lm_check_ids_read_as_todays(tmp_path):
     policy.write_text('[gate]\nfail_on_check = ["lm_gap"]\n')
     verdict = evaluate(doc, load_policy(policy))
     assert [r["rule"] for r in verdict["rules"]] == ["fail_on_check:generalization_gap"], verdict["rules"]
+
+
+def test_an_lm_report_rebuilds_byte_identically_and_gates(tmp_path):
+    """`kddoctor report results.json` rebuilds an LM run's report.html and report.md byte for byte, and
+    `kddoctor gate` reads the LM results (its agreement rules are per counted token)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kddoctor.cli import app
+
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache")
+    assert res.exit_code == 0, res.stderr
+    out, again = tmp_path / "out", tmp_path / "again"
+    rebuilt = CliRunner().invoke(app, ["report", str(out / "results.json"), "--out", str(again), "--quiet"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    for name in ("report.html", "report.md"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    doc = json.loads((out / "results.json").read_text())
+    agreement = doc["metrics"]["val"]["agreement"]
+    for bar, code in ((agreement - 0.01, 0), (agreement + 0.01, 1)):
+        policy = tmp_path / "p.toml"
+        policy.write_text(f"[gate]\nmin_val_agreement = {bar}\n")
+        gated = CliRunner().invoke(
+            app, ["gate", str(out / "results.json"), "--policy", str(policy), "--quiet"]
+        )
+        assert gated.exit_code == code, gated.output
+
+
+def _capture(tmp_path, k: int, seed: int = 0):
+    """A top-k capture of the LM_FILES teacher on the factory's batches (or on other batches: seed)."""
+    import importlib.util
+
+    from kddoctor.lm.offline import capture
+
+    (tmp_path / "lm_files.py").write_text(LM_FILES)
+    spec = importlib.util.spec_from_file_location("lm_files_capture", tmp_path / "lm_files.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = mod.loaders()
+    if seed:  # the capture of other rows than the ones diagnosed
+        g = torch.Generator().manual_seed(seed)
+        for b in data["train"]:
+            b["input_ids"] = torch.randint(0, 23, b["input_ids"].shape, generator=g)
+    batches = list(reversed(data["train"])) + data["val"]  # order does not matter: rows match by content
+    return capture(mod.teacher(), batches, k, tmp_path / f"teacher_top{k}_{seed}.npz")
+
+
+def test_an_offline_topk_teacher_diagnoses_the_pair_without_loading_the_teacher(tmp_path):
+    """`--teacher topk:FILE`: the teacher's top-k log-probs per token, captured offline, stand in for the
+    teacher; with k the whole vocabulary they give the live teacher's metrics to float precision."""
+    import json
+
+    full = _capture(tmp_path, k=23)
+    live = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache")
+    assert live.exit_code == 0, live.stderr
+    live_doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    offline = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{full}")
+    assert offline.exit_code == 0, offline.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    for split in ("train", "val"):
+        for key in ("loss", "acc"):
+            want = live_doc["metrics"][split]["teacher"][key]
+            assert doc["metrics"][split]["teacher"][key] == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert doc["metrics"][split]["kl"] == pytest.approx(live_doc["metrics"][split]["kl"], rel=1e-4)
+    assert doc["run"]["teacher"].startswith("topk:")
+    skipped = next(c for c in doc["checks"] if c["id"] == "exposure_bias")
+    assert skipped["status"] == "skipped" and "offline capture" in skipped["summary"]
+
+
+def test_a_misaligned_topk_capture_is_one_line_and_exit_2(tmp_path):
+    other = _capture(tmp_path, k=5, seed=7)
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{other}")
+    assert res.exit_code == 2 and "no captured row holds the tokens" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    missing = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{tmp_path / 'none.npz'}")
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

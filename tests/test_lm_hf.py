@@ -9,9 +9,9 @@ pytest.importorskip("transformers")
 from typer.testing import CliRunner  # noqa: E402
 
 from kddoctor.cli import app  # noqa: E402
-from kddoctor.lm.demo import byte_tokenizer, gpt2  # noqa: E402
+from kddoctor.zoo.lm_demo import byte_tokenizer, gpt2  # noqa: E402
 
-DATA = ("--data", "kddoctor.lm.scenarios:loaders", "--data-arg", "sequences=32")
+DATA = ("--data", "kddoctor.zoo.lm:loaders", "--data-arg", "sequences=32")
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,26 @@ def test_bad_hf_inputs_are_one_line(tmp_path, hf_dirs, which, extra, words):
     assert res.exit_code == 2 and words in res.stderr, res.stderr
     assert res.stderr.count("\n") == 1
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_teacher_loaded_through_accelerate_with_a_device_map_gives_the_same_diagnosis(tmp_path, hf_dirs):
+    """--teacher-device-map (accelerate) and --teacher-dtype load a teacher as Hugging Face spreads one
+    too large for a device; on this machine's one device the metrics equal a plain load's."""
+    pytest.importorskip("accelerate")
+    res, plain = _run(tmp_path, hf_dirs["teacher"], hf_dirs["student"], "--no-cache")
+    assert res.exit_code == 0, res.output
+    res, mapped = _run(
+        tmp_path,
+        hf_dirs["teacher"],
+        hf_dirs["student"],
+        "--no-cache",
+        "--teacher-device-map",
+        "cpu",
+        "--teacher-dtype",
+        "float32",
+    )
+    assert res.exit_code == 0, res.output
+    for split in ("train", "val"):
+        assert mapped["metrics"][split]["kl"] == pytest.approx(plain["metrics"][split]["kl"], rel=1e-5)
+    bad, _ = _run(tmp_path, hf_dirs["teacher"], hf_dirs["student"], "--teacher-dtype", "int4")
+    assert bad.exit_code == 2 and "--teacher-dtype must be one of" in bad.stderr

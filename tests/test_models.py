@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kddoctor.demo import student_cnn
 from kddoctor.errors import UserError
 from kddoctor.models import build_model, infer_num_classes, load_model, load_state_dict, parse_spec
+from kddoctor.zoo.demo import student_cnn
 
-SPEC = "kddoctor.demo:student_cnn"
+SPEC = "kddoctor.zoo.demo:student_cnn"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import itertools
 import re
 import shlex
 import textwrap
+from dataclasses import replace
 
 import pytest
 import timm
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kddoctor import causes
-from kddoctor.convention import KDConvention, resolve
+from kddoctor.convention import KDConvention
+from kddoctor.flags import resolve
 
 CONVENTIONS = {
     "kd": resolve(alpha=0.5, no_t2=True, reduction="mean"),  # every setting remedy applies
@@ -44,7 +46,7 @@ def specs(tmp_path_factory):
     return {
         "timm": "timm:resnet10t?in_chans=1",
         "file": f"{path}:tiny_student",
-        "module": "kddoctor.demo:student_cnn",
+        "module": "kddoctor.zoo.demo:student_cnn",
     }
 
 
@@ -62,9 +64,12 @@ def _findings(conv: KDConvention, n: int = 10) -> list[dict]:
     fix = {"split": "val", "mean": [0.305], "std": [0.376], "train_mean": [0.0], "train_std": [1.0]}
     fix.update(val_mean=[0.305], val_std=[0.376])
     pp = {"normalization_fix": fix, "data_config": {"student": {"mean": [0.3], "std": [0.4]}}}
+    member = replace(conv, t2=not conv.t2)  # the checkpoint's fingerprint points to the other T² choice
+    fp = {"stated_excess": 1.2, "best_member": "the KD term without T²", "best_code": member.code()}
     return [
         {"id": "alpha_sensitivity", "status": "warn", "evidence": {"recommended": recommended}},
         {"id": "preprocessing_parity", "status": "fail", "evidence": pp},
+        {"id": "objective_fingerprint", "status": "fail", "evidence": fp},
     ]
 
 
@@ -119,10 +124,11 @@ def _toy_pair() -> dict:
 def _check_code(code: str, lang: str) -> None:
     if lang == "python":
         exec(code, _toy_namespace())  # noqa: S102  the snippet claims to run: it must
-    elif lang == "shell":
-        assert shlex.split(code)[0] == "python"
-    else:
-        assert lang == "yaml" and all(re.match(r"^\s*[\w.-]+:( \S+)?$", line) for line in code.splitlines())
+    lines = [line for line in code.splitlines() if not line.lstrip().startswith("#")]  # comments are fine
+    if lang == "shell":
+        assert lines and all(shlex.split(line)[0] == "python" for line in lines)
+    elif lang != "python":
+        assert lang == "yaml" and all(re.match(r"^\s*[\w.-]+:( \S+)?$", line) for line in lines)
 
 
 @pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
@@ -155,7 +161,7 @@ def test_every_remedy_is_shown_by_some_run():
     """No remedy is dead: each cause's every remedy renders under one of the test conventions."""
     shown: dict[str, set] = {}
     for conv in CONVENTIONS.values():
-        run = {"student": "kddoctor.demo:student_cnn", "num_classes": 10, "convention": conv.to_dict(10)}
+        run = {"student": "kddoctor.zoo.demo:student_cnn", "num_classes": 10, "convention": conv.to_dict(10)}
         for c in causes.rank(_findings(conv), run):
             shown.setdefault(c["id"], set()).update(c["remedies"])
     cat = causes.catalogue()
@@ -193,3 +199,52 @@ def test_file_and_unknown_specs_build_as_the_user_does(specs):
         specs["timm"], 10
     )
     assert spec_code("scenario:healthy", 10) is None and spec_code("student", 10) is None
+
+
+LM_CONVENTIONS = {
+    "kd-per-token": resolve(alpha=0.5, temperature=2.0, task="causal-lm"),
+    "kd-batchmean": resolve(alpha=0.3, temperature=2.0, task="causal-lm", reduction="batchmean"),
+    "trl-gkd": resolve(preset="trl-gkd", task="causal-lm", temperature=0.9),
+    "distillkit": resolve(preset="distillkit", task="causal-lm", top_k=64),
+    "distillm": resolve(preset="distillm", task="causal-lm"),
+}
+
+
+def _lm_findings() -> list[dict]:
+    """Evidence under which every causal-LM remedy applies (a text statistic that moved, a fingerprint
+    that points elsewhere)."""
+    pp = {
+        "teacher_train_excess": 0.4,
+        "class_vanished": 1.0,
+        "class_vanished_name": "upper",
+        "class_rates": {"upper": {"train": 0.0, "val": 0.041, "within": 0.002}},
+        "row_start_shift": 0.0,
+        "row_end_shift": 0.0,
+        "full_share_shift": 0.0,
+    }
+    fp = {"stated_excess": 1.2, "best_member": "no KD term (CE alone)", "best_code": "loss = ce"}
+    return [
+        {"id": "preprocessing_parity", "status": "fail", "evidence": pp},
+        {"id": "objective_fingerprint", "status": "fail", "evidence": fp},
+    ]
+
+
+@pytest.mark.parametrize("conv_name", list(LM_CONVENTIONS))
+def test_every_lm_remedy_renders_in_the_users_convention(conv_name):
+    conv = LM_CONVENTIONS[conv_name]
+    run = {"student": "hf:runs/student", "vocab": 1024, "convention": conv.to_dict(1024)}
+    ctx = causes.remedy_context(_lm_findings(), {**run, "num_classes": 1024})
+    cat = causes.catalogue("lm_causes.toml")
+    ctx["applies"] = {r.get("when", "always") for cid in causes.CAUSE_IDS for r in cat[cid]["remedies"]}
+    said = []
+    for cid in causes.CAUSE_IDS:
+        for mech in cat[cid]["mechanisms"]:
+            for r in causes.render_remedies(cat[cid], mech, ctx):
+                assert "{" not in r["say"] and "None" not in r["say"], r["say"]
+                if r["lang"] == "python" and r["code"]:
+                    compile(r["code"], cid, "exec")  # the snippet is Python as written
+                said.append(r["say"] + r["code"])
+    words = " ".join(said)
+    assert conv.setting() in words  # the LM remedies speak the user's setting in their words
+    assert "'upper' tokens are 0.0% of counted train tokens and 4.1% of val" in words
+    assert "no KD term (CE alone)" in words and conv.code() in words

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kddoctor import demo, scenarios
 from kddoctor.api import diagnose
 from kddoctor.checks.base import Status
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
 
 
 def _pair(name: str):

@@ -10,9 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kddoctor import demo, diagnose, scenarios
+from kddoctor import diagnose
 from kddoctor.cli import app
-from kddoctor.demo import demo_command
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
+from kddoctor.zoo.demo import demo_command
 
 runner = CliRunner()
 
@@ -107,11 +109,11 @@ def _torchrun(args: list[str], out, timeout: int = 600) -> subprocess.CompletedP
 def test_torchrun_two_ranks_match_one_process_for_a_causal_lm(tmp_path):
     """The token pass sharded over 2 gloo ranks: every metric, every check and cause as in 1 process (the
     probes' rows are a content-keyed sample merged across ranks, so they are the same rows)."""
-    from kddoctor.lm import scenarios as lm_scenarios
+    from kddoctor.zoo import lm as lm_scenarios
 
     lm_scenarios.teacher()  # trained once (cached), before the ranks start
     lm_scenarios.student("healthy")
-    spec = "kddoctor.lm.scenarios"
+    spec = "kddoctor.zoo.lm"
     args = ["--task", "causal-lm", "--teacher", f"{spec}:zoo_teacher", "--student", f"{spec}:zoo_student"]
     args += ["--data", f"{spec}:loaders", "--alpha", "0.5", "--temperature", "2", "--quick", "--quiet"]
     args += ["--no-cache", "--data-arg", "sequences=128"]

@@ -3,8 +3,8 @@ mixtures put both causes on top, healthy and fixed pairs stay calm, and each fix
 
 import pytest
 
-from kddoctor import scenarios
 from kddoctor.causes import CAUSE_IDS
+from kddoctor.zoo import images as scenarios
 
 PLANTED = [s for s in scenarios.SCENARIOS if s.causes]
 SINGLE = [s for s in PLANTED if len(s.causes) == 1]

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from kddoctor import demo, diagnose, scenarios
+from kddoctor import diagnose
 from kddoctor.checks import Status
 from kddoctor.checks.calibration import optimal_temperature
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
 
 ORDER_CASES = [
     "healthy_cnn",

@@ -10,8 +10,12 @@ from . import (  # noqa: F401  (registration side effects)
     lm_gap,
     lm_inputs,
     lm_loss,
+    lm_pipeline,
     lm_probes,
+    lm_text,
     mode_parity,
+    model_identity,
+    objective_fingerprint,
     preprocessing_parity,
 )
 from .base import CHECK_ALIASES, Finding, Status, all_checks, list_checks, register_check, run_check

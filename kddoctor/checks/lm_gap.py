@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..lm.evaluation import LMEvaluation, z_score
+from ..lm.evaluation import LMEvaluation, gap_share, unigram_nll, z_score
 from .base import Finding, grade, register_check, worst
 
 
@@ -53,6 +53,7 @@ def lm_generalization_gap(
         "val_nll_gap": va["student"]["loss"] - va["teacher"]["loss"],
         "entropy_ratio": va["student"]["entropy"] / max(va["teacher"]["entropy"], 1e-9),
         "uniform_share": _uniform_share(va),
+        **behind(ev),
     }
     status = worst(
         grade(excess, agreement_excess_warn, agreement_excess_fail, what="the excess agreement gap"),
@@ -67,6 +68,24 @@ def lm_generalization_gap(
         f"({tr['tokens']:,} train and {va['tokens']:,} val tokens)",
         evidence,
     )
+
+
+def behind(ev: LMEvaluation) -> dict:
+    """How far behind its teacher the student sits on each split, in shares of the teacher's gain over a
+    unigram model (gap_share), with agreement: the evidence a verdict reads before any mechanism."""
+    uni = unigram_nll(ev)
+    out = {"unigram_nll_train": uni["train"], "unigram_nll_val": uni["val"]}
+    for split in ("train", "val"):
+        g = gap_share(ev.splits[split], uni[split])
+        out.update(
+            {
+                f"{split}_nll_gap": g["nll_gap"],
+                f"{split}_gap_share": g["share"],
+                f"{split}_gap_share_z": g["z"],
+                f"{split}_gap_share_ci": g["ci"],
+            }
+        )
+    return out
 
 
 @register_check("exposure_bias", task="causal-lm", needs=("exposure",), title="Exposure bias", order=75)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..lm.evaluation import LMEvaluation
 from .base import Finding, Status, grade, register_check, worst
 
@@ -69,8 +71,13 @@ def lm_mask_parity(
     pad_excess_fail: float = 0.004,
     mask_shift_warn: float = 0.05,
     mask_shift_fail: float = 0.15,
+    empty_rows_warn: float = 0.05,
 ) -> Finding:
-    """Which tokens each split counts, and whether the student learned to predict padding."""
+    """Which tokens each split counts, whether the student learned to predict padding, and train rows that
+    count no token (prompt-only rows, all-zero masks): a mean loss over a batch of them is 0/0 (NaN),
+    and each one is a sample the student never learns from.
+
+    empty_rows_warn: share of train rows with no counted token (a batch of them only fails)."""
     ft, fv = ev.splits["train"]["facts"], ev.splits["val"]["facts"]
     shift = abs(ft["counted_of_attended"] - fv["counted_of_attended"])
     evidence = {
@@ -82,13 +89,28 @@ def lm_mask_parity(
         "prompt_fraction": ft["prompt_fraction"],
         "pad_id": fv["pad_id"],
     }
-    statuses = [grade(shift, mask_shift_warn, mask_shift_fail, what="the mask shift")]
+    evidence.update(
+        empty_row_share=ft["empty_row_share"],
+        masked_rows=ft["masked_rows"],
+        empty_batches=ft["empty_batches"],
+        empty_batch_share=ft["empty_batches"] / max(ft["batches"], 1),
+    )
+    statuses = [
+        grade(shift, mask_shift_warn, mask_shift_fail, what="the mask shift"),
+        grade(ft["empty_row_share"], empty_rows_warn, math.inf, what="the empty-row share"),
+        Status.FAIL if ft["empty_batches"] else Status.PASS,
+    ]
     words = (
         f"train counts {ft['counted_of_attended']:.0%} of attended tokens, "
         f"val {fv['counted_of_attended']:.0%}; "
         f"a loss that ignored the masks would include {1 - ft['counted_fraction']:.0%} uncounted train "
         f"positions ({ft['pad_fraction']:.0%} padding, {ft['prompt_fraction']:.0%} prompt)"
     )
+    if ft["empty_row_share"] > 0:
+        words += (
+            f"; {ft['empty_row_share']:.1%} of train rows count no token ({ft['masked_rows']} with an "
+            f"all-zero mask), {ft['empty_batches']} of {ft['batches']} batches none at all"
+        )
     if fv["student_pad_mass"] is not None:
         excess = fv["student_pad_mass"] - fv["teacher_pad_mass"]
         evidence.update(

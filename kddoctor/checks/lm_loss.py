@@ -51,11 +51,13 @@ def lm_precision(
     rel = abs(p["kl_dtype"] - p["kl_fp32"]) / max(p["kl_fp32"], 1e-12)
     evidence = {
         "dtype": p["dtype"],
+        "divergence": p.get("divergence", "forward_kl"),
         "tokens": p["tokens"],
         "kl_fp32": p["kl_fp32"],
         "kl_dtype": p["kl_dtype"],
         "rel_error": rel,
         "zero_fraction": p["zero_fraction"],
+        "negative_fraction": p.get("negative_fraction", 0.0),
         "nonfinite_fraction": p["nonfinite_fraction"],
     }
     if p["dtype"] == "float32":
@@ -71,29 +73,59 @@ def lm_precision(
         grade(p["zero_fraction"], zero_fraction_fail / 2, zero_fraction_fail, what="the zero-KL fraction"),
         Status.FAIL if p["nonfinite_fraction"] > 0 else Status.PASS,
     )
+    what = "KL" if evidence["divergence"] == "forward_kl" else evidence["divergence"].replace("_", " ")
+    negative = (
+        f" (negative on {evidence['negative_fraction']:.0%}: a divergence cannot be)"
+        if evidence["negative_fraction"] > 0
+        else ""
+    )
     return Finding(
         "lm_precision",
         status,
-        f"in {p['dtype']} the KD term's KL at T={p['temperature']:g} reads {p['kl_dtype']:.4g} nats/token "
-        f"where fp32 gives {p['kl_fp32']:.4g} ({rel:.0%} off); it reads 0 on {p['zero_fraction']:.0%} "
-        f"of {p['tokens']:,} val tokens and is not finite on {p['nonfinite_fraction']:.0%}",
+        f"in {p['dtype']} the KD term's {what} at T={p['temperature']:g} reads {p['kl_dtype']:.4g} "
+        f"nats/token where fp32 gives {p['kl_fp32']:.4g} ({rel:.0%} off); it reads 0 or less on "
+        f"{p['zero_fraction']:.0%} of {p['tokens']:,} val tokens{negative} and is not finite on "
+        f"{p['nonfinite_fraction']:.0%}",
         evidence,
     )
 
 
 @register_check("lm_topk", task="causal-lm", needs=("stated_top_k",), title="Top-k teacher targets", order=46)
-def lm_topk(ev: LMEvaluation, *, dropped_warn: float = 0.05, dropped_fail: float = 0.10) -> Finding:
-    """How much of the teacher's probability a top-k truncated KD target kept (--teacher-top-k)."""
-    f, k = ev.splits["train"]["facts"], ev.convention.top_k
+def lm_topk(
+    ev: LMEvaluation,
+    *,
+    dropped_warn: float = 0.05,
+    dropped_fail: float = 0.10,
+    negative_fail: float = 0.25,
+) -> Finding:
+    """How much of the teacher's probability a top-k KD target (--teacher-top-k) kept, under the trainer's
+    missing-mass rule (--top-k-rule): renormalizing the kept mass (DistillKit's ZERO) throws the rest
+    away; one tail bucket (SYMMETRIC_UNIFORM, verl's tail) keeps its mass but not its shape; dropping it
+    leaves a sum that goes negative (verl clamped such a loss to 0 on 89 % of steps).
+
+    dropped_*: teacher mass the target loses; negative_fail: share of train tokens whose truncated sum
+    is negative (rule 'none')."""
+    f, conv = ev.splits["train"]["facts"], ev.convention
+    k, rule = conv.top_k, conv.top_k_rule
     kept = f["teacher_kept_mass"]
     seen = ", ".join(f"top-{j} {m:.0%}" for j, m in kept.items())
-    evidence = {"kept_mass": kept, "top_k": k}
-    dropped = 1 - kept[k]
-    evidence["dropped_target_mass"] = dropped
+    dropped = 0.0 if rule == "tail" else 1 - kept[k]
+    negative = f.get("truncated_negative")
+    evidence = {"kept_mass": kept, "top_k": k, "rule": rule, "dropped_target_mass": dropped}
+    status = grade(dropped, dropped_warn, dropped_fail, what="the dropped teacher mass")
+    how = {
+        "renormalize": f"renormalizing it drops {dropped:.1%}",
+        "tail": f"its tail bucket keeps the other {1 - kept[k]:.1%} as one class",
+        "none": f"dropping the rest leaves {dropped:.1%} out of a sum that is no divergence",
+    }[rule]
+    if negative is not None:
+        evidence["truncated_negative"] = negative
+        status = worst(status, grade(negative, negative_fail / 2, negative_fail, what="the negative share"))
+        how += f"; that sum is negative on {negative:.0%} of train tokens (a clamp at 0 stops their gradient)"
     return Finding(
         "lm_topk",
-        grade(dropped, dropped_warn, dropped_fail, what="the dropped teacher mass"),
-        f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train "
-        f"tokens; renormalizing it drops {dropped:.1%} ({seen})",
+        status,
+        f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train tokens; {how} "
+        f"({seen})",
         evidence,
     )

@@ -9,6 +9,9 @@ from ..lm.evaluation import LMEvaluation, kd_shares
 from .base import Finding, grade, register_check
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
+# the LM zoo's healthy students reach down to 1/20 of their teacher's parameters; a student below 1/30
+# that misses much of its teacher's gain even on its own train text is smaller than any healthy reference
+SMALL_RATIO = 1 / 30
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEMPERATURES = (1.0, 2.0, 4.0)
 
@@ -16,30 +19,47 @@ TEMPERATURES = (1.0, 2.0, 4.0)
 @register_check(
     "capacity_probe", task="causal-lm", needs=("probe_rows",), title="Capacity probe (tokens)", order=50
 )
-def lm_capacity_probe(ev: LMEvaluation, *, closed_warn: float = 0.30, closed_fail: float = 0.15) -> Finding:
-    """Pure-KD fine-tuning of a student copy on a few train sequences: can it fit its teacher there?
-    Half the steps at each of probes.LRS, then the one with the lowest train-row KL goes on to the full
-    step budget (a quarter of the time budget for each of the four runs); its step size is the one the
-    loss-weighting sweep uses. KL, not agreement, picks it: a collapsed student's argmax can sit still
-    for many steps while its KL falls.
+def lm_capacity_probe(
+    ev: LMEvaluation, *, train_share_warn: float = 0.60, train_share_fail: float = 0.75
+) -> Finding:
+    """Can the student match its teacher on its own training text? The student's train-split NLL next to
+    its teacher's (as a share of the teacher's gain over a unigram model it misses), the parameter and
+    width ratios, and a pure-KD fit on the probes' train rows (more tokens than its steps can memorize):
+    half the steps at each of probes.LRS, then the step size with the lowest train-row KL goes on to the
+    full budget (a quarter of the time budget each); the val rows' KL along the way says how much of the
+    fit generalizes (a student still learning gains there too; one at its capacity does not).
 
-    closed_*: the share of the way from the checkpoint's train-row agreement to FIT_TARGET the probe
-    covers (the insufficient_capacity ramp reads the same share)."""
-    from ._probes import n_params
+    train_share_*: the share of the teacher's gain the student misses on its own train text (healthy
+    students at 1/2 to 1/20 of their teacher's size stay below the warn level in the LM zoo)."""
+    from .lm_gap import behind
 
-    pr = ev.probes
     tuned, tried = _fit(ev)
-    curve = tuned.curve
+    gap = behind(ev)
+    evidence = {
+        "train_gap_share": gap["train_gap_share"],
+        "train_gap_share_ci": gap["train_gap_share_ci"],
+        "val_gap_share": gap["val_gap_share"],
+        "train_agreement": ev.train["agreement"],
+        **_fit_evidence(ev, tuned, tried),
+        **_sizes(ev, gap["train_gap_share"]),
+    }
+    status = grade(gap["train_gap_share"], train_share_warn, train_share_fail, what="the train gap share")
+    return Finding("capacity_probe", status, _capacity_words(ev, evidence, tuned), evidence)
+
+
+def _fit_evidence(ev: LMEvaluation, tuned, tried: dict) -> dict:
+    """The pure-KD fit's curve read: where it started and got, the share of the way to FIT_TARGET it
+    covered, how much of it generalized to the val rows, and how its budget was spent."""
+    pr, curve = ev.probes, tuned.curve
     start, fit = curve[0][1], curve[-1][1]
     room = FIT_TARGET - start
-    closed = min(1.0, max(0.0, (fit - start) / room)) if room > 0.01 else 1.0  # nothing left to fit
-    params = {m: n_params(getattr(pr, m)) for m in ("student", "teacher")}
-    evidence = {
+    return {
         "fit_start": start,
         "fit_agreement": fit,
         "fit_target": FIT_TARGET,
         "fit_gain": fit - start,
-        "fit_closed_fraction": closed,
+        "fit_closed_fraction": min(1.0, max(0.0, (fit - start) / room)) if room > 0.01 else 1.0,
+        "fit_val_kl_drop": _rel(curve[-1][2], curve[0][2]),
         "fit_curve": curve,
         "fit_lr": pr.lr,
         "fit_trials": tried,  # train-row agreement and KL of each step size after the trial steps
@@ -49,22 +69,54 @@ def lm_capacity_probe(ev: LMEvaluation, *, closed_warn: float = 0.30, closed_fai
         "fit_stopped_by": tuned.stopped_by,
         "fit_sequences": len(pr.rows["train"][0]),
         "fit_tokens": pr.counted_tokens("train"),
+    }
+
+
+def _sizes(ev: LMEvaluation, train_share: float) -> dict:
+    """Parameter and width ratios, and the train-side shortfall of a student far below the healthy
+    reference's sizes (below SMALL_RATIO of its teacher's parameters; 0 otherwise)."""
+    from ._probes import n_params
+
+    params = {m: n_params(getattr(ev.probes, m)) for m in ("student", "teacher")}
+    ratio = params["student"] / params["teacher"] if params["teacher"] else None  # none: an offline capture
+    return {
         "student_params": params["student"],
         "teacher_params": params["teacher"],
-        "param_ratio": params["student"] / max(params["teacher"], 1),
+        "param_ratio": ratio,
+        "small_student_shortfall": train_share if ratio is not None and ratio < SMALL_RATIO else 0.0,
+        **_widths(ev),
     }
-    status = grade(closed, closed_warn, closed_fail, higher_is_worse=False, what="the fit probe's progress")
+
+
+def _capacity_words(ev: LMEvaluation, e: dict, tuned) -> str:
     cut = " (stopped by its time budget)" if tuned.stopped_by == "time" else ""
-    return Finding(
-        "capacity_probe",
-        status,
-        f"fine-tuned with pure KD on {evidence['fit_sequences']} train sequences ({evidence['fit_tokens']:,} "
-        f"counted tokens) for {tuned.steps} steps{cut} (Adam at {pr.lr:g}, the best of {len(tried)} tried), "
-        f"the student's token agreement there goes {start:.1%} -> {fit:.1%} ({closed:.0%} of the way to "
-        f"memorizing its teacher's choices); it has "
-        f"{evidence['param_ratio']:.1%} of the teacher's parameters",
-        evidence,
+    width = f", {e['width_ratio']:.0%} of its width" if "width_ratio" in e else ""
+    size = (
+        f"it has {e['param_ratio']:.1%} of the teacher's parameters{width}"
+        if e["param_ratio"] is not None
+        else "the teacher is an offline capture (no parameters to compare)"
     )
+    return (
+        f"on its own train text the student misses {e['train_gap_share']:.0%} of its teacher's gain over "
+        f"a unigram model (token agreement {e['train_agreement']:.1%}); fine-tuned with pure KD on "
+        f"{e['fit_sequences']} train sequences ({e['fit_tokens']:,} counted tokens) for {tuned.steps} "
+        f"steps{cut} (Adam at {e['fit_lr']:g}, the best of {len(e['fit_trials'])} tried), its agreement "
+        f"there goes {e['fit_start']:.1%} -> {e['fit_agreement']:.1%} and its val-row KL falls "
+        f"{e['fit_val_kl_drop']:.0%}; {size}"
+    )
+
+
+def _widths(ev: LMEvaluation) -> dict:
+    """Hidden widths of both models (their pooled features), when the pass tapped them."""
+    feats = ev.val.get("features") or {}
+    if len(feats) != 2:
+        return {}
+    w = {m: int(feats[m].shape[1]) for m in ("student", "teacher")}
+    return {
+        "student_width": w["student"],
+        "teacher_width": w["teacher"],
+        "width_ratio": w["student"] / w["teacher"],
+    }
 
 
 def _fit(ev: LMEvaluation) -> tuple:
@@ -113,30 +165,56 @@ def _rank(r: dict) -> tuple:
     return r["agreement"], -r["kl"]
 
 
-def _sweep(ev: LMEvaluation) -> tuple:
-    """The checkpoint, continuing at the stated objective, and the alpha then T curves, all at one step
-    budget (the first run's, under a time budget); (start, continue, alpha curve, T curve, budget)."""
+def _continue(ev: LMEvaluation) -> dict:
+    """Continuing at the stated objective at each of probes.CONTINUE_LRS (where a finished run's schedule
+    ends) for the fit probe's step budget, val-row KL read along the way: a student that has not
+    converged keeps gaining through the second half; a converged one holds still, or gains only in its
+    first steps (a smaller step size settles a run that ended at a large one). {lr: val score, curve}."""
+    from ..lm.probes import CONTINUE_LRS
+
     pr = ev.probes
-    budget = {"steps": ev.sweep_steps, "seconds": ev.probe_budget and ev.probe_budget / 10}
+    every = max(1, ev.fit_steps // 4)
+    seconds = ev.probe_budget and ev.probe_budget / 6
+    out = {}
+    for lr in CONTINUE_LRS:
+        tuned = pr.finetune(
+            stated_objective(ev), steps=ev.fit_steps, budget_s=seconds, seed=1, lr=lr, eval_every=every
+        )
+        out[f"{lr:g}"] = {
+            "lr": lr,
+            **pr.score(tuned.model, "val"),
+            "curve": tuned.curve,
+            "steps": tuned.steps,
+        }
+    return out
+
+
+def _sweep(ev: LMEvaluation, lr: float) -> tuple:
+    """The alpha then T curves of per-token textbook objectives at one step size and step budget (the
+    first run's, under a time budget); (alpha curve, T curve, budget)."""
+    pr = ev.probes
+    budget = {"steps": ev.sweep_steps, "seconds": ev.probe_budget and ev.probe_budget / 16}
     runs: dict = {}
 
-    def run(obj: KDConvention) -> dict:
+    def point(a: float, T: float) -> dict:
+        obj = token_objective(a, T)
         if obj not in runs:
-            tuned = pr.finetune(obj, steps=budget["steps"], budget_s=budget["seconds"], seed=1)
+            tuned = pr.finetune(obj, steps=budget["steps"], budget_s=budget["seconds"], seed=1, lr=lr)
             if budget["seconds"] is not None:  # the first run sets the steps of all the others
                 budget.update(steps=tuned.steps, seconds=None, stopped_by=tuned.stopped_by)
             runs[obj] = pr.score(tuned.model, "val")
-        return runs[obj]
+        return {"alpha": a, "temperature": T, **runs[obj]}
 
-    def point(a: float, T: float) -> dict:
-        return {"alpha": a, "temperature": T, **run(token_objective(a, T))}
-
-    start = pr.score(pr.student, "val")
-    base = run(stated_objective(ev))
     alpha_curve = [point(a, ev.convention.temperature) for a in ALPHAS]
     best_alpha = max(alpha_curve, key=_rank)["alpha"]
     temp_curve = [point(best_alpha, T) for T in TEMPERATURES]
-    return start, base, alpha_curve, temp_curve, budget
+    return alpha_curve, temp_curve, budget
+
+
+def _late_gain(curve: list) -> float:
+    """Relative val-row KL drop over the second half of a continue run (its whole-curve reading)."""
+    mid = curve[len(curve) // 2][2]
+    return _rel(curve[-1][2], mid)
 
 
 @register_check(
@@ -151,10 +229,13 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     with per-token textbook objectives over alpha and T (would another weighting gain more?).
 
     gain_*: val-row token agreement the best sweep point gains over the better of continuing with the
-    stated objective and the checkpoint as it stands (high: the best of eight short runs on 32
-    sequences is a biased maximum; no cause reads the sweep, only the continue gain)."""
+    stated objective and the checkpoint as it stands (high: the best of eight short runs is a biased
+    maximum; no cause reads the sweep, only the continue gain)."""
     pr, vocab = ev.probes, ev.vocab
-    start, base, alpha_curve, temp_curve, budget = _sweep(ev)
+    start = pr.score(pr.student, "val")
+    continued = _continue(ev)
+    base = max(continued.values(), key=_rank)
+    alpha_curve, temp_curve, budget = _sweep(ev, base["lr"])
     best = max(alpha_curve + temp_curve, key=_rank)
     # a recommendation must beat both continuing with the stated objective and leaving the checkpoint be
     gain = best["agreement"] - max(base["agreement"], start["agreement"])
@@ -162,8 +243,12 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     evidence = {
         "checkpoint_val": start,
         "continue_val": base,
+        "continue_runs": continued,  # val rows after continuing at each step size
+        "continue_lr": base["lr"],
         "continue_gain_agreement": base["agreement"] - start["agreement"],
         "continue_gain_kl_rel": _rel(base["kl"], start["kl"]),
+        "continue_late_gain_kl_rel": _late_gain(base["curve"]),
+        "continue_steps": base["steps"],
         "gain_agreement": gain,
         "gain_kl_rel": _rel(best["kl"], base["kl"]),
         "kd_share": share,
@@ -181,13 +266,15 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         "temperature_axis": "T",
     }
     cut = " (as many as the time budget allowed)" if evidence["sweep_stopped_by"] == "time" else ""
+    late = evidence["continue_late_gain_kl_rel"]
     words = (
-        f"{budget['steps']} fine-tuning steps{cut} on {evidence['sweep_sequences']['train']} train "
-        f"sequences, scored on {evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated "
-        "objective moves "
-        f"token agreement {start['agreement']:.1%} -> {base['agreement']:.1%}; the best per-token setting "
-        f"(alpha {best['alpha']:g} on KD, T {best['temperature']:g}) reaches {best['agreement']:.1%} "
-        f"({gain:+.1%})"
+        f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
+        f"{evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated objective for "
+        f"{base['steps']} steps (Adam at {base['lr']:g}, the best of {len(continued)}) moves token "
+        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and cuts val KL "
+        f"{evidence['continue_gain_kl_rel']:.1%} ({late:.1%} in its second half); after "
+        f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
+        f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain:+.1%})"
     )
     status = grade(gain, gain_warn, gain_fail, what="the sweep's gain")
     return Finding("alpha_sensitivity", status, words, evidence, details)

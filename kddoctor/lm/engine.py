@@ -24,7 +24,9 @@ from ..errors import UserError
 from ..metrics.tokens import IGNORE, TokenMetrics, counted_chunks
 from .evaluation import TokenSplit
 from .facts import LMFacts
+from .features import PooledFeatures
 from .rows import RowSample
+from .text_stats import TextStats
 
 KEY_POSITIONS = 1 << 16  # per-position weights of the sequence content key (longer rows wrap around)
 SAVED_LOGITS_ELEMS = 2**27  # --save-logits keeps counted-token logits up to this many values per model
@@ -53,10 +55,13 @@ class SequenceKeys:
     def __init__(self, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed * 7919 + 17)
         self.weights = torch.randn(KEY_POSITIONS, generator=gen, dtype=torch.float64)
+        self._on: dict[tuple, torch.Tensor] = {}
 
     def project(self, batch: TokenBatch) -> torch.Tensor:
-        length = batch.ids.shape[1]
-        w = self.weights[torch.arange(length) % KEY_POSITIONS]
+        length, dev = batch.ids.shape[1], batch.ids.device
+        w = self._on.get((length, dev))
+        if w is None:  # a few positions' weights, copied once per (length, device)
+            w = self._on[(length, dev)] = self.weights[torch.arange(length) % KEY_POSITIONS].to(dev)
         return (((batch.ids.double() + 1) * batch.mask.double()) * w).sum(1) / math.sqrt(max(length, 1))
 
 
@@ -197,6 +202,8 @@ class PassOptions:
     world: int = 1
     cache: TeacherCache | None = None
     save_logits: bool = False
+    seed: int = 0
+    feature_rows: int = 512  # pooled hidden-state rows kept per split (the domain classifier's)
 
 
 def evaluate_lm(
@@ -228,6 +235,7 @@ def evaluate_lm(
                 if task is not None:
                     opts.bar.advance(task, len(tb))
     finally:
+        p.features.close()
         if task is not None:
             opts.bar.remove_task(task)
     out = p.result(name)
@@ -242,6 +250,8 @@ class _TokenPass:
         self.teacher, self.student, self.opts = teacher, student, opts
         self.cuda = opts.device.type == "cuda"
         self.metrics, self.facts = TokenMetrics(opts.device), LMFacts(opts.device, **(opts.facts or {}))
+        self.text, self.keys = TextStats(opts.device, opts.seed), SequenceKeys(opts.seed)
+        self.features = PooledFeatures(teacher, student, opts.feature_rows)
         self.sizes, self.aligned, self.local = (0, 0), False, 0
         self.saved: dict[str, list] | None = (
             {"teacher": [], "student": [], "targets": []} if opts.save_logits else None
@@ -256,11 +266,15 @@ class _TokenPass:
         if opts.rows is not None:
             opts.rows.add(tb.ids, tb.mask, tb.labels)
         ids, mask, labels = (v.to(opts.device, non_blocking=self.cuda) for v in (tb.ids, tb.mask, tb.labels))
+        self.features.clear()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            t_full = self._teacher(tb, ids, mask, where)
+            t_full, cached = self._teacher(tb, ids, mask, where)
             s_full = _forward(self.student, "student", ids, mask, where)
         t, s = _vocab(t_full, s_full, opts.allow_vocab_truncation)
         _check_labels(tb.labels, t.shape[-1], where)
+        rerun = (lambda rows: self._rerun_teacher(ids[rows], mask[rows], where)) if cached else None
+        self.features.offer(self.keys.project(TokenBatch(ids, mask, labels)), mask, rerun)
+        self.text.update(ids, mask, labels, t.shape[-1])
         self.facts.batch(t_full, s_full, mask, labels, t.shape[-1])
         self.metrics.update(t, s, labels, on_chunk=self.facts.chunk)
         if self.saved is not None:
@@ -268,23 +282,28 @@ class _TokenPass:
         self.sizes, self.local = (t_full.shape[-1], s_full.shape[-1]), self.local + len(tb)
         del t_full, s_full, t, s  # before the next forward: never three batches of logits at once
 
-    def _teacher(self, tb: TokenBatch, ids, mask, where: str) -> torch.Tensor:
-        """The teacher's logits: from the cache where this batch's ids are unchanged, else computed."""
+    def _teacher(self, tb: TokenBatch, ids, mask, where: str) -> tuple[torch.Tensor, bool]:
+        """The teacher's logits: from the cache where this batch's ids are unchanged (True), else computed."""
         cache = self.opts.cache
-        if cache is None:
-            return _forward(self.teacher, "teacher", ids, mask, where)
+        if cache is None:  # a teacher spread over devices returns its logits on its last one
+            return _forward(self.teacher, "teacher", ids, mask, where).to(ids.device), False
         digest = batch_fingerprint(torch.stack([tb.ids, tb.mask.to(tb.ids.dtype)]))
         hit = cache.lookup(len(cache.digests), digest)  # this rank's n-th batch
         if hit is not None and hit.shape[0] == ids.numel():
             cache.record(digest, hit, True)
-            return hit.view(*ids.shape, -1).to(ids.device, non_blocking=self.cuda)
-        t = _forward(self.teacher, "teacher", ids, mask, where)
+            return hit.view(*ids.shape, -1).to(ids.device, non_blocking=self.cuda), True
+        t = _forward(self.teacher, "teacher", ids, mask, where).to(ids.device)  # from its last device
         self.cache_elems += t.numel()
         if self.cache_elems > CACHE_ELEMS:  # too large to keep: this split goes uncached
             self.opts.cache = None
         else:
             cache.record(digest, t.reshape(-1, t.shape[-1]).float().to("cpu", non_blocking=self.cuda), False)
-        return t
+        return t, False
+
+    def _rerun_teacher(self, ids: torch.Tensor, mask: torch.Tensor, where: str) -> None:
+        """The teacher on a few rows of a cached batch, for its pooled hidden states (the tap keeps them)."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            _forward(self.teacher, "teacher", ids, mask, where)
 
     def _save(self, t: torch.Tensor, s: torch.Tensor, labels: torch.Tensor) -> None:
         """--save-logits: counted tokens' logits (fp16, on the host), up to SAVED_LOGITS_ELEMS per model."""
@@ -302,10 +321,12 @@ class _TokenPass:
         if self.cuda:
             torch.cuda.synchronize(opts.device)
         if opts.world > 1:
-            from .._dist import max_int
+            from .._dist import max_int, merge_reservoirs
 
             self.metrics.all_reduce()
             self.facts.all_reduce()
+            self.text.all_reduce()
+            merge_reservoirs(self.features, ("reservoir",))
             self.sizes = tuple(max_int(v) for v in self.sizes)
             if opts.rows is not None:
                 opts.rows.all_gather()
@@ -326,6 +347,8 @@ class _TokenPass:
             facts=self.facts.compute(),
         )
         out.update(
+            text=self.text.compute(),
+            features=self.features.result(),
             local_rows=self.local,
             teacher_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
         )

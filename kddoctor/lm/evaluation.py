@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -44,6 +45,8 @@ class LMEvaluation:
     teacher_spec: str = "teacher"
     student_spec: str = "student"
     timings: dict = field(default_factory=dict)  # seconds of the steps after the pass (exposure, rows)
+    vocab_text: tuple | None = None  # (each token id's text, special ids), when a tokenizer is known
+    train_augmented: bool = False  # a second read of the train loader gave other sequences
 
     def __post_init__(self) -> None:
         tps = self.splits["train"]["facts"]["tokens_per_sequence"]
@@ -73,11 +76,29 @@ class LMEvaluation:
             caps.add("exposure")
         if self.convention.top_k:
             caps.add("stated_top_k")
+        if all(
+            len(m.get("features") or {}) == 2 and len(m["features"]["student"]) >= 20
+            for m in self.splits.values()
+        ):
+            caps.add("pooled_features")
         return caps
+
+    @functools.cached_property
+    def token_classes(self) -> tuple[list[str], object] | None:
+        """(class names, [V, C] bool table) of the token classes, from the tokenizer's text."""
+        if self.vocab_text is None:
+            return None
+        from .text_stats import token_classes
+
+        strings, specials = self.vocab_text
+        return token_classes(list(strings)[: self.vocab], specials)
 
     @property
     def need_reasons(self) -> dict[str, str]:
-        return {"exposure": self.exposure_skipped}
+        return {
+            "exposure": self.exposure_skipped,
+            "pooled_features": "fewer than 20 sequences' hidden states per split (no LM head to tap)",
+        }
 
 
 def z_score(diff: float, p: float, split: TokenSplit) -> float:
@@ -91,3 +112,29 @@ def kd_shares(ev: LMEvaluation) -> tuple[float, float, float]:
     state, the share it really has at the measured tokens per train sequence)."""
     conv, vocab = ev.convention, ev.splits["train"]["vocab"]
     return conv.reduction_scale(vocab), replace(conv, reduction="token").kd_share(vocab), conv.kd_share(vocab)
+
+
+def unigram_nll(ev: LMEvaluation) -> dict[str, float]:
+    """Each split's NLL per counted token under the train split's unigram distribution (half a count of
+    smoothing per id): what a student that learned nothing but token frequencies would score."""
+    import numpy as np
+
+    counts = {name: m["text"]["labels"].sum(0) for name, m in ev.splits.items()}
+    train = counts["train"]
+    log_p = np.log((train + 0.5) / (train.sum() + 0.5 * len(train)))
+    return {name: float(-(c * log_p[: len(c)]).sum() / max(c.sum(), 1.0)) for name, c in counts.items()}
+
+
+def gap_share(split: TokenSplit, unigram: float) -> dict:
+    """How far behind its teacher the student sits on a split, as the share of the teacher's gain over
+    a unigram model that the student misses (0: matches its teacher; 1: no better than token
+    frequencies), with its z-score and 95 % interval at the split's effective n."""
+    gap = split["student"]["loss"] - split["teacher"]["loss"]
+    room = max(unigram - split["teacher"]["loss"], 1e-6)
+    se = split["nll_diff_sd"] / math.sqrt(max(split.effective_n, 1))
+    return {
+        "nll_gap": gap,
+        "share": gap / room,
+        "z": gap / max(se, 1e-9),
+        "ci": [(gap - 1.96 * se) / room, (gap + 1.96 * se) / room],
+    }

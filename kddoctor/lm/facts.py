@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..losses import KD_DTYPES, token_kl
+from ..losses import objective_divergence, token_divergence
 from ..metrics.tokens import IGNORE, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
@@ -28,6 +28,7 @@ class LMFacts:
     ) -> None:
         self.device, self.pad_id, self.chunk_elems = torch.device(device), pad_id, chunk_elems
         keys = ("sequences", "positions", "attended", "counted", "prompt", "counted_sq")
+        keys += ("batches", "empty_rows", "masked_rows", "empty_batches")
         keys += ("t_pad", "s_pad", "t_dropped", "s_dropped")
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in keys}
 
@@ -83,6 +84,10 @@ class LMFacts:
             "counted": per_seq.sum(),
             "counted_sq": (per_seq**2).sum(),
             "prompt": (attended * (1 - counted)).sum(),
+            "batches": 1.0,
+            "empty_rows": (per_seq == 0).double().sum(),  # rows whose every label is -100
+            "masked_rows": (mask.sum(1) == 0).double().sum(),  # rows with an all-zero attention mask
+            "empty_batches": (per_seq.sum() == 0).double(),  # a mean loss over them is 0/0
         }
         for k, v in add.items():
             self.sums[k] += v
@@ -107,6 +112,10 @@ class LMFacts:
             "pad_fraction": 1.0 - s["attended"] / max(s["positions"], 1.0),
             "prompt_fraction": s["prompt"] / max(s["positions"], 1.0),
             "tokens_per_sequence": mean_len,
+            "empty_row_share": s["empty_rows"] / seqs,
+            "masked_rows": int(s["masked_rows"]),
+            "empty_batches": int(s["empty_batches"]),
+            "batches": int(s["batches"]),
             "tokens_per_sequence_sd": max(s["counted_sq"] / seqs - mean_len**2, 0.0) ** 0.5,
             "pad_id": self.pad_id,
             "teacher_pad_mass": s["t_pad"] / n if self.pad_id is not None else None,
@@ -117,36 +126,41 @@ class LMFacts:
 
 
 class RowFacts:
-    """The teacher's top-k kept mass and the KD term's KL in the training dtype next to fp32, over
-    chunks of counted rows (the probes' sampled rows)."""
+    """The teacher's top-k kept mass, the stated KD divergence in the training dtype next to fp32, and,
+    for a top-k target whose missing mass is dropped, how often the truncated divergence goes negative,
+    over chunks of counted rows (the probes' sampled rows). `conv`: the stated objective."""
 
-    def __init__(self, *, top_k: int | None = None, temperature: float = 1.0, dtype: str = "float32") -> None:
-        self.ks = tuple(sorted({*TOP_KS, *([top_k] if top_k else [])}))
-        self.temperature, self.dtype = temperature, dtype
-        keys = ("kept_rows", "prec_rows", "kl32", "kl_low", "kl_zero", "kl_nonfinite")
-        self.sums = dict.fromkeys(keys + tuple(f"kept_{k}" for k in self.ks), 0.0)
+    def __init__(self, conv) -> None:
+        self.conv = conv
+        self.ks = tuple(sorted({*TOP_KS, *([conv.top_k] if conv.top_k else [])}))
+        keys = ("kept_rows", "prec_rows", "kl32", "kl_low", "kl_zero", "kl_negative", "kl_nonfinite")
+        self.sums = dict.fromkeys(keys + ("truncated_rows", "truncated_negative"), 0.0)
+        self.sums.update({f"kept_{k}": 0.0 for k in self.ks})
 
-    def kept(self, t: torch.Tensor) -> None:
-        """Teacher logits [n, V] (fp32): the mass in its top k at every reported k."""
+    def kept(self, t: torch.Tensor, s: torch.Tensor | None = None) -> None:
+        """Teacher logits [n, V] (fp32): the mass in its top k at every reported k; with the student's,
+        how often a dropped-mass top-k divergence is negative (verl clamped such a loss to 0)."""
         top = F.softmax(t, -1).topk(min(max(self.ks), t.shape[-1]), -1).values.cumsum(-1)
         self.sums["kept_rows"] += float(len(t))
         for k in self.ks:
             self.sums[f"kept_{k}"] += float(top[:, min(k, top.shape[-1]) - 1].sum())
+        c = self.conv
+        if s is not None and c.top_k and c.top_k_rule == "none":
+            per = token_divergence(s, t, c.temperature, "float32", c.top_k, c.divergence, c.beta, "none")
+            self.sums["truncated_rows"] += float(len(t))
+            self.sums["truncated_negative"] += float((per < 0).sum())
 
     def precision(self, t: torch.Tensor, s: torch.Tensor) -> None:
-        """The KD term's per-token KL at the training T, in fp32 and in the training dtype."""
-        ref = token_kl(s, t, self.temperature, torch.float32).double()
-        low = (
-            ref
-            if self.dtype == "float32"
-            else token_kl(s, t, self.temperature, KD_DTYPES[self.dtype]).double()
-        )
+        """The stated KD divergence per token at the training T, in fp32 and in the training dtype."""
+        ref = objective_divergence(self.conv, s, t, torch.float32).double()
+        low = ref if self.conv.kd_dtype == "float32" else objective_divergence(self.conv, s, t).double()
         finite = torch.isfinite(low)
         add = {
             "prec_rows": float(len(t)),
             "kl32": float(ref.sum()),
             "kl_low": float(torch.where(finite, low, 0.0).sum()),
             "kl_zero": float(((low <= 0) & (ref > 1e-6)).sum()),
+            "kl_negative": float((low < -1e-6).sum()),
             "kl_nonfinite": float((~finite).sum()),
         }
         for k, v in add.items():
@@ -154,16 +168,20 @@ class RowFacts:
 
     def compute(self) -> dict:
         s, rows = self.sums, max(self.sums["prec_rows"], 1.0)
+        negative = s["truncated_negative"] / s["truncated_rows"] if s["truncated_rows"] else None
         return {
             "teacher_kept_mass": {k: s[f"kept_{k}"] / max(s["kept_rows"], 1.0) for k in self.ks},
             "kept_mass_tokens": int(s["kept_rows"]),
+            "truncated_negative": negative,
             "precision": {
-                "dtype": self.dtype,
-                "temperature": self.temperature,
+                "dtype": self.conv.kd_dtype,
+                "divergence": self.conv.divergence,
+                "temperature": self.conv.temperature,
                 "tokens": int(s["prec_rows"]),
                 "kl_fp32": s["kl32"] / rows,
                 "kl_dtype": s["kl_low"] / rows,
                 "zero_fraction": s["kl_zero"] / rows,
+                "negative_fraction": s["kl_negative"] / rows,
                 "nonfinite_fraction": s["kl_nonfinite"] / rows,
             },
         }

@@ -43,12 +43,34 @@ def hf_dir(spec: str, role: str) -> Path:
     return path
 
 
-def load_hf(spec: str, role: str, *, trust: bool = False) -> nn.Module:
-    """AutoModelForCausalLM from a local directory (never a hub download), in eval mode."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def load_hf(
+    spec: str, role: str, *, trust: bool = False, device_map: str | None = None, dtype: str | None = None
+) -> nn.Module:
+    """AutoModelForCausalLM from a local directory (never a hub download), in eval mode. `device_map`
+    ('auto', 'balanced', a device...) spreads a model too large for one device over several through
+    accelerate, `dtype` loads it in another precision (both: Hugging Face's own arguments)."""
     path = hf_dir(spec, role)
     tf = _transformers(f"--{role} {spec}")
+    extra: dict = {}
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise UserError(f"--{role}-device-map needs accelerate: pip install accelerate") from None
+        extra["device_map"] = device_map
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise UserError(f"--{role}-dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        import torch
+
+        extra["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
     try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust, **extra
+        )
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
         hint = " (custom model code needs --trust-checkpoint)" if "trust_remote_code" in str(e) else ""
@@ -56,9 +78,8 @@ def load_hf(spec: str, role: str, *, trust: bool = False) -> nn.Module:
     return model.eval()
 
 
-def tokenizer_info(spec: str) -> dict | None:
-    """Vocabulary size, special token ids and a content hash of the tokenizer in an hf: directory
-    (None when the SPEC is no hf: directory or the directory carries no tokenizer)."""
+def load_tokenizer(spec: str):
+    """The tokenizer an hf: directory carries (None when the SPEC is no hf: directory or it has none)."""
     if not spec.startswith("hf:"):
         return None
     path = Path(spec[3:]).expanduser()
@@ -66,8 +87,16 @@ def tokenizer_info(spec: str) -> dict | None:
         return None
     tf = _transformers(f"the tokenizer in {path}")
     try:
-        tok = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError):
+        return None
+
+
+def tokenizer_info(spec_or_tokenizer) -> dict | None:
+    """Vocabulary size, special token ids and a content hash of a tokenizer (or of the one an hf:
+    directory carries; None when there is none)."""
+    tok = load_tokenizer(spec_or_tokenizer) if isinstance(spec_or_tokenizer, str) else spec_or_tokenizer
+    if tok is None or not hasattr(tok, "get_vocab"):
         return None
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     specials = {name: getattr(tok, f"{name}_token_id", None) for name in ("pad", "eos", "bos", "unk")}
@@ -79,3 +108,14 @@ def tokenizer_info(spec: str) -> dict | None:
         "hash": digest[:16],
         "chat_template_hash": hashlib.sha256(str(template).encode()).hexdigest()[:16] if template else None,
     }
+
+
+def vocabulary_text(tok) -> tuple[list[str], set[int]] | None:
+    """Each token id's decoded text and the special ids of a transformers tokenizer (the text-parity
+    check's token classes); None when it cannot decode single ids."""
+    try:
+        size = len(tok)
+        strings = tok.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
+    except Exception:  # a tokenizer that cannot decode every id alone
+        return None
+    return list(strings), set(getattr(tok, "all_special_ids", []) or [])

@@ -25,19 +25,20 @@ from ..losses import IGNORE
 from ..metrics.tokens import counted_chunks
 from .engine import lm_logits
 
-TRAIN_ROWS = 32  # sequences the probes fine-tune on
+TRAIN_ROWS = 128  # sequences the probes fine-tune on: more tokens than a probe's steps can memorize
 VAL_ROWS = 64  # sequences the probes are scored on (inference only: more rows, less noise)
 TOKENS = 128  # first positions of each row
 BATCH = 8  # rows per fine-tuning step
 LRS = (1e-4, 1e-3, 1e-2)  # the fit probe tries each Adam step size, then goes on with the best
 LR = 1e-3  # the other probes' step size until the fit probe has chosen one
+CONTINUE_LRS = (1e-4, 3e-4, 1e-3)  # continuing the stated objective: where a finished run's schedule ends
 TEACHER_CACHE_ELEMS = 2**26  # teacher logits kept per split up to this many elements (else recomputed)
 
 
 @dataclass
 class Tuned:
     model: nn.Module
-    curve: list[tuple[int, float]]  # (step, train-row agreement) when asked for
+    curve: list[tuple[int, float, float]]  # (step, train-row agreement, val-row KL) when asked for
     steps: int
     stopped_by: str  # "steps" or "time"
     lr: float
@@ -74,7 +75,7 @@ class Probes:
     def _logits(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             out = lm_logits(model(input_ids=ids, attention_mask=mask))
-        return out[:, :-1, : self.vocab].float()
+        return out[:, :-1, : self.vocab].float().to(self.device)  # a teacher over devices: its last one
 
     @torch.no_grad()
     def _teacher(self, split: str, rows) -> torch.Tensor:
@@ -131,6 +132,10 @@ class Probes:
         tokens, agree, kl, nll, correct = (float(v) for v in sums)
         return {"agreement": agree / n, "kl": kl / n, "loss": nll / n, "acc": correct / n}
 
+    def _point(self, model: nn.Module, step: int) -> tuple[int, float, float]:
+        """A curve point: train-row agreement (the fit), val-row KL (what of it generalizes)."""
+        return step, self.score(model, "train")["agreement"], self.score(model, "val")["kl"]
+
     def finetune(
         self,
         objective: KDConvention,
@@ -158,7 +163,7 @@ class Probes:
             gen = torch.Generator().manual_seed(self.seed * 1000 + seed)
             curve, first = [], 1
             if eval_every:
-                curve.append((0, self.score(model, "train")["agreement"]))
+                curve.append(self._point(model, 0))
         bs = min(BATCH, len(ids))
         start, done, stopped_by = time.perf_counter(), first - 1, "steps"
         with torch.enable_grad():
@@ -173,7 +178,7 @@ class Probes:
                 done = step
                 out_of_time = budget_s is not None and time.perf_counter() - start > budget_s and step < steps
                 if eval_every and (step % eval_every == 0 or step == steps or out_of_time):
-                    curve.append((step, self.score(model, "train")["agreement"]))
+                    curve.append(self._point(model, step))
                 if out_of_time:
                     stopped_by = "time"
                     break

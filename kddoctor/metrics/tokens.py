@@ -30,6 +30,7 @@ _SUMS = (
     "t_entropy",
     "s_entropy",
     "topk",
+    "nll_diff_sq",
 )
 
 
@@ -92,10 +93,12 @@ class TokenMetrics:
         h_t = -_dot(p_t, logp_t)
         cross = -_dot(p_t, logp_s)
         h_s = -_dot(logp_s.exp(), logp_s)
+        t_nll, s_nll = -logp_t.gather(1, y[:, None]), -logp_s.gather(1, y[:, None])
         add = {
             "tokens": float(len(y)),
-            "t_nll": -logp_t.gather(1, y[:, None]).sum(),
-            "s_nll": -logp_s.gather(1, y[:, None]).sum(),
+            "t_nll": t_nll.sum(),
+            "s_nll": s_nll.sum(),
+            "nll_diff_sq": ((s_nll - t_nll).double() ** 2).sum(),
             "t_correct": (pred_t == y).sum(),
             "s_correct": (pred_s == y).sum(),
             "agree": agree.sum(),
@@ -165,11 +168,14 @@ class TokenMetrics:
         n = s["tokens"]
         if n == 0:
             raise ValueError("no counted tokens: every label is -100")
+        diff = (s["s_nll"] - s["t_nll"]) / n
         out: dict = {
             "tokens": int(n),
             "agreement": s["agree"] / n,
             "top_k_overlap": s["topk"] / n,
             "kl": s["kl"] / n,
+            # the per-token spread of student minus teacher NLL (a standard error at any effective n)
+            "nll_diff_sd": max(s["nll_diff_sq"] / n - diff**2, 0.0) ** 0.5,
         }
         for m, name in (("t", "teacher"), ("s", "student")):
             nll = s[f"{m}_nll"] / n

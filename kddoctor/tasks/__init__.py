@@ -53,18 +53,20 @@ class Task(Protocol):
 
 
 def get_task(task: str | Task, **options) -> Task:
-    """A task by name (`options` go to its constructor), or a Task instance as it is."""
+    """A task by name, or a Task instance as it is; `options` a task's constructor takes go to it (a
+    classifier's num_classes and class_names; a causal LM takes neither)."""
+    import inspect
+
     if not isinstance(task, str):
         return task
     if task == "classification":
-        from .classification import ClassificationTask
-
-        return ClassificationTask(**options)
-    if task == "causal-lm":
-        from .causal_lm import CausalLMTask
-
-        return CausalLMTask(**options)
-    raise UserError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+        from .classification import ClassificationTask as cls
+    elif task == "causal-lm":
+        from .causal_lm import CausalLMTask as cls
+    else:
+        raise UserError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    takes = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in options.items() if k in takes})
 
 
 __all__ = ["TASKS", "Task", "get_task"]

@@ -12,7 +12,6 @@ import torch
 from .. import checks as _checks  # noqa: F401  (registers every battery)
 from .._cache import TeacherCache
 from .._dist import rank_world
-from ..causes import remedy_context
 from ..config import LM_TRAIN_SEQUENCES
 from ..convention import KDConvention
 from ..diagnosis import pass_timings, run_core
@@ -24,8 +23,10 @@ from ..lm.facts import RowFacts
 from ..lm.probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
 from ..lm.rows import RowSample
 from ..metrics.functional import wilson_interval
+from ..remedies import remedy_context
 
 NOTE = "causal-LM run: every metric is per counted token (labels != -100), each position predicting the next"
+LM_FEATURE_ROWS = 512  # pooled hidden-state sequences per split for the domain classifier
 ONE_SHOT = "the val loader is a one-shot stream (a generator): kddoctor never reads it twice"
 
 
@@ -34,9 +35,16 @@ class CausalLMTask:
     catalogue = "lm_causes.toml"
     unit = "tokens"
 
-    def __init__(self, tokenizers: dict | None = None, allow_vocab_truncation: bool = False) -> None:
-        """`tokenizers`: {"teacher": info, "student": info} from `lm.models.tokenizer_info`."""
+    def __init__(
+        self,
+        tokenizers: dict | None = None,
+        allow_vocab_truncation: bool = False,
+        vocab_text: tuple[list[str], set[int]] | None = None,
+    ) -> None:
+        """`tokenizers`: {"teacher": info, "student": info} from `lm.models.tokenizer_info`; `vocab_text`:
+        each token id's text and the special ids (`lm.models.vocabulary_text`), for the token classes."""
         self.tokenizers, self.allow_vocab_truncation = tokenizers or {}, allow_vocab_truncation
+        self.vocab_text = vocab_text
 
     def adapt(self, batch: object, split: str, index: int):
         return adapt(batch, split, index)
@@ -72,6 +80,7 @@ class CausalLMTask:
             device=dev,
             teacher_spec=run.teacher_spec,
             student_spec=run.student_spec,
+            vocab_text=self.vocab_text,
         )
         if rank_world()[0] == 0:
             _probe_inputs(ev, teacher, student, loaders["val"], rows, dev)
@@ -97,6 +106,8 @@ class CausalLMTask:
             world=world,
             cache=tc,
             save_logits=cfg.save_logits,
+            seed=cfg.seed,
+            feature_rows=min(LM_FEATURE_ROWS, cfg.budgets.feature_rows),
         )
         if getattr(sampled_loader, "took_all", False):
             sampled = None  # the split held fewer sequences than the limit
@@ -182,8 +193,12 @@ def _probe_inputs(ev: LMEvaluation, teacher, student, val, rows: dict, dev) -> N
     on those rows (top-k kept mass on train rows, the KD term's precision on val rows)."""
     import time
 
+    from ..lm.offline import OfflineTeacher
+
     began = time.perf_counter()
-    if iter(val) is val:
+    if isinstance(teacher, OfflineTeacher):
+        ev.exposure_skipped = "the teacher is an offline capture: it cannot score the student's own samples"
+    elif iter(val) is val:
         ev.exposure_skipped = ONE_SHOT
     else:
         vocab = ev.vocab
@@ -214,14 +229,15 @@ def _triple(batch, index: int) -> tuple:
 def _row_facts(ev: LMEvaluation) -> None:
     conv = ev.convention
     for split in ("train", "val"):
-        facts = RowFacts(top_k=conv.top_k, temperature=conv.temperature, dtype=conv.kd_dtype)
+        facts = RowFacts(conv)
         for t, s in ev.probes.chunks(split):
-            facts.kept(t)
+            facts.kept(t, s)
             facts.precision(t, s)
         got = facts.compute()
         ev.splits[split]["facts"].update(
             teacher_kept_mass=got["teacher_kept_mass"],
             kept_mass_tokens=got["kept_mass_tokens"],
+            truncated_negative=got["truncated_negative"],
             precision=got["precision"],
         )
 

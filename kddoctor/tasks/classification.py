@@ -7,11 +7,11 @@ from pathlib import Path
 from .. import checks as _checks  # noqa: F401  (registers the image battery)
 from .._cache import TeacherCache
 from .._dist import rank_world
-from ..causes import remedy_context
 from ..data import split_batch
 from ..diagnosis import run_metadata, run_notes, split_details, split_metrics
 from ..engine import as_logits, evaluate_split
 from ..evaluation import Evaluation
+from ..remedies import remedy_context
 
 
 class ClassificationTask:

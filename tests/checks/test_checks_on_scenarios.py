@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from kddoctor import demo, diagnose, scenarios
+from kddoctor import diagnose
 from kddoctor.checks import Status
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
 
 SICK = {
     "preprocessing_parity": "mismatch_val_input_mild",

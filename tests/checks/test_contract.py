@@ -1,16 +1,35 @@
-"""Every registered check honours the contract; the runner turns failures into findings."""
+"""Every registered (task, check) pair honours the contract; the runner turns failures into findings;
+every catalogue signal is emitted by its check and every remedy placeholder is provided, for both tasks."""
 
+import functools
 import json
 
 import pytest
 
 from kddoctor.checks import Finding, Status, list_checks
-from kddoctor.checks.base import CheckSpec, jsonable, run_check
+from kddoctor.checks.base import CheckSpec, all_checks, jsonable, run_check
+
+PAIRS = [(spec.task, spec.id) for spec in all_checks()]
+CATALOGUES = {"classification": "causes.toml", "causal-lm": "lm_causes.toml"}
 
 
-@pytest.mark.parametrize("check_id", list_checks())
-def test_each_check_returns_a_wellformed_finding(diagnose_scenario, check_id):
-    diag = diagnose_scenario("healthy_cnn")
+@functools.cache
+def _lm_diagnosis():
+    """A bytes pair whose user states every optional fact (a top-2 target), so every LM check runs."""
+    from kddoctor.zoo import lm
+
+    return lm.run("topk_target", draw=0)
+
+
+@pytest.fixture
+def diagnosis(diagnose_scenario):
+    """A healthy pair of a task, diagnosed once per session."""
+    return lambda task: diagnose_scenario("healthy_cnn") if task == "classification" else _lm_diagnosis()
+
+
+@pytest.mark.parametrize(("task", "check_id"), PAIRS)
+def test_each_check_returns_a_wellformed_finding(diagnosis, task, check_id):
+    diag = diagnosis(task)
     f = diag.finding(check_id)
     assert isinstance(f, Finding) and f.id == check_id
     assert isinstance(f.status, Status) and f.status in (Status.PASS, Status.WARN, Status.FAIL)
@@ -19,16 +38,22 @@ def test_each_check_returns_a_wellformed_finding(diagnose_scenario, check_id):
     assert any(ch.isdigit() for ch in f.summary), "a summary states its numbers"
 
 
-def test_seven_checks_registered():
+def test_the_checks_registered_per_task():
     assert list_checks() == [
+        "model_identity",
         "preprocessing_parity",
         "mode_parity",
         "generalization_gap",
         "calibration",
         "capacity_probe",
+        "objective_fingerprint",
         "alpha_sensitivity",
         "covariate_shift",
     ]
+    shared = {"preprocessing_parity", "generalization_gap", "calibration", "capacity_probe"}
+    shared |= {"objective_fingerprint", "alpha_sensitivity", "covariate_shift", "model_identity"}
+    assert len(PAIRS) == len(list_checks()) + len(list_checks("causal-lm"))
+    assert shared <= set(list_checks("causal-lm"))  # one id per concept, across tasks
 
 
 class _Ev:
@@ -48,10 +73,10 @@ def test_missing_need_skips_with_reason():
     assert f.status is Status.SKIPPED and "penultimate features" in f.summary
 
 
-def _catalogue_signals():
+def _catalogue_signals(name: str):
     from kddoctor import causes
 
-    cat = causes.catalogue()
+    cat = causes.catalogue(name)
     yield from ((s["check"], s["key"], "gap") for s in cat["gap"]["signals"])
     yield from ((s["check"], s["z_key"], "gap") for s in cat["gap"]["signals"])
     for cid in causes.CAUSE_IDS:
@@ -60,10 +85,11 @@ def _catalogue_signals():
                 yield from ((s["check"], s["key"], cid) for s in mech.get(side, []))
 
 
-def test_every_catalogue_signal_is_emitted_by_its_check(diagnose_scenario):
-    """A (check, key) in causes.toml that no check emits would silently never count: it fails here."""
-    diag = diagnose_scenario("healthy_cnn")
-    for check, key, where in _catalogue_signals():
+@pytest.mark.parametrize("task", list(CATALOGUES))
+def test_every_catalogue_signal_is_emitted_by_its_check(diagnosis, task):
+    """A (check, key) in a catalogue that no check emits would silently never count: it fails here."""
+    diag = diagnosis(task)
+    for check, key, where in _catalogue_signals(CATALOGUES[task]):
         f = diag.finding(check)
         assert f is not None, f"causes.toml [{where}] reads unknown check {check!r}"
         value = f.evidence.get(key)
@@ -72,30 +98,30 @@ def test_every_catalogue_signal_is_emitted_by_its_check(diagnose_scenario):
         )
 
 
-def test_every_remedy_placeholder_is_provided(diagnose_scenario):
+@pytest.mark.parametrize("task", list(CATALOGUES))
+def test_every_remedy_placeholder_is_provided(diagnosis, task):
     """Rendering every remedy of every cause (whatever its `when`) against a real run's context."""
     from kddoctor import causes
 
-    doc = diagnose_scenario("healthy_cnn").to_dict()
-    ctx = causes.remedy_context(doc["checks"], doc["run"])
-    ctx["applies"] = {
-        r.get("when", "always") for cid in causes.CAUSE_IDS for r in causes.catalogue()[cid]["remedies"]
-    }
+    doc = diagnosis(task).to_dict()
+    cat = causes.catalogue(CATALOGUES[task])
+    ctx = causes.remedy_context(doc["checks"], {**doc["run"], "num_classes": doc["run"].get("vocab", 10)})
+    ctx["applies"] = {r.get("when", "always") for cid in causes.CAUSE_IDS for r in cat[cid]["remedies"]}
     for cid in causes.CAUSE_IDS:
-        cause = causes.catalogue()[cid]
+        cause = cat[cid]
         for mech in cause["mechanisms"]:
             assert len(causes.render_remedies(cause, mech, ctx)) == len(cause["remedies"])
 
 
-@pytest.mark.parametrize("check_id", list_checks())
-def test_thresholds_are_keyword_defaults_the_registry_records(diagnose_scenario, check_id):
+@pytest.mark.parametrize(("task", "check_id"), PAIRS)
+def test_thresholds_are_keyword_defaults_the_registry_records(diagnosis, task, check_id):
     import inspect
 
     from kddoctor.checks.base import get_check
 
-    spec = get_check(check_id)
+    spec = get_check(check_id, task)
     params = inspect.signature(spec.fn).parameters.values()
     defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     assert defaults and dict(spec.thresholds) == defaults
-    f = diagnose_scenario("healthy_cnn").finding(check_id)
+    f = diagnosis(task).finding(check_id)
     assert f.to_dict()["thresholds"] == defaults

@@ -124,6 +124,8 @@ def reference(batches, k: int = K) -> dict:
         "top_k_overlap": _topk_overlap(t, s, k),
         "kl": float(rel_entr(pt, ps).sum(1).mean()),
         "agreement_by_position": [float(a) if c else None for a, c in zip(by_pos, count, strict=True)],
+        # the per-token spread of student minus teacher NLL (numpy's population std)
+        "nll_diff_sd": float(np.std(-np.log(ps[np.arange(len(y)), y]) + np.log(pt[np.arange(len(y)), y]))),
     }
     for name, p in (("teacher", pt), ("student", ps)):
         loss = log_loss(y, p, labels=range(t.shape[1]))

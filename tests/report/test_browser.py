@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kddoctor.cli import app
-from kddoctor.demo import demo_command
+from kddoctor.zoo.demo import demo_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("KDDOCTOR_REQUIRE_BROWSER") == "1"
@@ -83,8 +83,10 @@ def test_report_renders_offline(demo_report, viewport, scheme):
 
 def test_hostile_strings_stay_inert_in_the_browser(tmp_path):
     sync_playwright = _chromium()
-    from kddoctor import demo, diagnose, scenarios
+    from kddoctor import diagnose
     from kddoctor.report import render_html
+    from kddoctor.zoo import demo
+    from kddoctor.zoo import images as scenarios
 
     _, teacher = demo.build_teacher()
     student = scenarios.build_student(scenarios.get("healthy_cnn").recipe, teacher)

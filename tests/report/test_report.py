@@ -5,9 +5,11 @@ import re
 import pytest
 import torch
 
-from kddoctor import demo, diagnose, scenarios
+from kddoctor import diagnose
 from kddoctor.report import render_html, render_markdown
 from kddoctor.report.html import script_json
+from kddoctor.zoo import demo
+from kddoctor.zoo import images as scenarios
 
 HOSTILE = '</script><script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
 

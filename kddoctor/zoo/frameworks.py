@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .convention import PRESETS, KDConvention
+from ..convention import PRESETS, KDConvention
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]

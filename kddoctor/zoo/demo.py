@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _train
-from ._cache import cache_dir
-from ._io import atomic_write
+from .._cache import cache_dir
+from .._io import atomic_write
+from . import digits as _train
 
 DEMO_STUDENT_SUBSET = 240  # distillation set of the demo student: too few samples for its size
 DEMO_RECIPE = {
@@ -171,7 +171,7 @@ def build_teacher(root: Path | None = None, *, split_seed: int = 0) -> tuple[Pat
     root.mkdir(parents=True, exist_ok=True)
     x, y = digits_train_tensors(split_seed)
     _train.train_supervised(teacher, x, y, epochs=DEMO_RECIPE["teacher_epochs"], seed=split_seed)
-    atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.demo:teacher_cnn"}, t_path)
+    atomic_save({"state_dict": teacher.state_dict(), "arch": "kddoctor.zoo.demo:teacher_cnn"}, t_path)
     return t_path, teacher.eval()
 
 
@@ -208,7 +208,7 @@ def build_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
 
 def demo_convention():
     """The KD convention the demo student was trained with (and that the demo states)."""
-    from .convention import KDConvention
+    from ..convention import KDConvention
 
     return KDConvention.from_alpha(DEMO_RECIPE["alpha"], temperature=DEMO_RECIPE["temperature"])
 
@@ -217,15 +217,15 @@ def demo_command(t_path: Path, s_path: Path) -> list[str]:
     """The `kddoctor diagnose` arguments the demo runs (shown in the README and the report)."""
     return [
         "--teacher",
-        "kddoctor.demo:teacher_cnn",
+        "kddoctor.zoo.demo:teacher_cnn",
         "--teacher-ckpt",
         str(t_path),
         "--student",
-        "kddoctor.demo:student_cnn",
+        "kddoctor.zoo.demo:student_cnn",
         "--student-ckpt",
         str(s_path),
         "--data",
-        "kddoctor.demo:digits_loaders",
+        "kddoctor.zoo.demo:digits_loaders",
         "--data-arg",
         f"train_subset={DEMO_STUDENT_SUBSET}",
         "--alpha",

@@ -2,7 +2,7 @@
 init), trained on the CPU in about a minute on the Python standard library's own source (text every
 machine has), saved with `save_pretrained` next to a byte-level tokenizer, and diagnosed as `hf:DIR`.
 
-The pair is the LM zoo's `pad_in_loss` pathology (kddoctor.lm.scenarios): the student's distillation
+The pair is the LM zoo's `pad_in_loss` pathology (kddoctor.zoo.lm): the student's distillation
 loop left padding inside its CE and KD terms.
 """
 
@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .tiny import SEQ, VOCAB, pretrain, stdlib_text
+from .lm.bytes import byte_tokenizer
+from .tiny_lm import SEQ, VOCAB, pretrain, stdlib_text
+
+__all__ = ["DEMO", "DEMO_SEQUENCES", "build_lm_demo_pair", "byte_tokenizer", "gpt2"]
 
 DEMO = {
     "teacher": (96, 2, 4),
@@ -24,28 +27,6 @@ DEMO = {
     "version": 2,
 }
 DEMO_SEQUENCES = 1024  # per split: enough val tokens that a 1-2 point token gap is outside the noise
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for every byte (the ByteLevel pre-tokenizer's alphabet)."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars, extra = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b], extra = chr(256 + extra), extra + 1
-    return chars
-
-
-def byte_tokenizer(pad_id: int = 0):
-    """A transformers tokenizer whose ids are the raw bytes (so id b is byte b); NUL pads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = _bytes_to_unicode()
-    tok = Tokenizer(models.BPE({c: b for b, c in chars.items()}, merges=[]))  # no merges: one id per byte
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=chars[pad_id])
 
 
 def gpt2(width: int, layers: int, heads: int) -> nn.Module:
@@ -71,9 +52,9 @@ def gpt2(width: int, layers: int, heads: int) -> nn.Module:
 def build_lm_demo_pair(root: Path | None = None) -> tuple[Path, Path]:
     """Train (once, cached under $KDDOCTOR_CACHE) the demo teacher and student; their hf: directories."""
     from .._cache import cache_dir
-    from ..demo import recipe_key
     from ..lm.models import _transformers
-    from . import scenarios
+    from . import lm as scenarios
+    from .demo import recipe_key
 
     _transformers("kddoctor demo --task causal-lm")
     d = (root or cache_dir()) / f"lm-demo-{recipe_key(DEMO)}"

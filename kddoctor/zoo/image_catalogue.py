@@ -1,25 +1,16 @@
-"""The scenario kit: teacher-student pairs on real digits data with one planted pathology each.
-
-Every scenario names the cause it plants and a counterfactual `fix` that changes only the planted
-factor; tests and `bench/zoo.py` diagnose both and check that the right cause ranks first and that
-the fix closes the gap.
-"""
+"""The image zoo's catalogue: how each student is built and distilled (`Recipe`), and every scenario
+with the cause it plants and the counterfactual that undoes only that factor (`Scenario`)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
 from torch import nn
 
-from . import _frameworks, _train, demo
-from ._cache import cache_dir
-from .api import Diagnosis, diagnose
-from .convention import KDConvention
+from ..convention import KDConvention
+from . import demo
+from . import frameworks as _frameworks
 
 
 @dataclass(frozen=True)
@@ -43,16 +34,30 @@ class Recipe:
     augment: bool = False  # random 1-pixel shifts while distilling (the same view for both models)
     student_norm: str = "standard"  # raw: the student learned on [0, 1] pixels (expects mean 0, std 1)
     loader_augment: int = 0  # the diagnosis train loader shifts each batch by up to N pixels
-    framework: str | None = None  # a KD codebase's loss and checkpoint layout (kddoctor._frameworks)
+    framework: str | None = None  # a KD codebase's loss and checkpoint layout (kddoctor.zoo.frameworks)
     fw_weights: tuple = ()  # that codebase's loss weights, as (name, value) pairs
+    claims: tuple = ()  # what the user states instead of what the code computed, as (field, value) pairs
+
+    def trained(self) -> KDConvention:
+        """The KD convention the training code computed."""
+        return KDConvention.from_alpha(
+            self.alpha, self.alpha_on, temperature=self.temperature, t2=self.t2, reduction=self.reduction
+        )
 
     def stated(self) -> KDConvention:
-        """The KD convention the user states to kddoctor (from the codebase's own weights, if any)."""
-        if self.framework is None:
-            return KDConvention.from_alpha(
-                self.alpha, self.alpha_on, temperature=self.temperature, t2=self.t2, reduction=self.reduction
-            )
-        return _frameworks.FRAMEWORKS[self.framework].kddoctor_flags(**dict(self.fw_weights))["convention"]
+        """The KD convention the user states to kddoctor: what the code computed (from the codebase's own
+        weights, if any), unless `claims` says they state what they meant instead."""
+        if self.framework is not None:
+            return _frameworks.FRAMEWORKS[self.framework].kddoctor_flags(**dict(self.fw_weights))[
+                "convention"
+            ]
+        meant = dict(self.claims)
+        if not meant:
+            return self.trained()
+        fields = {
+            k: meant.get(k, getattr(self, k)) for k in ("alpha", "alpha_on", "temperature", "t2", "reduction")
+        }
+        return KDConvention.from_alpha(fields.pop("alpha"), fields.pop("alpha_on"), **fields)
 
     def model(self) -> nn.Module:
         return (
@@ -273,7 +278,38 @@ FRAMEWORK_SCENARIOS = [
         family="fw_repdistiller_undertrained",
     ),
 ]
-SCENARIOS += FRAMEWORK_SCENARIOS
+# The user states the loss they meant (alpha 0.7 on KD, T 4 with T², batchmean); their code computed
+# another. Labels 30% noisy, so the KD term's weight shows in val accuracy. The fix: the code computes
+# what they state.
+MEANT = (("alpha", 0.7), ("alpha_on", "kd"), ("t2", True), ("reduction", "batchmean"))
+UNSTATED_SCENARIOS = [
+    Scenario(
+        "unstated_missing_t2",
+        "alpha_imbalance",
+        "the code drops T² at T 4 (the KD term 16x weaker); the user states the loss with T²",
+        R(alpha=0.7, t2=False, claims=MEANT, **NOISY),
+        dict(t2=True),
+        family="unstated_missing_t2",
+    ),
+    Scenario(
+        "unstated_alpha_on_ce",
+        "alpha_imbalance",
+        "the code puts alpha 0.7 on the CE term; the user states alpha 0.7 on KD",
+        R(alpha=0.7, alpha_on="ce", claims=MEANT, **NOISY),
+        dict(alpha_on="kd"),
+        family="unstated_alpha_on_ce",
+    ),
+    Scenario(
+        "unstated_mean_reduction",
+        "alpha_imbalance",
+        "the code reduces the KL with 'mean' over [B, C] (divided by the 10 classes too); the user states "
+        "batchmean",
+        R(alpha=0.7, reduction="mean", claims=MEANT, **NOISY),
+        dict(reduction="batchmean"),
+        family="unstated_mean_reduction",
+    ),
+]
+SCENARIOS += FRAMEWORK_SCENARIOS + UNSTATED_SCENARIOS
 DRAWS = {0: "tuning", 1: "held-back"}  # draw 1: another train/val split, other seeds, other subsets
 
 
@@ -284,128 +320,3 @@ def get(name: str) -> Scenario:
     if name.endswith("+fix"):
         return get(name.removesuffix("+fix")).fixed()
     raise KeyError(name)
-
-
-def _cfg(mean: tuple, std: tuple) -> dict:
-    return {"mean": mean, "std": std, "input_size": (1, 8, 8), "interpolation": "bilinear", "crop_pct": 1.0}
-
-
-def build_student(recipe: Recipe, teacher: nn.Module, root: Path | None = None, draw: int = 0) -> nn.Module:
-    """Distill a student as the recipe says (cached by recipe and draw)."""
-    key = demo.recipe_key({**dataclasses.asdict(recipe), "teacher": demo.teacher_key(draw), "draw": draw})
-    path = (root or cache_dir()) / "scenarios" / f"{key}.pt"
-    torch.manual_seed(1 + 100 * draw)  # the same initial weights every time the recipe is built
-    model = recipe.model()
-    if recipe.bn_momentum != 0.1:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = recipe.bn_momentum
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    _distill(recipe, model, teacher, draw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if recipe.framework is not None:  # written in the codebase's layout, read back as a user's file
-        model = _through_checkpoint(recipe, model, teacher, path.with_suffix(".fw"))
-    demo.atomic_save(model.state_dict(), path)
-    return model.eval()
-
-
-def _through_checkpoint(recipe: Recipe, model: nn.Module, teacher: nn.Module, folder: Path) -> nn.Module:
-    """Save the student as its codebase does and load it back through kddoctor's checkpoint reader."""
-    from .models import fit_state_dict, load_state_dict
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fw = _frameworks.FRAMEWORKS[recipe.framework]
-    names = {"torchdistill": "ckpt.pt", "mdistiller": "best", "timm": "model_best.pth.tar"}
-    target = folder / names.get(recipe.framework, "student_best.pth")
-    extras = {"teacher_state": teacher.state_dict()} if recipe.framework == "mdistiller" else {}
-    written = fw.save(model.state_dict(), target, epoch=recipe.epochs, **extras)
-    fresh = recipe.model()
-    sd = load_state_dict(written[0], role="student")
-    fit_state_dict(fresh, sd, role="student", source=str(written[0]))
-    return fresh
-
-
-def _distill(recipe: Recipe, model: nn.Module, teacher: nn.Module, draw: int) -> None:
-    x, y = demo.digits_train_tensors(draw)
-    if recipe.subset:
-        x, y = x[: recipe.subset], y[: recipe.subset]
-    y = torch.from_numpy(_train.noisy_labels(y.numpy(), recipe.label_noise, draw))
-    raw = (lambda b: b * _train.DIGITS_STD + _train.DIGITS_MEAN) if recipe.student_norm == "raw" else None
-    _train.distill(
-        model,
-        copy.deepcopy(teacher),  # the scenario's teacher object stays exactly as it was loaded
-        x,
-        y,
-        epochs=recipe.epochs,
-        convention=recipe.stated() if recipe.framework is None else None,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        augment=recipe.augment,
-        student_input=raw,
-        loss_fn=None
-        if recipe.framework is None
-        else functools.partial(_frameworks.FRAMEWORKS[recipe.framework].loss, **dict(recipe.fw_weights)),
-        seed=1 + 100 * draw,
-    )
-
-
-def pair(scenario: Scenario | str, *, root: Path | None = None, draw: int = 0, **data_kw):
-    """(teacher, student, data) of a scenario, as its user would hand them to kddoctor."""
-    scn = get(scenario) if isinstance(scenario, str) else scenario
-    r = scn.recipe
-    _, teacher = demo.build_teacher(root, split_seed=draw)
-    student = build_student(r, teacher, root, draw)
-    if r.student_norm == "raw":  # only this pair declares its normalization (as timm models do)
-        teacher.pretrained_cfg = _cfg((_train.DIGITS_MEAN,), (_train.DIGITS_STD,))
-        student.pretrained_cfg = _cfg((0.0,), (1.0,))  # MobileViT-style: pixels in [0, 1]
-    data = demo.digits_loaders(
-        train_subset=r.subset,
-        val_normalization=r.val_normalization,
-        label_noise=r.label_noise,
-        seed=draw,
-        train_augment=r.loader_augment,
-        **data_kw,
-    )
-    return teacher, student, data
-
-
-def run(
-    scenario: Scenario | str,
-    *,
-    quick: bool = True,
-    root: Path | None = None,
-    draw: int = 0,
-    data_kw=None,
-    **kw,
-) -> Diagnosis:
-    """Build the scenario's pair and diagnose it as its user would (stating their training convention)."""
-    scn = get(scenario) if isinstance(scenario, str) else scenario
-    r = scn.recipe
-    teacher, student, data = pair(scn, root=root, draw=draw, **(data_kw or {}))
-    return diagnose(
-        teacher,
-        student,
-        data["train"],
-        data["val"],
-        train_eval=data.get("train_eval"),
-        convention=r.stated(),
-        quick=quick,
-        class_names=data["class_names"],
-        teacher_spec="kddoctor.demo:teacher_cnn",
-        student_spec=f"scenario:{scn.name}",
-        seed=draw,
-        **kw,
-    )
-
-
-def judge(scn: Scenario, diag: Diagnosis) -> bool:
-    """Correct: the planted cause ranks first and is likely (mild doses: first is enough); every cause
-    of a mixture is in the top two; a healthy or fixed pair has no likely cause."""
-    if not scn.causes:
-        return not diag.likely_causes
-    top = [c["id"] for c in diag.causes[: len(scn.causes)]]
-    if len(scn.causes) > 1:
-        return set(top) == set(scn.causes)
-    return top[0] == scn.expected and (diag.causes[0]["likely"] or scn.dose == "mild")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convention import KDConvention
+from ..convention import KDConvention
 
 # Pixel statistics of the digits training split after /16 (computed once, see digits_arrays).
 DIGITS_MEAN = 0.3054

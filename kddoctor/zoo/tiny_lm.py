@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import lm_logits
+from ..lm.engine import lm_logits
 
 VOCAB = 256  # bytes
 SEQ = 64  # tokens per training and evaluation sequence

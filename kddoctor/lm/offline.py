@@ -1,0 +1,149 @@
+"""A teacher that does not fit beside the student: its outputs captured offline, top-k per token, as
+DistillKit and vLLM capture them (`--teacher topk:FILE`), read back as a teacher module.
+
+The file (`.safetensors` or `.npz`) holds, for N captured rows of up to L tokens:
+
+- `input_ids` [N, L] int: each row's tokens (right-padded with any id; `attention_mask` [N, L] marks
+  the real ones, else every position is real);
+- `top_ids` [N, L, k] int and `top_logprobs` [N, L, k] float: at each position, the teacher's k most
+  likely next tokens and their log-probabilities at T 1 (over its whole vocabulary);
+- optional `vocab_size` (scalar): the teacher's vocabulary.
+
+Rows are matched to the batches by content, not by order: a batch row is the capture row whose tokens
+it starts with (the probes' rows are prefixes of the pass's rows). A batch row no capture row matches
+is refused in one line: the capture was made on other tokens. The teacher's distribution at a position
+is its top k log-probabilities and the missing mass spread evenly over the other ids (so every
+divergence and metric is defined; the top-k checks read how much mass that is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+PREFIX = 8  # tokens of a row's start that index it (a longer match is then checked in full)
+
+
+def _key(tokens: list[int]) -> str:
+    return hashlib.blake2b(np.asarray(tokens[:PREFIX], dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise UserError(f"--teacher topk:{path}: no such file (a .safetensors or .npz capture)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # a damaged or foreign file
+        raise UserError(f"--teacher topk:{path}: not a readable capture ({type(e).__name__}: {e})") from None
+
+
+class OfflineTeacher(nn.Module):
+    """The captured teacher: forward(input_ids, attention_mask) -> [B, L, vocab] logits from the capture."""
+
+    def __init__(self, path: str | Path, vocab: int) -> None:
+        super().__init__()
+        self.path = Path(path)
+        arr = _read(self.path)
+        missing = [k for k in ("input_ids", "top_ids", "top_logprobs") if k not in arr]
+        if missing:
+            raise UserError(f"--teacher topk:{self.path}: the capture has no {', '.join(missing)} array")
+        ids, top, logp = arr["input_ids"], arr["top_ids"], arr["top_logprobs"]
+        if top.shape != logp.shape or top.shape[:2] != ids.shape or top.ndim != 3:
+            raise UserError(
+                f"--teacher topk:{self.path}: top_ids {list(top.shape)} and top_logprobs {list(logp.shape)} "
+                f"must both be [rows, tokens, k] over input_ids {list(ids.shape)}"
+            )
+        self.vocab = int(arr["vocab_size"]) if "vocab_size" in arr else vocab
+        if int(top.max()) >= self.vocab:
+            raise UserError(
+                f"--teacher topk:{self.path}: token id {int(top.max())} is beyond the vocabulary "
+                f"({self.vocab})"
+            )
+        mask = arr.get("attention_mask", np.ones_like(ids)).astype(bool)
+        self.k = top.shape[2]
+        self.top_ids = torch.from_numpy(top.astype(np.int64))
+        self.top_logp = torch.from_numpy(logp.astype(np.float32))
+        self.rows: dict[str, list[tuple[int, list[int]]]] = {}
+        for i in range(len(ids)):
+            tokens = ids[i][mask[i]].tolist()
+            self.rows.setdefault(_key(tokens), []).append((i, tokens))
+        self.hits = 0
+        # the capture's content in the state dict, so the teacher-output cache keys on the file itself
+        digest = hashlib.sha256(self.path.read_bytes()).digest()
+        self.register_buffer("capture_digest", torch.tensor(list(digest), dtype=torch.uint8))
+
+    def _row(self, tokens: list[int]) -> int | None:
+        for i, stored in self.rows.get(_key(tokens), []):
+            if stored[: len(tokens)] == tokens:
+                return i
+        return None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ids = input_ids.cpu()
+        mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.cpu() > 0
+        b, length = ids.shape
+        out = torch.empty(b, length, self.vocab, dtype=torch.float32)
+        for r in range(b):
+            tokens = ids[r][mask[r]].tolist()
+            i = self._row(tokens)
+            if i is None:
+                raise UserError(
+                    f"--teacher topk:{self.path}: no captured row holds the tokens of a batch row (it starts "
+                    f"{tokens[:6]}): the capture was made on other token ids or rows; capture the teacher "
+                    "on these very batches (same tokenizer, template and max_length)"
+                )
+            self.hits += 1
+            n = min(len(tokens), self.top_ids.shape[1], length)
+            lp = self.top_logp[i, :n]
+            rest = (1 - lp.exp().sum(-1)).clamp_min(1e-12) / max(self.vocab - self.k, 1)
+            out[r].fill_(math.log(1.0 / self.vocab))
+            out[r, :n] = rest.log()[:, None]
+            out[r, :n].scatter_(-1, self.top_ids[i, :n], lp)
+            # an attended position past the capture, or padding: uniform (never counted when padding)
+        return out.to(input_ids.device)
+
+
+def capture(teacher: nn.Module, batches, k: int, path: str | Path) -> Path:
+    """Write a teacher's top-k capture of collator batches (what `topk:FILE` reads): for tests, and for
+    a teacher run once on a machine it fits on."""
+    from .engine import adapt, lm_logits
+
+    ids_all, mask_all, top_all, logp_all = [], [], [], []
+    teacher.eval()
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            tb = adapt(batch, "capture", index)
+            out = lm_logits(teacher(input_ids=tb.ids, attention_mask=tb.mask))
+            logp = torch.log_softmax(out.float(), -1)
+            top = logp.topk(k, -1)
+            ids_all.append(tb.ids)
+            mask_all.append(tb.mask)
+            top_all.append(top.indices)
+            logp_all.append(top.values)
+    width = max(x.shape[1] for x in ids_all)
+
+    def cat(parts, fill):
+        pad = lambda p: (0, 0) * (p.ndim - 2) + (0, width - p.shape[1])  # noqa: E731
+        return torch.cat([torch.nn.functional.pad(p, pad(p), value=fill) for p in parts])
+
+    arrays = {
+        "input_ids": cat(ids_all, 0).numpy(),
+        "attention_mask": cat([m.long() for m in mask_all], 0).numpy(),
+        "top_ids": cat(top_all, 0).numpy(),
+        "top_logprobs": cat(logp_all, 0.0).numpy(),
+    }
+    path = Path(path)
+    np.savez(path, **arrays)
+    return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")

@@ -1,0 +1,110 @@
+"""LM trainers' objectives: each divergence against its formula written out (scipy), TRL's beta endpoints,
+the top-k missing-mass rules, and the presets stated back in the trainer's own words and code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax, rel_entr, softmax
+
+from kddoctor.errors import UserError
+from kddoctor.flags import resolve
+from kddoctor.losses import token_divergence
+
+
+def _pair(seed: int = 0, n: int = 6, v: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g) * 2, torch.randn(n, v, generator=g) * 2  # student, teacher
+
+
+def _kl(p, q):
+    return rel_entr(p, q).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_each_divergence_is_its_formula(temperature):
+    s, t = _pair()
+    p = softmax(t.double().numpy() / temperature, -1)
+    q = softmax(s.double().numpy() / temperature, -1)
+    b = 0.3
+    m_jsd, m_sf, m_sr = b * p + (1 - b) * q, b * p + (1 - b) * q, (1 - b) * p + b * q
+    want = {
+        "forward_kl": _kl(p, q),
+        "reverse_kl": _kl(q, p),
+        "jsd": b * _kl(p, m_jsd) + (1 - b) * _kl(q, m_jsd),  # TRL: M = beta*p + (1-beta)*q
+        "skew_forward_kl": _kl(p, m_sf),  # DistiLLM: M = alpha*p + (1-alpha)*q
+        "skew_reverse_kl": _kl(q, m_sr),  # DistiLLM: M = (1-alpha)*p + alpha*q
+        "tv": 0.5 * np.abs(p - q).sum(-1),
+    }
+    for kind, ref in want.items():
+        got = token_divergence(s, t, temperature, "float32", None, kind, b).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6, err_msg=kind)
+
+
+def test_trl_beta_endpoints_are_forward_and_reverse_kl_not_zero():
+    """TRL PR 3043: with the mixture built right, beta 0 and 1 must be the two KLs, never 0."""
+    s, t = _pair(1)
+    forward = token_divergence(s, t, 1.0, kind="forward_kl")
+    reverse = token_divergence(s, t, 1.0, kind="reverse_kl")
+    torch.testing.assert_close(token_divergence(s, t, 1.0, kind="jsd", beta=0.0), forward)
+    torch.testing.assert_close(token_divergence(s, t, 1.0, kind="jsd", beta=1.0), reverse)
+    assert float(token_divergence(s, t, 1.0, kind="jsd", beta=0.5).min()) > 0
+
+
+def test_top_k_missing_mass_rules():
+    s, t = _pair(2, v=20)
+    k = 5
+    lp = log_softmax(t.double().numpy(), -1)
+    lq = log_softmax(s.double().numpy(), -1)
+    top = np.argsort(-t.numpy(), -1)[:, :k]
+    p_k = np.take_along_axis(np.exp(lp), top, -1)
+    q_k = np.take_along_axis(np.exp(lq), top, -1)
+    kept = (p_k * (np.log(p_k) - np.log(q_k))).sum(-1)
+    tail = (1 - p_k.sum(-1)) * np.log((1 - p_k.sum(-1)) / (1 - q_k.sum(-1)))
+    renorm = p_k / p_k.sum(-1, keepdims=True)
+    want = {
+        "none": kept,  # a truncated sum: no divergence, it can go negative
+        "tail": kept + tail,  # one bucket for the rest: the exact KL over k + 1 classes, >= 0
+        "renormalize": (renorm * (np.log(renorm) - np.log(q_k))).sum(-1),  # DistillKit ZERO
+    }
+    for rule, ref in want.items():
+        got = token_divergence(s, t, 1.0, "float32", k, "forward_kl", rule=rule).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6, err_msg=rule)
+    assert (want["tail"] >= -1e-9).all()
+
+
+def test_presets_speak_their_trainers_words():
+    gkd = resolve(preset="trl-gkd", task="causal-lm", temperature=0.9)
+    assert (gkd.divergence, gkd.beta, gkd.lmbda, gkd.temperature) == ("jsd", 0.5, 0.5, 1.0)
+    assert gkd.sample_temperature == 0.9  # GKD's temperature samples; its loss runs at T 1
+    assert gkd.setting() == "beta=0.5, lmbda=0.5, temperature=0.9"
+    assert "GKDConfig(output_dir='out', beta=0.5, lmbda=0.5, temperature=0.9)" in gkd.code()
+    kit = resolve(preset="distillkit", task="causal-lm", top_k=128, top_k_rule="symmetric_uniform")
+    assert (kit.top_k_rule, kit.t2, kit.ce_weight, kit.kd_weight) == ("tail", True, 0.5, 0.5)
+    assert "missing_probability_handling: symmetric_uniform" in kit.code()
+    distillm = resolve(preset="distillm", task="causal-lm")
+    assert distillm.code() == "python finetune.py --type sfkl --kd-ratio 1 --skew-alpha 0.1"
+    for preset in ("trl-gkd", "trl-distill", "minillm"):
+        conv = resolve(preset=preset, task="causal-lm")
+        compile(conv.code(), preset, "exec")  # python presets write runnable python
+    for kind in ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"):
+        compile(resolve(alpha=0.5, task="causal-lm", divergence=kind).code(), kind, "exec")
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"preset": "trl-gkd", "alpha": 0.5, "task": "causal-lm"}, "one divergence term"),
+        ({"preset": "trl-gkd"}, "add --task causal-lm"),
+        ({"divergence": "jsd"}, "add --task causal-lm"),
+        ({"divergence": "hellinger", "task": "causal-lm"}, "--divergence must be one of"),
+        ({"beta": 1.5, "divergence": "jsd", "task": "causal-lm"}, "--beta must be in [0, 1]"),
+        ({"top_k": 8, "divergence": "reverse_kl", "task": "causal-lm"}, "needs the teacher's full"),
+        ({"top_k_rule": "clamp", "task": "causal-lm"}, "--top-k-rule must be one of"),
+    ],
+)
+def test_objective_flags_refused_in_one_line(kw, words):
+    with pytest.raises(UserError, match=None) as e:
+        resolve(**kw)
+    assert words in str(e.value) and "\n" not in str(e.value)
