@@ -45,15 +45,19 @@ class Tokens(torch.utils.data.Dataset):
 
 mk = lambda ds: torch.utils.data.DataLoader(ds, batch_size={batch})
 torch.manual_seed(0)
-t = TinyGPT(width={tw}, layers={tl}, heads=4, vocab={vocab}, seq={seq}).eval()
-s = TinyGPT(width={sw}, layers={sl}, heads=4, vocab={vocab}, seq={seq}).eval()
+dev = torch.device({device!r})
+t = TinyGPT(width={tw}, layers={tl}, heads=4, vocab={vocab}, seq={seq}).eval().to(dev)
+s = TinyGPT(width={sw}, layers={sl}, heads=4, vocab={vocab}, seq={seq}).eval().to(dev)
 train, val = mk(Tokens({n_train}, 0)), mk(Tokens({n_val}, 1))
 
-def raw(loaders):
-    with torch.inference_mode():
+def raw(loaders):  # both forwards as a KD step runs them (bf16 autocast on CUDA, as diagnose does)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=dev.type == "cuda"):
         for loader in loaders:
             for b in loader:
-                t(b["input_ids"], b["attention_mask"]); s(b["input_ids"], b["attention_mask"])
+                ids, mask = (b[k].to(dev, non_blocking=True) for k in ("input_ids", "attention_mask"))
+                t(ids, mask); s(ids, mask)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 raw([[next(iter(val))]])  # warm-up
 sub = subset_loader(train, LM_TRAIN_SEQUENCES, 0)
@@ -61,7 +65,7 @@ start = time.perf_counter()
 raw([sub[0] if sub else train, val])
 raw_s = time.perf_counter() - start
 start = time.perf_counter()
-d = diagnose(t, s, train, val, task="causal-lm", device="cpu", teacher_cache=None)
+d = diagnose(t, s, train, val, task="causal-lm", device={device!r}, teacher_cache=None)
 ours = time.perf_counter() - start
 timings = d.run["timings"]
 main = sum(v for k, v in timings.items() if k.startswith("eval_"))
@@ -77,6 +81,7 @@ def measure(n_train: int, a: argparse.Namespace) -> dict:
         n_train=n_train,
         n_val=a.n_val,
         threads=a.threads,
+        device=a.device,
         batch=a.batch_size,
         vocab=a.vocab,
         seq=a.seq,
@@ -100,11 +105,12 @@ def main() -> None:
     ap.add_argument("--teacher", type=int, nargs=2, default=(256, 4), metavar=("WIDTH", "LAYERS"))
     ap.add_argument("--student", type=int, nargs=2, default=(128, 2), metavar=("WIDTH", "LAYERS"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=16)
     a = ap.parse_args()
     print(
         f"TinyGPT {a.teacher[0]}x{a.teacher[1]} -> {a.student[0]}x{a.student[1]}, vocab {a.vocab}, "
-        f"{a.seq} tokens a sequence, val {a.n_val} sequences, CPU {a.threads} threads"
+        f"{a.seq} tokens a sequence, val {a.n_val} sequences, {a.device}, {a.threads} CPU threads"
     )
     print("train split | tokens read | diagnose s | main pass s | raw fwd s | main/raw | full/raw | vs first")
     rows = []

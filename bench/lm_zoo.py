@@ -27,12 +27,23 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
     "overfit_few_documents": ("generalization_gap", "excess_agreement_gap", "excess agreement gap {:.1%}"),
     "too_small": ("capacity_probe", "fit_closed_fraction", "fit probe covers {:.0%} of the way"),
     "under_trained": ("alpha_sensitivity", "continue_gain_agreement", "continuing gains {:+.1%} agreement"),
+    # the Hugging Face families (their doses share a signal) and the trainers' pairs
+    "too_small_": ("capacity_probe", "train_gap_share", "misses {:.0%} of the teacher's gain on train"),
+    "under_trained_": ("alpha_sensitivity", "continue_gain_kl_rel", "continuing cuts val KL {:.1%}"),
+    "overfit_": ("generalization_gap", "excess_agreement_gap", "excess agreement gap {:.1%}"),
+    "text_lower_": ("preprocessing_parity", "class_vanished", "a token class {:.0%} gone from one split"),
+    "text_strip_indent_": ("preprocessing_parity", "row_start_excess", "row starts differ by {:.0%}"),
+    "bos_train_only": ("preprocessing_parity", "row_start_excess", "row starts differ by {:.0%}"),
+    "topk_dropped_mass": ("lm_topk", "dropped_target_mass", "target drops {:.0%} of the teacher's mass"),
+    "teacher_is_student": ("model_identity", "kl_val", "KL {:.3f} on val"),
 }
 
 
 def _signal(name: str, diag) -> str:
-    default = ("generalization_gap", "val_acc_gap", "val acc gap {:.1%}")
-    check, key, fmt = SIGNAL.get(name.removesuffix("_fixed").split(":")[-1], default)
+    default = ("generalization_gap", "val_gap_share", "misses {:.0%} of the teacher's gain on val")
+    base = name.removesuffix("_fixed").split(":")[-1]
+    stem = base.removesuffix("mild").removesuffix("severe")
+    check, key, fmt = SIGNAL.get(base) or SIGNAL.get(stem) or default
     value = next((f.evidence.get(key) for f in diag.checks if f.id == check), None)
     return fmt.format(value) if isinstance(value, int | float) else "-"
 

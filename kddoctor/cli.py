@@ -184,8 +184,10 @@ def diagnose(
     convention: Annotated[
         str | None,
         Opt(
+            "--convention",
+            "--preset",
             help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit; "
-            "causal-lm trainers: trl-gkd, trl-distill, distillkit, minillm, distillm."
+            "causal-lm trainers: trl-gkd, trl-distill, distillkit, minillm, distillm (--preset: the same).",
         ),
     ] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -263,6 +263,18 @@ class KDConvention:
             kd = 1.0 - ce
         return replace(self, ce_weight=ce, kd_weight=kd, temperature=_r(temperature))
 
+    def recommendation(self, alpha_kd: float, temperature: float, note: str = "") -> dict:
+        """This setting as a sweep's recommendation (results.json `recommended`): the textbook point it
+        stands for and the setting in the user's words and code."""
+        return {
+            "alpha_kd": alpha_kd,
+            "temperature": temperature,
+            "user": self.user_params(),
+            "setting": self.setting() + note,
+            "code": self.code(),
+            "code_lang": self.code_lang,
+        }
+
     def same_setting(self, other: KDConvention) -> bool:
         """Equal as the user would write them (a remedy that changes nothing is no remedy)."""
         key = lambda c: (_r(c.ce_weight), _r(c.kd_weight), _r(c.temperature))  # noqa: E731

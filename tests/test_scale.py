@@ -177,8 +177,13 @@ def test_torchrun_two_ranks_match_one_process(demo_paths, tmp_path):
         ranks = b["run"]["rank_samples"][split]
         assert sum(ranks) == a["run"]["n"][split] and min(ranks) >= 0.4 * sum(ranks)
         for model in ("teacher", "student"):
-            for k in ("loss", "acc", "ece"):
+            for k in ("loss", "acc"):
                 assert b["metrics"][split][model][k] == pytest.approx(a["metrics"][split][model][k], abs=1e-5)
+            # ECE bins a confidence: two ranks' thread counts round a few logits otherwise, and a confidence
+            # on a bin edge moves one sample's weight (about 1/n) between bins
+            assert b["metrics"][split][model]["ece"] == pytest.approx(
+                a["metrics"][split][model]["ece"], abs=1e-3
+            )
         for k in ("agreement", "kl"):
             assert b["metrics"][split][k] == pytest.approx(a["metrics"][split][k], abs=1e-5)
     assert [c["id"] for c in b["checks"]] == [c["id"] for c in a["checks"]]

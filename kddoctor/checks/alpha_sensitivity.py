@@ -116,14 +116,7 @@ def recommendation(conv: KDConvention, best: dict, gain: float, num_classes: int
     if rec.same_setting(conv):
         return None
     note = " (torchdistill then returns the bare KL: pure KD without beta or T²)" if rec.bare_kl else ""
-    return {
-        "alpha_kd": best["alpha"],
-        "temperature": best["temperature"],
-        "user": rec.user_params(),
-        "setting": rec.setting() + note,
-        "code": rec.code(),
-        "code_lang": rec.code_lang,
-    }
+    return rec.recommendation(best["alpha"], best["temperature"], note)
 
 
 def _shares(conv: KDConvention, n_cls: int) -> dict:

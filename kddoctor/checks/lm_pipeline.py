@@ -35,13 +35,15 @@ def _nll_by_shift(pr, model, split: str) -> dict[int, float]:
 
 @register_check("lm_alignment", task="causal-lm", needs=("probe_rows",), title="Label alignment", order=16)
 def lm_alignment(
-    ev: LMEvaluation, *, shift_excess_warn: float = 0.05, shift_excess_fail: float = 0.25
+    ev: LMEvaluation, *, shift_excess_warn: float = 0.25, shift_excess_fail: float = 1.0
 ) -> Finding:
     """Which position does each model predict? Each one's NLL on the val rows with its logits at i scored
     against the label at i, i + 1 (the Hugging Face shift) and i + 2: a student trained on labels
     shifted once too often (or not at all) fits another shift than its teacher does.
 
-    shift_excess_*: nats/token by which another shift fits the student better than the teacher's."""
+    shift_excess_*: nats/token by which another shift fits the student better than the teacher's (a
+    student far smaller than its teacher fits the token it reads a little better than the next one: 0.14
+    nats at 1/20 of a Llama teacher; one trained on shifted labels fits its shift by nats)."""
     pr = ev.probes
     nll = {m: _nll_by_shift(pr, getattr(pr, m), "val") for m in ("teacher", "student")}
     best = {m: min(SHIFTS, key=lambda s, m=m: nll[m][s]) for m in nll}

@@ -172,17 +172,28 @@ def _continue(ev: LMEvaluation) -> dict:
     first steps (a smaller step size settles a run that ended at a large one). {lr: val score, curve}."""
     from ..lm.probes import CONTINUE_LRS
 
-    pr = ev.probes
+    pr, obj = ev.probes, stated_objective(ev)
     every = max(1, ev.fit_steps // 4)
     seconds = ev.probe_budget and ev.probe_budget / 6
+    lmbda = ev.convention.lmbda or 0.0
+    on_policy = {}
+    if lmbda > 0:  # the stated objective samples its own batches: so does continuing it
+        on_policy = {"sampled": pr.sampled_rows(pr.student, ev.convention.sample_temperature or 1.0, 7)}
     out = {}
     for lr in CONTINUE_LRS:
         tuned = pr.finetune(
-            stated_objective(ev), steps=ev.fit_steps, budget_s=seconds, seed=1, lr=lr, eval_every=every
+            obj,
+            steps=ev.fit_steps,
+            budget_s=seconds,
+            seed=1,
+            lr=lr,
+            eval_every=every,
+            lmbda=lmbda,
+            **on_policy,
         )
         out[f"{lr:g}"] = {
             "lr": lr,
-            **pr.score(tuned.model, "val"),
+            **pr.score(tuned.model, "val", obj),
             "curve": tuned.curve,
             "steps": tuned.steps,
         }
@@ -232,7 +243,9 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     stated objective and the checkpoint as it stands (high: the best of eight short runs is a biased
     maximum; no cause reads the sweep, only the continue gain)."""
     pr, vocab = ev.probes, ev.vocab
-    start = pr.score(pr.student, "val")
+    conv = ev.convention
+    reads = "div" if conv.lmbda or conv.divergence != "forward_kl" else "kl"  # the continue curve's reading
+    start = pr.score(pr.student, "val", conv)
     continued = _continue(ev)
     base = max(continued.values(), key=_rank)
     alpha_curve, temp_curve, budget = _sweep(ev, base["lr"])
@@ -246,7 +259,9 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         "continue_runs": continued,  # val rows after continuing at each step size
         "continue_lr": base["lr"],
         "continue_gain_agreement": base["agreement"] - start["agreement"],
-        "continue_gain_kl_rel": _rel(base["kl"], start["kl"]),
+        # the stated divergence (forward KL(t||s) unless the user states reverse KL, JSD, ... or sampling)
+        "continue_gain_kl_rel": _rel(base[reads], start[reads]),
+        "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {conv.divergence.replace('_', ' ')}"}[reads],
         "continue_late_gain_kl_rel": _late_gain(base["curve"]),
         "continue_steps": base["steps"],
         "gain_agreement": gain,
@@ -271,8 +286,9 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
         f"{evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated objective for "
         f"{base['steps']} steps (Adam at {base['lr']:g}, the best of {len(continued)}) moves token "
-        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and cuts val KL "
-        f"{evidence['continue_gain_kl_rel']:.1%} ({late:.1%} in its second half); after "
+        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and cuts "
+        f"{evidence['continue_reads']} on val by {evidence['continue_gain_kl_rel']:.1%} "
+        f"({late:.1%} in its second half); after "
         f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
         f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain:+.1%})"
     )
@@ -289,11 +305,4 @@ def _recommend(ev: LMEvaluation, best: dict, gain: float, gain_warn: float, voca
     if rec.same_setting(ev.convention) and ev.convention.reduction == "token" and not ev.convention.top_k:
         return None
     extra = "" if ev.convention.reduction == "token" else ", with the KL reduced per counted token"
-    return {
-        "alpha_kd": best["alpha"],
-        "temperature": best["temperature"],
-        "user": rec.user_params(),
-        "setting": rec.setting() + extra,
-        "code": rec.code(),
-        "code_lang": rec.code_lang,
-    }
+    return rec.recommendation(best["alpha"], best["temperature"], extra)

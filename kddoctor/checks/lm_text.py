@@ -80,14 +80,21 @@ def _row_edges(ev: LMEvaluation) -> dict:
     a BOS or EOS added on one side only, or a template applied to one split."""
     out = {}
     for key, name in (("first", "row_start"), ("last", "row_end")):
-        tr, va = (_halves(ev, s, key).sum(0) for s in ("train", "val"))
+        halves = [_halves(ev, s, key) for s in ("train", "val")]
+        tr, va = (h.sum(0) for h in halves)
         rows = (max(tr.sum(), 1.0), max(va.sum(), 1.0))
         best, best_id = 0.0, None
         for tok in {int(np.argmax(tr)), int(np.argmax(va))}:
             shift = abs(tr[tok] / rows[0] - va[tok] / rows[1])
             if shift >= best:
                 best, best_id = shift, tok
+        # the yardstick: how far the two halves of one split differ in that token's share (few documents
+        # start their rows alike by chance)
+        within = max(
+            abs(h[0, best_id] / max(h[0].sum(), 1.0) - h[1, best_id] / max(h[1].sum(), 1.0)) for h in halves
+        )
         out[f"{name}_shift"] = best
+        out[f"{name}_excess"] = max(0.0, best - float(within))
         out[f"{name}_token"] = best_id
         out[f"{name}_text"] = _token_name(ev, best_id)
         out[f"{name}_train"] = float(tr[best_id] / rows[0])

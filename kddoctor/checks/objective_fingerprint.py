@@ -16,7 +16,8 @@ from ..fingerprint import fingerprint, rho, stationary_ratio
 from .base import Finding, Status, register_check
 
 MOVING = 8.0  # rho above this for every objective: the checkpoint has not converged (inconclusive)
-EXCESS_WARN, EXCESS_FAIL = 0.4, 0.7  # decades of rho the stated objective sits above the best one
+EXCESS_WARN, EXCESS_FAIL = 0.5, 0.7  # decades of rho the stated objective sits above the best one
+STILL = 1.0  # rho at or below this (a mean gradient no larger than its noise) is stationary: none is stiller
 
 
 def members(conv: KDConvention) -> list[tuple[str, KDConvention]]:
@@ -65,7 +66,7 @@ def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -
         if 0 < r_star < math.inf and 0 < r_stated < math.inf
         else math.copysign(math.inf, (r_star if r_star != math.inf else 1e300) - r_stated)
     )
-    gap = math.log10(max(stated["rho"], 1e-9) / max(best["rho"], 1e-9))
+    gap = math.log10(max(stated["rho"], STILL) / max(best["rho"], STILL))
     inconclusive = best["rho"] > moving
     return {
         "members": {r["name"]: {k: r[k] for k in ("ce", "kd", "rho", "formula")} for r in rows},

@@ -307,7 +307,7 @@ class _TokenPass:
 
     def _save(self, t: torch.Tensor, s: torch.Tensor, labels: torch.Tensor) -> None:
         """--save-logits: counted tokens' logits (fp16, on the host), up to SAVED_LOGITS_ELEMS per model."""
-        for (tc, sc), y, _ in counted_chunks(labels, 2**22, t, s):
+        for (tc, sc), y, _ in counted_chunks(labels, self.metrics.chunk_elems, t, s):
             if self.saved_elems + tc.numel() > SAVED_LOGITS_ELEMS:
                 self.saved_cut = True
                 return

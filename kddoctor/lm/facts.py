@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import objective_divergence, token_divergence
-from ..metrics.tokens import IGNORE, counted_chunks
+from ..metrics.tokens import IGNORE, chunk_elems_for, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
 
@@ -24,9 +24,10 @@ class LMFacts:
     """update(teacher logits, student logits, ids, mask, labels, full vocab sizes) per batch; compute()."""
 
     def __init__(
-        self, device: torch.device | str = "cpu", *, pad_id: int | None = None, chunk_elems: int = 2**22
+        self, device: torch.device | str = "cpu", *, pad_id: int | None = None, chunk_elems: int | None = None
     ) -> None:
-        self.device, self.pad_id, self.chunk_elems = torch.device(device), pad_id, chunk_elems
+        self.device, self.pad_id = torch.device(device), pad_id
+        self.chunk_elems = chunk_elems or chunk_elems_for(self.device)
         keys = ("sequences", "positions", "attended", "counted", "prompt", "counted_sq")
         keys += ("batches", "empty_rows", "masked_rows", "empty_batches")
         keys += ("t_pad", "s_pad", "t_dropped", "s_dropped")

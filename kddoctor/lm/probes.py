@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convention import KDConvention
-from ..losses import IGNORE
+from ..losses import IGNORE, objective_divergence
 from ..metrics.tokens import counted_chunks
 from .engine import lm_logits
 
@@ -32,6 +32,7 @@ BATCH = 8  # rows per fine-tuning step
 LRS = (1e-4, 1e-3, 1e-2)  # the fit probe tries each Adam step size, then goes on with the best
 LR = 1e-3  # the other probes' step size until the fit probe has chosen one
 CONTINUE_LRS = (1e-4, 3e-4, 1e-3)  # continuing the stated objective: where a finished run's schedule ends
+PROMPT = 16  # an on-policy continue batch keeps this many tokens of each row, the student writes the rest
 TEACHER_CACHE_ELEMS = 2**26  # teacher logits kept per split up to this many elements (else recomputed)
 
 
@@ -111,10 +112,11 @@ class Probes:
         }
 
     @torch.no_grad()
-    def score(self, model: nn.Module, split: str) -> dict:
-        """Per counted token on a split's rows: agreement with the teacher, KL(t||s), NLL, accuracy."""
+    def score(self, model: nn.Module, split: str, objective: KDConvention | None = None) -> dict:
+        """Per counted token on a split's rows: agreement with the teacher, KL(t||s), NLL, accuracy, and
+        with an `objective`, its own divergence ("div": reverse KL, JSD, ... at its T, in fp32)."""
         ids, mask, labels = self.rows[split]
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # tokens, agree, kl, nll, correct
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # tokens, agree, kl, nll, correct, div
         model.eval()
         for i in range(0, len(ids), BATCH):
             rows = slice(i, i + BATCH)
@@ -126,15 +128,37 @@ class Probes:
             kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
             nll = -logp_s.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
             pred = s.argmax(-1)
-            for k, v in enumerate((counted, pred == t.argmax(-1), kl, nll, pred == target)):
+            div = kl if objective is None else objective_divergence(objective, s, t, "float32")
+            for k, v in enumerate((counted, pred == t.argmax(-1), kl, nll, pred == target, div)):
                 sums[k] += (v.double() * counted).sum()
         n = max(float(sums[0]), 1.0)
-        tokens, agree, kl, nll, correct = (float(v) for v in sums)
-        return {"agreement": agree / n, "kl": kl / n, "loss": nll / n, "acc": correct / n}
+        tokens, agree, kl, nll, correct, div = (float(v) for v in sums)
+        out = {"agreement": agree / n, "kl": kl / n, "loss": nll / n, "acc": correct / n}
+        return out if objective is None else {**out, "div": div / n}
 
-    def _point(self, model: nn.Module, step: int) -> tuple[int, float, float]:
-        """A curve point: train-row agreement (the fit), val-row KL (what of it generalizes)."""
-        return step, self.score(model, "train")["agreement"], self.score(model, "val")["kl"]
+    def _point(self, model: nn.Module, step: int, objective: KDConvention | None = None) -> tuple:
+        """A curve point: train-row agreement (the fit), val-row KL or the objective's own divergence
+        (what of it generalizes)."""
+        val = self.score(model, "val", objective)
+        return step, self.score(model, "train")["agreement"], val["div" if objective else "kl"]
+
+    @torch.no_grad()
+    def sampled_rows(self, model: nn.Module, temperature: float, seed: int) -> tuple:
+        """The train rows continued by `model` itself from their first PROMPT tokens, sampled at
+        `temperature` to each row's own length (an on-policy batch as TRL's GKD draws one, prompt masked
+        from the loss): (ids, mask, labels), drawn once from the checkpoint a continue run starts at."""
+        ids, mask, labels = (v.clone() for v in self.rows["train"])
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + seed)
+        model.eval()
+        for i in range(0, len(ids), 4 * BATCH):
+            rows = slice(i, i + 4 * BATCH)
+            for pos in range(PROMPT, ids.shape[1]):  # no KV cache: any model that maps ids -> logits
+                out = self._logits(model, ids[rows, : pos + 1], mask[rows, : pos + 1])[:, -1]
+                nxt = torch.multinomial(F.softmax(out / temperature, -1), 1, generator=gen)[:, 0]
+                ids[rows, pos] = torch.where(mask[rows, pos].bool(), nxt, ids[rows, pos])
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        labels[:, :PROMPT] = IGNORE
+        return ids, mask, labels
 
     def finetune(
         self,
@@ -146,11 +170,17 @@ class Probes:
         eval_every: int = 0,
         lr: float | None = None,
         resume: Tuned | None = None,
+        sampled: tuple | None = None,
+        lmbda: float = 0.0,
     ) -> Tuned:
         """A copy of the student fine-tuned on the train rows up to step `steps` or for `budget_s`
         seconds (Adam at `lr`, else at the step size the fit probe chose); `resume` goes on with an
-        earlier run (its model, optimizer state, batch order and curve) instead of a fresh copy."""
+        earlier run (its model, optimizer state, batch order and curve) instead of a fresh copy.
+        `sampled` rows (`sampled_rows`) replace the train rows on a `lmbda` share of the steps (an
+        on-policy objective); the curve reads the objective's own divergence on val when it samples or
+        is not the forward KL, else the KL(t||s)."""
         ids, mask, labels = self.rows["train"]
+        curve_objective = objective if sampled is not None or objective.divergence != "forward_kl" else None
         if resume is not None:
             model, opt, gen, lr = resume.model, resume.opt, resume.gen, resume.lr
             curve, first = list(resume.curve), resume.steps + 1
@@ -163,22 +193,29 @@ class Probes:
             gen = torch.Generator().manual_seed(self.seed * 1000 + seed)
             curve, first = [], 1
             if eval_every:
-                curve.append(self._point(model, 0))
+                curve.append(self._point(model, 0, curve_objective))
         bs = min(BATCH, len(ids))
         start, done, stopped_by = time.perf_counter(), first - 1, "steps"
         with torch.enable_grad():
             for step in range(first, steps + 1):
                 model.train()
                 idx = torch.randperm(len(ids), generator=gen)[:bs].to(self.device)
-                s = self._logits(model, ids[idx], mask[idx])
-                loss = objective.token_loss(s, self._teacher("train", idx), labels[idx, 1:])
+                if sampled is not None and float(torch.rand((), generator=gen)) < lmbda:
+                    on = [v[idx] for v in sampled]
+                    with torch.no_grad():
+                        t = self._logits(self.teacher, on[0], on[1])
+                    s = self._logits(model, on[0], on[1])
+                    loss = objective.token_loss(s, t, on[2][:, 1:])
+                else:
+                    s = self._logits(model, ids[idx], mask[idx])
+                    loss = objective.token_loss(s, self._teacher("train", idx), labels[idx, 1:])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 done = step
                 out_of_time = budget_s is not None and time.perf_counter() - start > budget_s and step < steps
                 if eval_every and (step % eval_every == 0 or step == steps or out_of_time):
-                    curve.append(self._point(model, step))
+                    curve.append(self._point(model, step, curve_objective))
                 if out_of_time:
                     stopped_by = "time"
                     break

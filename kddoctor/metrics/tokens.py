@@ -53,13 +53,29 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
+CPU_CHUNK = 2**22  # logits per chunk on a CPU (4M fp32 values: 16 MiB, cache-friendly)
+GPU_CHUNK = 2**26  # at most this many on a GPU: fewer, larger kernels (a 150k vocabulary: 440 tokens)
+
+
+def chunk_elems_for(device: torch.device | str) -> int:
+    """How many logits one chunk of the fp32 metrics holds: 4M on a CPU; on a GPU up to 64M, while a
+    chunk's dozen fp32 temporaries fit in a sixteenth of the free memory (kernel launches, not
+    arithmetic, bound small chunks there)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_CHUNK
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(GPU_CHUNK, max(CPU_CHUNK, free // (16 * 4 * 12))))
+
+
 class TokenMetrics:
     """update(teacher logits, student logits, labels) per batch; compute() once; merge() across ranks."""
 
     def __init__(
-        self, device: torch.device | str = "cpu", *, top_k: int = 5, chunk_elems: int = 2**22
+        self, device: torch.device | str = "cpu", *, top_k: int = 5, chunk_elems: int | None = None
     ) -> None:
-        self.device, self.top_k, self.chunk_elems = torch.device(device), top_k, chunk_elems
+        self.device, self.top_k = torch.device(device), top_k
+        self.chunk_elems = chunk_elems or chunk_elems_for(self.device)
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _SUMS}
         self.bins = {
             f"{m}_{k}": torch.zeros(N_BINS, dtype=torch.float64, device=self.device)

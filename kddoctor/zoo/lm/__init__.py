@@ -17,11 +17,22 @@ from pathlib import Path
 from torch import nn
 
 from . import bytes as _bytes
-from .catalogue import DRAWS, SCENARIOS, Distill, LMScenario, get
+from .catalogue import DRAWS, KNOWN_MISSES, SCENARIOS, Distill, LMScenario, get
 from .families import FAMILIES
 from .train import objective
 
-__all__ = ["DRAWS", "FAMILIES", "SCENARIOS", "Distill", "LMScenario", "get", "judge", "loaders", "run"]
+__all__ = [
+    "DRAWS",
+    "FAMILIES",
+    "KNOWN_MISSES",
+    "SCENARIOS",
+    "Distill",
+    "LMScenario",
+    "get",
+    "judge",
+    "loaders",
+    "run",
+]
 __all__ += ["objective", "student", "teacher", "zoo_student", "zoo_teacher"]
 TEACHER_FILES = _bytes.TEACHER_FILES
 distill = _bytes.distill

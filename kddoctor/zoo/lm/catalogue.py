@@ -186,13 +186,13 @@ TRAINERS = [
         Distill(temperature=1.0, extra=(("preset", "distillm"),)),
         stated={"preset": "distillm"},
     ),
-    LMScenario(
-        "jsd_bf16",
-        "optimization",
-        "TRL-style JSD (beta 0.5) computed in bfloat16",
+    LMScenario(  # planted as a precision fault, it cost nothing here: the precision check must stay calm
+        "healthy_jsd_bf16",
+        None,
+        "TRL-style JSD (beta 0.5) at T 1 computed in bfloat16: on this pair it cost the student nothing "
+        "measurable (the bf16 forward KL at T 2 of bf16_kl is the precision fault that does)",
         Distill(temperature=1.0, kd_dtype="bfloat16", extra=(("preset", "trl-gkd"), ("lmbda", 0.0))),
         stated={"preset": "trl-gkd", "lmbda": 0.0, "kd_dtype": "bfloat16"},
-        fix={"distill": {"kd_dtype": "float32"}, "stated": {"kd_dtype": "float32"}},
     ),
     LMScenario(
         "topk_dropped_mass",
@@ -208,9 +208,9 @@ TRAINERS = [
     LMScenario(
         "label_shift",
         "distribution_mismatch",
-        "the training loss shifted the labels once more than the model does (the student learned the "
-        "token after next)",
-        Distill(label_shift=1),
+        "the training loss shifted the labels once more than the model does (its CE term, weighted "
+        "0.8, taught the token after next)",
+        Distill(alpha_kd=0.2, label_shift=1),
         fix={"distill": {"label_shift": 0}},
     ),
     LMScenario(
@@ -374,6 +374,16 @@ def _text_preparation(name: str, scn) -> list[LMScenario]:
     )
     return out
 
+
+# Pairs the diagnosis still gets wrong on the tuning draw, and why (the tests expect them to fail; the
+# README's zoo table shows them). Bytes students train at a constant step size, so no objective is still.
+KNOWN_MISSES = {
+    **{s.name: "the fingerprint needs a student annealed to a stationary point" for s in UNSTATED},
+    "healthy_minillm": "reverse KL on-policy: its teacher-forced NLL gap reads as too small a student",
+    "healthy_on_policy": "trained on its own samples: its teacher-forced NLL gap reads as too small",
+    "label_shift": "the KD term keeps the student's best-fitting position the next token, so the alignment "
+    "check sees nothing; continuing the correct objective gains, which reads as under-training",
+}
 
 SCENARIOS = (
     BYTES + UNSTATED + TRAINERS + [s for name, fam in FAMILIES.items() if fam.hf for s in _hf_family(name)]
