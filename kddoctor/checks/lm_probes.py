@@ -6,6 +6,7 @@ import math
 
 from ..convention import KDConvention
 from ..lm.evaluation import LMEvaluation, kd_shares
+from ..lm.probes import reads_own_divergence
 from .base import Finding, grade, register_check
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
@@ -244,7 +245,7 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     maximum; no cause reads the sweep, only the continue gain)."""
     pr, vocab = ev.probes, ev.vocab
     conv = ev.convention
-    reads = "div" if conv.lmbda or conv.divergence != "forward_kl" else "kl"  # the continue curve's reading
+    reads = "div" if reads_own_divergence(conv) else "kl"  # as the continue curve reads val
     start = pr.score(pr.student, "val", conv)
     continued = _continue(ev)
     base = max(continued.values(), key=_rank)

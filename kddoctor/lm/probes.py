@@ -36,6 +36,12 @@ PROMPT = 16  # an on-policy continue batch keeps this many tokens of each row, t
 TEACHER_CACHE_ELEMS = 2**26  # teacher logits kept per split up to this many elements (else recomputed)
 
 
+def reads_own_divergence(objective: KDConvention) -> bool:
+    """A run of this objective is read in its own divergence (it samples its own batches, or is not the
+    forward KL) rather than in KL(t||s)."""
+    return bool(objective.lmbda) or objective.divergence != "forward_kl"
+
+
 @dataclass
 class Tuned:
     model: nn.Module
@@ -177,10 +183,9 @@ class Probes:
         seconds (Adam at `lr`, else at the step size the fit probe chose); `resume` goes on with an
         earlier run (its model, optimizer state, batch order and curve) instead of a fresh copy.
         `sampled` rows (`sampled_rows`) replace the train rows on a `lmbda` share of the steps (an
-        on-policy objective); the curve reads the objective's own divergence on val when it samples or
-        is not the forward KL, else the KL(t||s)."""
+        on-policy objective); the curve reads val in `reads_own_divergence`'s terms."""
         ids, mask, labels = self.rows["train"]
-        curve_objective = objective if sampled is not None or objective.divergence != "forward_kl" else None
+        curve_objective = objective if reads_own_divergence(objective) else None
         if resume is not None:
             model, opt, gen, lr = resume.model, resume.opt, resume.gen, resume.lr
             curve, first = list(resume.curve), resume.steps + 1

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .lm.bytes import byte_tokenizer
+from .lm.models import gpt2 as _gpt2
 from .tiny_lm import SEQ, VOCAB, pretrain, stdlib_text
 
 __all__ = ["DEMO", "DEMO_SEQUENCES", "build_lm_demo_pair", "byte_tokenizer", "gpt2"]
@@ -31,22 +32,7 @@ DEMO_SEQUENCES = 1024  # per split: enough val tokens that a 1-2 point token gap
 
 def gpt2(width: int, layers: int, heads: int) -> nn.Module:
     """A GPT-2 from a config (random init): byte vocabulary, SEQ positions, no dropout."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=SEQ,
-        n_embd=width,
-        n_layer=layers,
-        n_head=heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(cfg)
+    return _gpt2(VOCAB, SEQ, width, layers, heads, pad_token_id=0, bos_token_id=0, eos_token_id=0)
 
 
 def build_lm_demo_pair(root: Path | None = None) -> tuple[Path, Path]:

@@ -14,6 +14,24 @@ def _heads(width: int) -> int:
     return max(1, width // 32) if width >= 32 else max(1, width // 8 if width % 8 == 0 else 1)
 
 
+def gpt2(vocab: int, seq: int, width: int, layers: int, heads: int, **ids: int) -> nn.Module:
+    """A GPT-2 from a config (random init, no dropout); `ids`: its pad/bos/eos token ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=seq,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ids,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
 def build(arch: str, width: int, layers: int, vocab: int, seq: int) -> nn.Module:
     heads = _heads(width)
     ids = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
@@ -22,20 +40,7 @@ def build(arch: str, width: int, layers: int, vocab: int, seq: int) -> nn.Module
 
         return TinyGPT(width=width, layers=layers, heads=2 if width % 2 == 0 else 1, vocab=vocab, seq=seq)
     if arch == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        cfg = GPT2Config(
-            vocab_size=vocab,
-            n_positions=seq,
-            n_embd=width,
-            n_layer=layers,
-            n_head=heads,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            **ids,
-        )
-        return GPT2LMHeadModel(cfg)
+        return gpt2(vocab, seq, width, layers, heads, **ids)
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
