@@ -1,5 +1,7 @@
-"""A teacher that does not fit beside the student: its outputs captured offline, top-k per token, as
-DistillKit and vLLM capture them (`--teacher topk:FILE`), read back as a teacher module.
+"""A teacher that does not fit beside the student: its outputs captured offline, top-k per token
+(`--teacher topk:FILE`), read back as a teacher module. The file holds what DistillKit and vLLM captures
+hold (the k most likely ids and their log-probabilities per token) in plain arrays; DistillKit's own
+compressed parquet is not read, so convert it to these arrays first.
 
 The file (`.safetensors` or `.npz`) holds, for N captured rows of up to L tokens:
 
