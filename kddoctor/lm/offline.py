@@ -1,14 +1,14 @@
 """A teacher that does not fit beside the student: its outputs captured offline, top-k per token
-(`--teacher topk:FILE`), read back as a teacher module. The file holds what DistillKit and vLLM captures
-hold (the k most likely ids and their log-probabilities per token) in plain arrays; DistillKit's own
-compressed parquet is not read, so convert it to these arrays first.
+(`--teacher topk:FILE`), read back as a teacher module: DistillKit's own capture (a directory of
+parquet files or one of them, `distillkit_capture`), or the same facts in plain arrays.
 
-The file (`.safetensors` or `.npz`) holds, for N captured rows of up to L tokens:
+The array file (`.safetensors` or `.npz`) holds, for N captured rows of up to L tokens:
 
 - `input_ids` [N, L] int: each row's tokens (right-padded with any id; `attention_mask` [N, L] marks
   the real ones, else every position is real);
 - `top_ids` [N, L, k] int and `top_logprobs` [N, L, k] float: at each position, the teacher's k most
-  likely next tokens and their log-probabilities at T 1 (over its whole vocabulary);
+  likely next tokens and their log-probabilities at T 1 (over its whole vocabulary; -inf where a position
+  has fewer than k, as DistillKit pads them);
 - optional `vocab_size` (scalar): the teacher's vocabulary.
 
 Rows are matched to the batches by content, not by order: a batch row is the capture row whose tokens
@@ -38,8 +38,15 @@ def _key(tokens: list[int]) -> str:
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
+    from . import distillkit_capture
+
+    if path.exists() and distillkit_capture.is_distillkit(path):
+        return distillkit_capture.read(path, f"topk:{path}")
     if not path.is_file():
-        raise UserError(f"--teacher topk:{path}: no such file (a .safetensors or .npz capture)")
+        raise UserError(
+            f"--teacher topk:{path}: no such file (a .safetensors or .npz capture, or DistillKit's parquet "
+            "capture directory)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.numpy import load_file
@@ -49,6 +56,27 @@ def _read(path: Path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as e:  # a damaged or foreign file
         raise UserError(f"--teacher topk:{path}: not a readable capture ({type(e).__name__}: {e})") from None
+
+
+def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Each position's kept mass; a slot without a log-probability (-inf: fewer than k captured, its id
+    arbitrary) repeats the position's most likely captured entry, so writing the slots back is exact."""
+    empty = ~np.isfinite(logp)
+    mass = np.where(empty, 0.0, np.exp(np.where(empty, 0.0, logp))).sum(-1)
+    if empty.any():
+        best = np.argmax(np.where(empty, -np.inf, logp), -1)[..., None]
+        top = np.where(empty, np.take_along_axis(np.where(empty, 0, top), best, -1), top)
+        logp = np.where(empty, np.take_along_axis(logp, best, -1), logp)
+    return top, logp, torch.from_numpy(mass.astype(np.float32))
+
+
+def _digest(path: Path) -> bytes:
+    """The capture's content hash (every file of a capture directory, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.digest()
 
 
 class OfflineTeacher(nn.Module):
@@ -68,6 +96,7 @@ class OfflineTeacher(nn.Module):
                 f"must both be [rows, tokens, k] over input_ids {list(ids.shape)}"
             )
         self.vocab = int(arr["vocab_size"]) if "vocab_size" in arr else vocab
+        top, logp, self.mass = _fill_empty_slots(top, logp.astype(np.float32))
         if int(top.max()) >= self.vocab:
             raise UserError(
                 f"--teacher topk:{self.path}: token id {int(top.max())} is beyond the vocabulary "
@@ -76,14 +105,14 @@ class OfflineTeacher(nn.Module):
         mask = arr.get("attention_mask", np.ones_like(ids)).astype(bool)
         self.k = top.shape[2]
         self.top_ids = torch.from_numpy(top.astype(np.int64))
-        self.top_logp = torch.from_numpy(logp.astype(np.float32))
+        self.top_logp = torch.from_numpy(logp)
         self.rows: dict[str, list[tuple[int, list[int]]]] = {}
         for i in range(len(ids)):
             tokens = ids[i][mask[i]].tolist()
             self.rows.setdefault(_key(tokens), []).append((i, tokens))
         self.hits = 0
         # the capture's content in the state dict, so the teacher-output cache keys on the file itself
-        digest = hashlib.sha256(self.path.read_bytes()).digest()
+        digest = _digest(self.path)
         self.register_buffer("capture_digest", torch.tensor(list(digest), dtype=torch.uint8))
 
     def _row(self, tokens: list[int]) -> int | None:
@@ -109,7 +138,7 @@ class OfflineTeacher(nn.Module):
             self.hits += 1
             n = min(len(tokens), self.top_ids.shape[1], length)
             lp = self.top_logp[i, :n]
-            rest = (1 - lp.exp().sum(-1)).clamp_min(1e-12) / max(self.vocab - self.k, 1)
+            rest = (1 - self.mass[i, :n]).clamp_min(1e-12) / max(self.vocab - self.k, 1)
             out[r].fill_(math.log(1.0 / self.vocab))
             out[r, :n] = rest.log()[:, None]
             out[r, :n].scatter_(-1, self.top_ids[i, :n], lp)

@@ -1,0 +1,115 @@
+"""`--teacher topk:DIR`: DistillKit's own offline capture (parquet rows of input_ids and the teacher's top-k
+log-probabilities for positions 1..L-1), read in its raw and compressed layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_lm_engine import _capture, _lm_cli
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _rows(npz):
+    """DistillKit's per-row view of one of our captures: the real tokens, and the log-probabilities of
+    positions 0..L-2 (vLLM's prompt log-probabilities of tokens 1..L-1)."""
+    z = np.load(npz)
+    arrays = (z["input_ids"], z["attention_mask"], z["top_ids"], z["top_logprobs"])
+    for ids, mask, top, logp in zip(*arrays, strict=True):
+        n = int(mask.sum())
+        yield ids[:n].tolist(), top[: n - 1], logp[: n - 1]
+
+
+def _live_metrics(tmp_path):
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache")
+    assert res.exit_code == 0, res.stderr
+    return json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
+
+
+def _assert_teacher_matches(tmp_path, spec, live, rel):
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", spec)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    for split in ("train", "val"):
+        for key in ("loss", "acc"):
+            want = live[split]["teacher"][key]
+            assert doc["metrics"][split]["teacher"][key] == pytest.approx(want, rel=rel, abs=1e-6)
+        assert doc["metrics"][split]["kl"] == pytest.approx(live[split]["kl"], rel=rel)
+
+
+def test_a_raw_distillkit_parquet_capture_stands_in_for_the_teacher(tmp_path):
+    """Raw columns, two extra slots per position padded as DistillKit pads them (-inf, an arbitrary id,
+    here beyond the vocabulary): with every id captured the metrics are the live teacher's."""
+    live = _live_metrics(tmp_path)
+    cap = tmp_path / "capture"
+    cap.mkdir()
+    rows = list(_rows(_capture(tmp_path, k=23)))
+    pad = lambda a, v: np.concatenate([a, np.full((len(a), 2), v, a.dtype)], -1).tolist()  # noqa: E731
+    table = pa.table(
+        {
+            "input_ids": [ids for ids, _, _ in rows],
+            "token_ids": [pad(top, 10**6) for _, top, _ in rows],
+            "top_values": [pad(logp, -np.inf) for _, _, logp in rows],
+        }
+    )
+    half = len(rows) // 2  # two files, as DistillKit's writer rolls them
+    pq.write_table(table.slice(0, half), cap / "data_0.parquet")
+    pq.write_table(table.slice(half), cap / "data_1.parquet")
+    _assert_teacher_matches(tmp_path, f"topk:{cap}", live, rel=1e-4)
+
+
+def _compressed_dir(tmp_path, codec=None, config=None):
+    """A capture in DistillKit's compressed layout (with its own codec when given, else stand-in bytes)."""
+    cap = tmp_path / "compressed"
+    cap.mkdir(exist_ok=True)
+    cols = {"input_ids": [], "compressed_logprobs": [], "bytepacked_indices": []}
+    for ids, top, logp in _rows(_capture(tmp_path, k=23)):
+        if codec is not None:
+            import torch
+
+            out = codec.compress_from_sparse(torch.from_numpy(top)[None], torch.from_numpy(logp)[None])
+            cols["compressed_logprobs"].append(out["compressed_logprobs"][0].tolist())
+            cols["bytepacked_indices"].append(out["bytepacked_indices"][0].tolist())
+        else:
+            cols["compressed_logprobs"].append([[0] * 8] * len(top))
+            cols["bytepacked_indices"].append([[0] * 8] * len(top))
+        cols["input_ids"].append(ids)
+    pq.write_table(pa.table(cols), cap / "data_0.parquet")
+    if config is not None:
+        import yaml
+
+        (cap / "compression_config.yaml").write_text(yaml.safe_dump(config))
+    return cap
+
+
+def test_a_compressed_capture_without_its_config_or_codec_is_one_line_and_exit_2(tmp_path):
+    cap = _compressed_dir(tmp_path)
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{cap}")
+    assert res.exit_code == 2 and "no compression_config.yaml" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    try:
+        import distillkit.compression  # noqa: F401
+    except ImportError:
+        (cap / "compression_config.yaml").write_text("d: 23\nk: 23\nexact_k: 23\n")
+        res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{cap}")
+        assert res.exit_code == 2 and "needs the distillkit package" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{empty}")
+    assert res.exit_code == 2 and "no .parquet capture there" in res.stderr
+
+
+def test_a_compressed_distillkit_capture_decodes_with_its_own_codec(tmp_path):
+    """DistillKit's default layout, compressed and decoded by DistillKit itself (runs where the package
+    is installed): every id kept exactly, so the metrics are the live teacher's to the codec's float32."""
+    dk = pytest.importorskip("distillkit.compression")
+    live = _live_metrics(tmp_path)
+    cfg = dk.DistributionQuantizationConfig(
+        d=23, k=23, exact_k=23, exact_dtype="float32", polynomial_terms=[0], residual_bins=[]
+    )
+    cap = _compressed_dir(tmp_path, dk.LogprobCompressor(config=cfg), cfg.model_dump(mode="json"))
+    _assert_teacher_matches(tmp_path, f"topk:{cap}", live, rel=1e-4)
