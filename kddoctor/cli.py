@@ -114,7 +114,13 @@ Opt = typer.Option
 
 @app.command()
 def diagnose(
-    teacher: Annotated[str, Opt(help="Teacher SPEC: timm:ARCH[?k=v], file.py:FUNC or module:FUNC.")],
+    teacher: Annotated[
+        str,
+        Opt(
+            help="Teacher SPEC: timm:ARCH[?k=v], file.py:FUNC or module:FUNC; causal-lm also hf:DIR and "
+            "topk:PATH (an offline top-k capture: .npz/.safetensors arrays or DistillKit's parquet dir)."
+        ),
+    ],
     student: Annotated[str, Opt(help="Student SPEC (same forms as --teacher).")],
     teacher_ckpt: Annotated[Path | None, Opt(help="Teacher checkpoint (.pt/.pth/.safetensors).")] = None,
     student_ckpt: Annotated[Path | None, Opt(help="Student checkpoint.")] = None,

@@ -38,6 +38,7 @@ def _assert_teacher_matches(tmp_path, spec, live, rel):
             want = live[split]["teacher"][key]
             assert doc["metrics"][split]["teacher"][key] == pytest.approx(want, rel=rel, abs=1e-6)
         assert doc["metrics"][split]["kl"] == pytest.approx(live[split]["kl"], rel=rel)
+    return doc
 
 
 def test_a_raw_distillkit_parquet_capture_stands_in_for_the_teacher(tmp_path):
@@ -58,7 +59,10 @@ def test_a_raw_distillkit_parquet_capture_stands_in_for_the_teacher(tmp_path):
     half = len(rows) // 2  # two files, as DistillKit's writer rolls them
     pq.write_table(table.slice(0, half), cap / "data_0.parquet")
     pq.write_table(table.slice(half), cap / "data_1.parquet")
-    _assert_teacher_matches(tmp_path, f"topk:{cap}", live, rel=1e-4)
+    doc = _assert_teacher_matches(tmp_path, f"topk:{cap}", live, rel=1e-4)
+    # the last token of each row has no captured log-probabilities: uniform there, never -inf
+    align = next(c for c in doc["checks"] if c["id"] == "lm_alignment")
+    assert all(v is not None for v in align["evidence"]["teacher_nll_by_shift"].values())
 
 
 def _compressed_dir(tmp_path, codec=None, config=None):
@@ -113,3 +117,63 @@ def test_a_compressed_distillkit_capture_decodes_with_its_own_codec(tmp_path):
     )
     cap = _compressed_dir(tmp_path, dk.LogprobCompressor(config=cfg), cfg.model_dump(mode="json"))
     _assert_teacher_matches(tmp_path, f"topk:{cap}", live, rel=1e-4)
+
+
+def test_a_top_k_capture_skips_what_needs_the_whole_distribution_and_refuses_a_larger_k(tmp_path):
+    """A capture of the top 5 of 23 ids: without a stated top-k the checks that need the teacher's whole
+    distribution (the KD term's precision, the objective fingerprint) say why they are skipped; with the
+    top 5 stated they run; a stated top-k above 5 cannot be read from it (one line, exit 2)."""
+    npz = _capture(tmp_path, k=5)
+    for stated, want in (((), "skipped"), (("--teacher-top-k", "5"), None)):
+        res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{npz}", *stated)
+        assert res.exit_code == 0, res.stderr
+        doc = json.loads((tmp_path / "out" / "results.json").read_text())
+        checks = {c["id"]: c for c in doc["checks"]}
+        for cid in ("lm_precision", "objective_fingerprint"):
+            assert (checks[cid]["status"] == "skipped") == (want == "skipped"), checks[cid]
+        if want:
+            assert "offline top-5 capture" in checks["lm_precision"]["summary"]
+            assert any("offline top-5 capture of 23 ids" in n for n in doc["notes"])
+        align = checks["lm_alignment"]
+        assert all(v is not None for v in align["evidence"]["teacher_nll_by_shift"].values())
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{npz}", "--teacher-top-k", "8")
+    assert res.exit_code == 2 and "holds only the top 5 ids" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_capture_whose_vocabulary_is_below_its_own_token_ids_is_refused(tmp_path):
+    """DistillKit packs ids in ceil(log2 d) bits: a capture made with d below the tokenizer's vocabulary
+    lost its high ids; its rows' own tokens show it (one line naming d, exit 2)."""
+    z = dict(np.load(_capture(tmp_path, k=5)))
+    z["top_ids"] = z["top_ids"] % 16
+    z["vocab_size"] = np.asarray(16)
+    bad = tmp_path / "small_d.npz"
+    np.savez(bad, **z)
+    res = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{bad}")
+    assert res.exit_code == 2 and "the capture's vocabulary is 16" in res.stderr
+    assert "recapture with d (vocab_size) at least" in res.stderr
+
+
+def test_a_position_without_captured_log_probabilities_reads_as_uniform(tmp_path):
+    """DistillKit captures positions 0..L-2 of a row: at the last token (and in padding) the teacher is
+    uniform, never -inf (which a masked sum turns into NaN), and a slot past the k captured is ignored."""
+    import torch
+
+    from kddoctor.lm.offline import OfflineTeacher
+
+    cap = tmp_path / "capture"
+    cap.mkdir()
+    top = [[[3, 1, 10**6]], [[2, 0, 10**6], [4, 2, 10**6]]]  # k 3, the third slot padded (-inf)
+    logp = [[[-0.2, -2.0, -np.inf]], [[-0.1, -3.0, -np.inf], [-0.5, -1.0, -np.inf]]]
+    pq.write_table(
+        pa.table({"input_ids": [[5, 6], [7, 8, 9]], "token_ids": top, "top_values": logp}), cap / "a.parquet"
+    )
+    teacher = OfflineTeacher(cap, vocab=12)
+    ids = torch.tensor([[5, 6, 0], [7, 8, 9]])
+    out = torch.log_softmax(teacher(ids, torch.tensor([[1, 1, 0], [1, 1, 1]])), -1)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[0, 1], torch.full((12,), -np.log(12.0)))  # the last token: uniform
+    assert torch.allclose(out[1, 2], torch.full((12,), -np.log(12.0)))
+    assert out[1, 1, 4].item() == pytest.approx(-0.5, abs=1e-6) and out[1, 1, 2].item() == pytest.approx(-1.0)
+    rest = (1 - np.exp(-0.5) - np.exp(-1.0)) / (12 - 2)  # the other 10 ids share the rest
+    assert out[1, 1, 0].item() == pytest.approx(np.log(rest), rel=1e-5)

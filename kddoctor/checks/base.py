@@ -180,6 +180,7 @@ NEED_REASONS = {
     "probe_rows": "no train or val sequence counts a token within its first positions",
     "exposure": "no val sequence has 48 attended tokens to prompt and sample from",
     "stated_top_k": "no --teacher-top-k stated (the full distribution was the KD target)",
+    "teacher_distribution": "the teacher's whole output distribution is not available",
     "features": "no penultimate features: the model has no nn.Linear classifier to tap",
     "cache": "no inputs were cached for probes",
     "norm_layers": "the student has no BatchNorm or dropout layers",

@@ -51,7 +51,8 @@ def lm_vocab_parity(
         )
     sizes = f"vocabularies {va['teacher_vocab']:,} (teacher) and {va['student_vocab']:,} (student)"
     if tt is None or ts is None:
-        sizes += "; no tokenizer to compare (hf: directories carry theirs)"
+        which = "teacher" if tt is None else "student"
+        sizes += f"; no {which} tokenizer to compare (hf: directories carry theirs)"
     if problems:
         return Finding("lm_vocab_parity", Status.FAIL, "; ".join(problems) + f"; {sizes}", evidence)
     if evidence["padded_rows"]:

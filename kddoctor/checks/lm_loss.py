@@ -42,7 +42,9 @@ def lm_reduction(
     )
 
 
-@register_check("lm_precision", task="causal-lm", title="KD loss precision", order=44)
+@register_check(
+    "lm_precision", task="causal-lm", needs=("teacher_distribution",), title="KD loss precision", order=44
+)
 def lm_precision(
     ev: LMEvaluation, *, rel_error_fail: float = 0.10, zero_fraction_fail: float = 0.05
 ) -> Finding:

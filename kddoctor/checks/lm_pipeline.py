@@ -29,7 +29,8 @@ def _nll_by_shift(pr, model, split: str) -> dict[int, float]:
         n += float(counted.sum())
         for s in SHIFTS:
             target = lab[:, s : s + width].clamp_min(0)[..., None]
-            sums[s] += float(-(logp[:, :width].gather(-1, target)[..., 0] * counted).sum())
+            picked = logp[:, :width].gather(-1, target)[..., 0]
+            sums[s] += float(-torch.where(counted, picked, 0.0).sum())  # an uncounted -inf is no NaN
     return {s: v / max(n, 1.0) for s, v in sums.items()}
 
 

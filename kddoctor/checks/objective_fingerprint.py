@@ -155,7 +155,7 @@ def image_fingerprint(
 @register_check(
     "objective_fingerprint",
     task="causal-lm",
-    needs=("probe_rows",),
+    needs=("probe_rows", "teacher_distribution"),
     title="Objective fingerprint",
     order=55,
 )

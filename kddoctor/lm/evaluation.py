@@ -36,6 +36,8 @@ class LMEvaluation:
     tokenizers: dict = field(default_factory=dict)
     exposure: dict | None = None
     exposure_skipped: str = "no val sequence has 48 attended tokens to prompt and sample from"
+    features_skipped: str = "fewer than 20 sequences' hidden states per split (no LM head to tap)"
+    capture_k: int | None = None  # the teacher is an offline capture of its top k ids (k < vocabulary)
     probes: object | None = None  # probes.Probes on rows the main pass sampled (None: no counted row)
     fit_steps: int = 64
     sweep_steps: int = 20
@@ -76,6 +78,8 @@ class LMEvaluation:
             caps.add("exposure")
         if self.convention.top_k:
             caps.add("stated_top_k")
+        if self.capture_k is None or (self.convention.top_k or self.vocab + 1) <= self.capture_k:
+            caps.add("teacher_distribution")
         if all(
             len(m.get("features") or {}) == 2 and len(m["features"]["student"]) >= 20
             for m in self.splits.values()
@@ -95,10 +99,16 @@ class LMEvaluation:
 
     @property
     def need_reasons(self) -> dict[str, str]:
-        return {
-            "exposure": self.exposure_skipped,
-            "pooled_features": "fewer than 20 sequences' hidden states per split (no LM head to tap)",
-        }
+        k = self.capture_k
+        state = f"state --teacher-top-k K, K <= {k}, if the student was distilled on the top K"
+        reasons = {"exposure": self.exposure_skipped, "pooled_features": self.features_skipped}
+        if k is not None:
+            reasons["teacher_distribution"] = (
+                f"the teacher is an offline top-{k} capture: the KD term over its whole distribution cannot "
+                f"be computed from it ({state})"
+            )
+            reasons["stated_top_k"] = f"no --teacher-top-k stated; the capture holds the top {k} ({state})"
+        return reasons
 
 
 def z_score(diff: float, p: float, split: TokenSplit) -> float:

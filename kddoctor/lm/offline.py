@@ -58,16 +58,18 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"--teacher topk:{path}: not a readable capture ({type(e).__name__}: {e})") from None
 
 
-def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Each position's kept mass; a slot without a log-probability (-inf: fewer than k captured, its id
-    arbitrary) repeats the position's most likely captured entry, so writing the slots back is exact."""
+def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each position's kept mass, whether it holds no captured log-probability at all (the last token of
+    a DistillKit row, padding: read as uniform) and how many ids it holds; a slot without one (-inf:
+    fewer than k captured, its id arbitrary) repeats the position's most likely captured entry, so
+    writing the slots back is exact."""
     empty = ~np.isfinite(logp)
     mass = np.where(empty, 0.0, np.exp(np.where(empty, 0.0, logp))).sum(-1)
     if empty.any():
         best = np.argmax(np.where(empty, -np.inf, logp), -1)[..., None]
         top = np.where(empty, np.take_along_axis(np.where(empty, 0, top), best, -1), top)
-        logp = np.where(empty, np.take_along_axis(logp, best, -1), logp)
-    return top, logp, torch.from_numpy(mass.astype(np.float32))
+        logp = np.where(empty, np.take_along_axis(np.where(empty, 0.0, logp), best, -1), logp)
+    return top, logp, np.stack([mass, empty.all(-1), (~empty).sum(-1)], -1).astype(np.float32)
 
 
 def _digest(path: Path) -> bytes:
@@ -96,13 +98,22 @@ class OfflineTeacher(nn.Module):
                 f"must both be [rows, tokens, k] over input_ids {list(ids.shape)}"
             )
         self.vocab = int(arr["vocab_size"]) if "vocab_size" in arr else vocab
-        top, logp, self.mass = _fill_empty_slots(top, logp.astype(np.float32))
+        top, logp, kept = _fill_empty_slots(top, logp.astype(np.float32))
+        self.mass, self.nodata = torch.from_numpy(kept[..., 0]), torch.from_numpy(kept[..., 1] > 0)
+        self.kept = torch.from_numpy(kept[..., 2])  # ids captured at each position (k, or fewer)
         if int(top.max()) >= self.vocab:
             raise UserError(
                 f"--teacher topk:{self.path}: token id {int(top.max())} is beyond the vocabulary "
                 f"({self.vocab})"
             )
         mask = arr.get("attention_mask", np.ones_like(ids)).astype(bool)
+        if "vocab_size" in arr and int(ids[mask].max(initial=0)) >= self.vocab:
+            raise UserError(
+                f"--teacher topk:{self.path}: the capture's vocabulary is {self.vocab:,} (its vocab_size, "
+                f"DistillKit's d) but its rows hold token id {int(ids[mask].max()):,}: ids at or above it "
+                f"were lost when it was written; recapture with d (vocab_size) at least "
+                f"{int(ids[mask].max()) + 1:,}, the tokenizer's vocabulary"
+            )
         self.k = top.shape[2]
         self.top_ids = torch.from_numpy(top.astype(np.int64))
         self.top_logp = torch.from_numpy(logp)
@@ -138,9 +149,12 @@ class OfflineTeacher(nn.Module):
             self.hits += 1
             n = min(len(tokens), self.top_ids.shape[1], length)
             lp = self.top_logp[i, :n]
-            rest = (1 - self.mass[i, :n]).clamp_min(1e-12) / max(self.vocab - self.k, 1)
+            rest = (
+                (1 - self.mass[i, :n]).clamp_min(1e-12) / (self.vocab - self.kept[i, :n]).clamp_min(1)
+            ).log()
+            lp = torch.where(self.nodata[i, :n, None], rest[:, None], lp)  # no capture there: uniform
             out[r].fill_(math.log(1.0 / self.vocab))
-            out[r, :n] = rest.log()[:, None]
+            out[r, :n] = rest[:, None]
             out[r, :n].scatter_(-1, self.top_ids[i, :n], lp)
             # an attended position past the capture, or padding: uniform (never counted when padding)
         return out.to(input_ids.device)
