@@ -249,27 +249,19 @@ def _lm_models(args: DiagnoseArgs) -> tuple:
     return OfflineTeacher(args.teacher[5:], vocab or lm_head_of(student).out_features), student
 
 
-def _capture_top_k(args: DiagnoseArgs, cfg: DiagnoseConfig, teacher) -> list[str]:
-    """An offline capture holds its teacher's top k ids per token only: a stated top-k above k is refused;
-    without one, the note says how the capture is read (the checks that need the teacher's whole
-    distribution are skipped then: `LMEvaluation.capabilities`)."""
+def _check_capture_top_k(args: DiagnoseArgs, cfg: DiagnoseConfig, teacher) -> None:
+    """An offline capture holds its teacher's top k ids per token only: a stated top-k above k is refused
+    before any work (without one, the checks that need the whole distribution are skipped:
+    `LMEvaluation.capabilities`)."""
     from .lm.offline import OfflineTeacher
 
-    if not isinstance(teacher, OfflineTeacher) or teacher.k >= teacher.vocab:
-        return []
-    k, stated = teacher.k, cfg.convention.top_k
-    if stated is not None and stated > k:
+    k = teacher.partial_k if isinstance(teacher, OfflineTeacher) else None
+    stated = cfg.convention.top_k
+    if k is not None and stated is not None and stated > k:
         raise UserError(
             f"--teacher-top-k {stated}: the capture {args.teacher} holds only the top {k} ids per token; "
             f"state at most {k}, or recapture with k >= {stated}"
         )
-    if stated is not None:
-        return []
-    return [
-        f"the teacher is an offline top-{k} capture of {teacher.vocab:,} ids: its metrics spread the "
-        "missing mass evenly over the other ids, and the checks that need its whole distribution are "
-        f"skipped (state --teacher-top-k K, K <= {k}, if the student was distilled on the top K)"
-    ]
 
 
 def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diagnosis:
@@ -284,7 +276,7 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diag
             if getattr(args, f"{role}_ckpt"):
                 raise UserError(f"--{role}-ckpt: an hf: directory holds its own weights; drop --{role}-ckpt")
     models = list(_lm_models(args))
-    notes = _capture_top_k(args, cfg, models[0])
+    _check_capture_top_k(args, cfg, models[0])
     bundle = load_factory(args.data, parse_data_args(args.data_arg or []), seed=cfg.seed)
     toks = {"teacher": load_tokenizer(args.teacher), "student": load_tokenizer(args.student)}
     reader = next((t for t in (bundle.tokenizer, toks["student"], toks["teacher"]) if t is not None), None)
@@ -292,7 +284,6 @@ def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diag
         tokenizers={role: tokenizer_info(tok) for role, tok in toks.items()},
         allow_vocab_truncation=args.allow_vocab_truncation,
         vocab_text=vocabulary_text(reader) if reader is not None else None,
-        notes=notes,
     )
     return diagnose(
         *models,

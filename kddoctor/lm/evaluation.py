@@ -98,9 +98,12 @@ class LMEvaluation:
         return token_classes(list(strings)[: self.vocab], specials)
 
     @property
+    def state_top_k(self) -> str:
+        return f"state --teacher-top-k K, K <= {self.capture_k}, if the student was distilled on the top K"
+
+    @property
     def need_reasons(self) -> dict[str, str]:
-        k = self.capture_k
-        state = f"state --teacher-top-k K, K <= {k}, if the student was distilled on the top K"
+        k, state = self.capture_k, self.state_top_k
         reasons = {"exposure": self.exposure_skipped, "pooled_features": self.features_skipped}
         if k is not None:
             reasons["teacher_distribution"] = (

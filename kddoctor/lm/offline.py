@@ -58,7 +58,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"--teacher topk:{path}: not a readable capture ({type(e).__name__}: {e})") from None
 
 
-def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each position's kept mass, whether it holds no captured log-probability at all (the last token of
     a DistillKit row, padding: read as uniform) and how many ids it holds; a slot without one (-inf:
     fewer than k captured, its id arbitrary) repeats the position's most likely captured entry, so
@@ -69,7 +69,7 @@ def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np
         best = np.argmax(np.where(empty, -np.inf, logp), -1)[..., None]
         top = np.where(empty, np.take_along_axis(np.where(empty, 0, top), best, -1), top)
         logp = np.where(empty, np.take_along_axis(np.where(empty, 0.0, logp), best, -1), logp)
-    return top, logp, np.stack([mass, empty.all(-1), (~empty).sum(-1)], -1).astype(np.float32)
+    return top, logp, mass.astype(np.float32), empty.all(-1), (~empty).sum(-1)
 
 
 def _digest(path: Path) -> bytes:
@@ -98,9 +98,9 @@ class OfflineTeacher(nn.Module):
                 f"must both be [rows, tokens, k] over input_ids {list(ids.shape)}"
             )
         self.vocab = int(arr["vocab_size"]) if "vocab_size" in arr else vocab
-        top, logp, kept = _fill_empty_slots(top, logp.astype(np.float32))
-        self.mass, self.nodata = torch.from_numpy(kept[..., 0]), torch.from_numpy(kept[..., 1] > 0)
-        self.kept = torch.from_numpy(kept[..., 2])  # ids captured at each position (k, or fewer)
+        top, logp, mass, nodata, kept = _fill_empty_slots(top, logp.astype(np.float32))
+        self.mass, self.nodata = torch.from_numpy(mass), torch.from_numpy(nodata)
+        self.kept = torch.from_numpy(kept)  # ids captured at each position (k, or fewer)
         if int(top.max()) >= self.vocab:
             raise UserError(
                 f"--teacher topk:{self.path}: token id {int(top.max())} is beyond the vocabulary "
@@ -125,6 +125,11 @@ class OfflineTeacher(nn.Module):
         # the capture's content in the state dict, so the teacher-output cache keys on the file itself
         digest = _digest(self.path)
         self.register_buffer("capture_digest", torch.tensor(list(digest), dtype=torch.uint8))
+
+    @property
+    def partial_k(self) -> int | None:
+        """k when the capture holds fewer ids than the vocabulary (its whole distribution is unknown)."""
+        return self.k if self.k < self.vocab else None
 
     def _row(self, tokens: list[int]) -> int | None:
         for i, stored in self.rows.get(_key(tokens), []):

@@ -40,12 +40,11 @@ class CausalLMTask:
         tokenizers: dict | None = None,
         allow_vocab_truncation: bool = False,
         vocab_text: tuple[list[str], set[int]] | None = None,
-        notes: list[str] | None = None,
     ) -> None:
         """`tokenizers`: {"teacher": info, "student": info} from `lm.models.tokenizer_info`; `vocab_text`:
         each token id's text and the special ids (`lm.models.vocabulary_text`), for the token classes."""
         self.tokenizers, self.allow_vocab_truncation = tokenizers or {}, allow_vocab_truncation
-        self.vocab_text, self.run_notes = vocab_text, list(notes or [])
+        self.vocab_text = vocab_text
 
     def adapt(self, batch: object, split: str, index: int):
         return adapt(batch, split, index)
@@ -134,7 +133,13 @@ class CausalLMTask:
         return {name: _split_metrics(m) for name, m in ev.splits.items()}
 
     def notes(self, ev: LMEvaluation) -> list[str]:
-        out, va = [NOTE, *self.run_notes], ev.val
+        out, va = [NOTE], ev.val
+        if ev.capture_k is not None and not ev.convention.top_k:
+            out.append(
+                f"the teacher is an offline top-{ev.capture_k} capture of {ev.vocab:,} ids: its metrics "
+                "spread the missing mass evenly over the other ids, and the checks that need its whole "
+                f"distribution are skipped ({ev.state_top_k})"
+            )
         if va["teacher_vocab"] != va["student_vocab"]:
             out.append(
                 f"vocabularies differ ({va['teacher_vocab']:,} vs {va['student_vocab']:,}): compared on the "
@@ -200,7 +205,7 @@ def _probe_inputs(ev: LMEvaluation, teacher, student, val, rows: dict, dev) -> N
     if isinstance(teacher, OfflineTeacher):
         ev.exposure_skipped = "the teacher is an offline capture: it cannot score the student's own samples"
         ev.features_skipped = "the teacher is an offline capture: it has no hidden states to classify"
-        ev.capture_k = teacher.k if teacher.k < teacher.vocab else None
+        ev.capture_k = teacher.partial_k
     elif iter(val) is val:
         ev.exposure_skipped = ONE_SHOT
     else:
