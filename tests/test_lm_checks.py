@@ -201,3 +201,33 @@ def test_a_healthy_lm_verdict_names_the_checks_that_flag_something():
     assert "insufficient_capacity, 0.12" in v["sentence"] and "no check found a fault" not in v["sentence"]
     rows[1]["status"] = "pass"
     assert "no check found a fault" in verdict(rows, causes, "lm_causes.toml", calm)["sentence"]
+
+
+def test_the_nll_gap_makes_no_verdict_for_an_objective_that_does_not_minimize_nll():
+    from kddoctor.causes import verdict
+    from kddoctor.checks.lm_gap import nll_unread
+    from kddoctor.tasks.causal_lm import CausalLMTask
+
+    assert nll_unread(resolve(alpha=0.5, temperature=1.0, task="causal-lm")) is None
+    assert nll_unread(resolve(preset="minillm", task="causal-lm")) == (
+        "reverse KL with 100% of its batches sampled by itself"
+    )
+    assert nll_unread(resolve(preset="trl-gkd", task="causal-lm")).startswith("JSD")
+    ev = _ev()
+    causes = [
+        {
+            "id": "optimization",
+            "score": 0.1,
+            "likely": False,
+            "raw_score": 0.1,
+            "title": "O",
+            "mechanism_title": "m",
+            "evidence": ["e"],
+        }
+    ]
+    gap = {"val_gap_share": 0.9, "val_gap_share_z": 12.0, "val_acc_gap": 0.1, "val_acc_gap_z": 12.0}
+    rows = [{"id": "generalization_gap", "status": "pass", "evidence": gap}]
+    calm = lambda g: CausalLMTask().calm_sentence(ev, rows, causes, g)  # noqa: E731
+    assert verdict(rows, causes, "lm_causes.toml", calm)["kind"] == "unexplained_gap"  # clearly behind
+    rows[0]["evidence"] = {k: v for k, v in gap.items() if k != "val_gap_share_z"}  # as lm_gap leaves it
+    assert verdict(rows, causes, "lm_causes.toml", calm)["kind"] == "healthy"

@@ -218,7 +218,12 @@ def test_a_time_budget_stops_the_fit_probe_and_says_so():
 
 def _capacity_rows(steps_share: float) -> list[dict]:
     gap = {"val_acc_gap": 0.15, "val_acc_gap_z": 8.0, "excess_agreement_gap": 0.0}
-    cap = {"train_gap_share": 0.9, "param_ratio": 0.01, "fit_steps_share": steps_share}
+    cap = {
+        "capacity_gap_share": 0.9,
+        "capacity_gap_reads": "",
+        "param_ratio": 0.01,
+        "fit_steps_share": steps_share,
+    }
     return [
         {"id": "generalization_gap", "status": "warn", "evidence": gap},
         {"id": "capacity_probe", "status": "fail", "evidence": cap},

@@ -119,10 +119,12 @@ class Probes:
 
     @torch.no_grad()
     def score(self, model: nn.Module, split: str, objective: KDConvention | None = None) -> dict:
-        """Per counted token on a split's rows: agreement with the teacher, KL(t||s), NLL, accuracy, and
-        with an `objective`, its own divergence ("div": reverse KL, JSD, ... at its T, in fp32)."""
+        """Per counted token on a split's rows: agreement with the teacher, KL(t||s), NLL (the teacher's
+        too), accuracy, and with an `objective`, its own divergence ("div": reverse KL, JSD, ... at its T,
+        in fp32)."""
         ids, mask, labels = self.rows[split]
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # tokens, agree, kl, nll, correct, div
+        # tokens, agree, kl, nll, correct, div, the teacher's nll
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         model.eval()
         for i in range(0, len(ids), BATCH):
             rows = slice(i, i + BATCH)
@@ -132,14 +134,21 @@ class Probes:
             counted = target != IGNORE
             logp_s, logp_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
             kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
-            nll = -logp_s.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            index = target.clamp_min(0).unsqueeze(-1)
+            nll, nll_t = (-lp.gather(-1, index).squeeze(-1) for lp in (logp_s, logp_t))
             pred = s.argmax(-1)
             div = kl if objective is None else objective_divergence(objective, s, t, "float32")
-            for k, v in enumerate((counted, pred == t.argmax(-1), kl, nll, pred == target, div)):
+            for k, v in enumerate((counted, pred == t.argmax(-1), kl, nll, pred == target, div, nll_t)):
                 sums[k] += (v.double() * counted).sum()
         n = max(float(sums[0]), 1.0)
-        tokens, agree, kl, nll, correct, div = (float(v) for v in sums)
-        out = {"agreement": agree / n, "kl": kl / n, "loss": nll / n, "acc": correct / n}
+        tokens, agree, kl, nll, correct, div, nll_t = (float(v) for v in sums)
+        out = {
+            "agreement": agree / n,
+            "kl": kl / n,
+            "loss": nll / n,
+            "acc": correct / n,
+            "teacher_loss": nll_t / n,
+        }
         return out if objective is None else {**out, "div": div / n}
 
     def _point(self, model: nn.Module, step: int, objective: KDConvention | None = None) -> tuple:

@@ -12,6 +12,7 @@ import torch
 from .. import checks as _checks  # noqa: F401  (registers every battery)
 from .._cache import TeacherCache
 from .._dist import rank_world
+from ..checks.lm_gap import nll_unread
 from ..config import LM_TRAIN_SEQUENCES
 from ..convention import KDConvention
 from ..diagnosis import pass_timings, run_core
@@ -144,6 +145,12 @@ class CausalLMTask:
             out.append(
                 f"vocabularies differ ({va['teacher_vocab']:,} vs {va['student_vocab']:,}): compared on the "
                 f"first {va['vocab']:,} rows (--allow-vocab-truncation)"
+            )
+        unread = nll_unread(ev.convention)
+        if unread:
+            out.append(
+                f"the stated objective ({unread}) does not minimize teacher-forced NLL: how far behind its "
+                "teacher the student sits in NLL is shown, but only a measured mechanism makes a verdict"
             )
         if ev.exposure is None:
             out.append(f"exposure bias not measured: {ev.exposure_skipped}")
