@@ -43,6 +43,7 @@ def resolve(
     if p.lm_only and task != "causal-lm":
         raise UserError(f"--convention {name} is a causal-LM trainer's objective: add --task causal-lm")
     _check_conflicts(p, alpha, alpha_on, ce_weight, kd_weight, no_t2, reduction, preset)
+    _check_trainer_flags(p, divergence, beta, lmbda)
     _check_task_flags(task, reduction, top_k, kd_dtype, train_batch_size, top_k_rule)
     lm = task == "causal-lm"
     loss_t = p.loss_temperature  # a trainer whose loss runs at a fixed T: --temperature samples
@@ -129,6 +130,29 @@ def _check_conflicts(p: Preset, alpha, alpha_on, ce_weight, kd_weight, no_t2, re
     if reduction is not None and p.reduction is not None and reduction != p.reduction:
         raise UserError(
             f"--kd-reduction {reduction} conflicts with {named}, which reduces by '{p.reduction}'"
+        )
+
+
+def _check_trainer_flags(p: Preset, divergence, beta, lmbda) -> None:
+    """An LM trainer's objective stated twice, differently: a divergence other than the one term its loss
+    computes (trl-gkd, trl-distill, minillm), a beta for a divergence that has none, or a share of its own
+    samples for a trainer that samples every batch itself (minillm)."""
+    named = f"--convention {p.name}"
+    if divergence is not None and p.fixed_weights and p.divergence and divergence != p.divergence:
+        ends = " (its --beta 0 is the forward KL end, 1 the reverse KL end)" if p.divergence == "jsd" else ""
+        raise UserError(
+            f"--divergence {divergence} conflicts with {named}, which computes {p.divergence}{ends}"
+        )
+    div = divergence or p.divergence or "forward_kl"
+    if beta is not None and div not in ("jsd", "skew_forward_kl", "skew_reverse_kl"):
+        source = "--divergence" if divergence else named if p.divergence else "the default"
+        raise UserError(
+            f"--beta weighs a JSD or skew divergence, not {div} ({source}): drop --beta or state "
+            "--divergence jsd"
+        )
+    if lmbda is not None and p.name == "minillm" and lmbda != p.lmbda:
+        raise UserError(
+            f"--lmbda {lmbda:g} conflicts with {named}, which trains on its own samples (lmbda 1)"
         )
 
 

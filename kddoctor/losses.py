@@ -55,6 +55,14 @@ def token_kl(
 
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv")
+DIVERGENCE_NAMES = {  # as a report says them
+    "forward_kl": "forward KL",
+    "reverse_kl": "reverse KL",
+    "jsd": "JSD",
+    "skew_forward_kl": "skew forward KL",
+    "skew_reverse_kl": "skew reverse KL",
+    "tv": "TV distance",
+}
 TOP_K_RULES = (
     "renormalize",
     "tail",

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from . import models
 from .convention import KDConvention
+from .presets import PRESETS
 
 
 def ran(findings: list[dict]) -> dict[str, dict]:
@@ -43,7 +44,7 @@ def _target(name: str, target: KDConvention, conv: KDConvention, wanted: bool, c
         target.code(),
         target.code_lang,
     )
-    if wanted and not target.same_setting(conv):
+    if wanted and not target.same_setting(conv) and target.setting() != conv.setting():
         ctx["applies"].add(name)
 
 
@@ -64,7 +65,9 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
         "setting_lang": conv.code_lang,
     }
     _target("more_kd", conv.to_user(SOFT_KD, conv.temperature, n), conv, share < SOFT_KD - 0.005, ctx)
-    _target("higher_t", conv.to_user(share, SOFT_T, n), conv, conv.temperature < SOFT_T, ctx)
+    # a trainer whose loss runs at a fixed T (TRL's GKD, MiniLLM) has no temperature to soften
+    soft_t = conv.temperature < SOFT_T and PRESETS[conv.preset].loss_temperature is None
+    _target("higher_t", conv.to_user(share, SOFT_T, n), conv, soft_t, ctx)
     rec = evidence.get("alpha_sensitivity", {}).get("recommended")
     ctx.update(rec_setting="", rec_code="", rec_lang="python", rec_share="")
     if rec:

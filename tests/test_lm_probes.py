@@ -107,6 +107,19 @@ def test_the_row_sample_cuts_pads_and_skips_rows_without_counted_tokens():
     assert not mask[six, 6:].any() and (labels[six, 6:] == IGNORE).all()  # the 6-token row padded
 
 
+def test_the_row_sample_does_not_favour_rows_of_small_token_ids():
+    # half the rows drawn from the smallest ids (whitespace bytes, a BPE's first merges), half from the
+    # largest: an unbiased sample keeps about as many of each (a key growing with the ids kept only the first)
+    g = torch.Generator().manual_seed(0)
+    low, high = torch.randint(0, 40, (200, 16), generator=g), torch.randint(200, 256, (200, 16), generator=g)
+    ids = torch.cat([low, high])
+    rows = RowSample(100, 16, seed=3)
+    rows.add(ids, torch.ones_like(ids), ids.clone())
+    kept = rows.tensors()[0]
+    share_low = float((kept.float().mean(1) < 100).float().mean())
+    assert 0.35 < share_low < 0.65
+
+
 def test_the_row_sample_does_not_depend_on_the_loader_order():
     ids, mask, labels = _rows(n=40, length=12)
     lengths = mask.sum(1)

@@ -102,9 +102,27 @@ def test_presets_speak_their_trainers_words():
         ({"beta": 1.5, "divergence": "jsd", "task": "causal-lm"}, "--beta must be in [0, 1]"),
         ({"top_k": 8, "divergence": "reverse_kl", "task": "causal-lm"}, "needs the teacher's full"),
         ({"top_k_rule": "clamp", "task": "causal-lm"}, "--top-k-rule must be one of"),
+        # a trainer's objective stated twice, differently
+        ({"preset": "minillm", "beta": 0.5, "task": "causal-lm"}, "not reverse_kl (--convention minillm)"),
+        ({"preset": "minillm", "divergence": "forward_kl", "task": "causal-lm"}, "which computes reverse_kl"),
+        (
+            {"preset": "trl-gkd", "divergence": "reverse_kl", "task": "causal-lm"},
+            "its --beta 0 is the forward",
+        ),
+        ({"preset": "minillm", "lmbda": 0.0, "task": "causal-lm"}, "trains on its own samples (lmbda 1)"),
+        ({"beta": 0.5, "task": "causal-lm"}, "not forward_kl (the default)"),
     ],
 )
 def test_objective_flags_refused_in_one_line(kw, words):
     with pytest.raises(UserError, match=None) as e:
         resolve(**kw)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_trainer_whose_loss_runs_at_a_fixed_temperature_is_not_told_to_soften_it():
+    from kddoctor.remedies import remedy_context
+
+    for preset, soft in (("minillm", False), ("trl-gkd", False), ("distillkit", True)):
+        conv = resolve(preset=preset, task="causal-lm")
+        ctx = remedy_context([], {"convention": conv.to_dict(256), "num_classes": 256})
+        assert ("higher_t" in ctx["applies"]) is soft, preset

@@ -6,6 +6,7 @@ import math
 
 from ..lm.evaluation import LMEvaluation, gap_share, unigram_nll, z_score
 from ..lm.probes import reads_own_divergence
+from ..losses import DIVERGENCE_NAMES
 from .base import Finding, grade, register_check, worst
 
 
@@ -17,8 +18,7 @@ def nll_unread(conv) -> str | None:
     on-policy students miss 0.58-0.88 of their teacher's gain on val, its forward-KL ones 0.23-0.28)."""
     if not reads_own_divergence(conv):
         return None
-    what = [conv.divergence.replace("_", " ").replace("kl", "KL").replace("jsd", "JSD").replace("tv", "TV")]
-    what = what if conv.divergence != "forward_kl" else []
+    what = [DIVERGENCE_NAMES[conv.divergence]] if conv.divergence != "forward_kl" else []
     if conv.lmbda:
         what.append(f"{conv.lmbda:.0%} of its batches sampled by itself")
     return " with ".join(what)

@@ -7,6 +7,7 @@ import math
 from ..convention import KDConvention
 from ..lm.evaluation import LMEvaluation, kd_shares
 from ..lm.probes import reads_own_divergence
+from ..losses import DIVERGENCE_NAMES
 from .base import Finding, grade, register_check
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
@@ -70,7 +71,7 @@ def _fit_gap_shares(ev: LMEvaluation, tuned) -> dict:
     out = {}
     for key, model in (("fit_train_gap_share_start", pr.student), ("fit_train_gap_share", tuned.model)):
         r = pr.score(model, "train")
-        out[key] = (r["loss"] - r["teacher_loss"]) / max(uni - r["teacher_loss"], 1e-6)
+        out[key] = (r["loss"] - r["teacher_loss"]) / max(uni - r["teacher_loss"], 1e-6)  # as gap_share
     return out
 
 
@@ -292,7 +293,7 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         "continue_gain_agreement": base["agreement"] - start["agreement"],
         # the stated divergence (forward KL(t||s) unless the user states reverse KL, JSD, ... or sampling)
         "continue_gain_kl_rel": _rel(base[reads], start[reads]),
-        "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {conv.divergence.replace('_', ' ')}"}[reads],
+        "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {DIVERGENCE_NAMES[conv.divergence]}"}[reads],
         "continue_late_gain_kl_rel": _late_gain(base["curve"]),
         "continue_steps": base["steps"],
         "gain_agreement": gain,
@@ -305,6 +306,9 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         "sweep_sequences": {s: len(pr.rows[s][0]) for s in ("train", "val")},
         "sweep_tokens": {s: pr.counted_tokens(s) for s in ("train", "val")},
     }
+    # an objective that does not target the teacher's argmax is read in its own divergence only
+    if reads == "div":
+        evidence["continue_gain_agreement_unread"] = evidence.pop("continue_gain_agreement")
     details = {
         "alpha_curve": alpha_curve,
         "temperature_curve": temp_curve,
@@ -317,9 +321,9 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
         f"{evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated objective for "
         f"{base['steps']} steps (Adam at {base['lr']:g}, the best of {len(continued)}) moves token "
-        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and cuts "
-        f"{evidence['continue_reads']} on val by {evidence['continue_gain_kl_rel']:.1%} "
-        f"({late:.1%} in its second half); after "
+        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and changes "
+        f"{evidence['continue_reads']} on val by {-evidence['continue_gain_kl_rel']:+.1%} "
+        f"({-late:+.1%} in its second half); after "
         f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
         f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain:+.1%})"
     )

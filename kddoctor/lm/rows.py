@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..metrics.tokens import IGNORE
 
 FILLS = (0, False, IGNORE)  # padding of ids, attention mask and labels
+PRIME = 2**31 - 1  # the hash's modulus; weights below it keep the sum exact in int64 for ids up to 2^24
 _DTYPES = (torch.int64, torch.bool, torch.int64)
 
 
@@ -39,8 +40,10 @@ class RowSample:
             F.pad(v, (0, self.tokens - width), value=fill).to(d)
             for v, fill, d in zip(cut, FILLS, _DTYPES, strict=True)
         ]
-        # a content hash: where each row lands does not depend on where the loader put it
-        keys = ((cut[0] + 1) * self.weights).sum(1) + width
+        # a content hash: where each row lands does not depend on where the loader put it. Reduced modulo
+        # a prime, the seeded weighted sum is a universal hash; left unreduced it grew with the ids, and the
+        # smallest keys were the rows of the smallest ids (whitespace, a BPE's most frequent tokens)
+        keys = (((cut[0] + 1) * self.weights).sum(1) + width) % PRIME
         keys = torch.cat([self.keys, keys])
         rows = [torch.cat([a, b]) for a, b in zip(self.rows, cut, strict=True)]
         order = torch.argsort(keys, stable=True)[: self.size]

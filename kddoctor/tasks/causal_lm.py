@@ -185,9 +185,11 @@ class CausalLMTask:
             lead += f" (the strongest: {top['id']}, {top['score']:.2f})" if top["score"] > 0 else ""
         else:
             lead = "no check found a fault"
+        unread = nll_unread(ev.convention)
+        aside = f"; its NLL gap makes no verdict under the stated objective ({unread})" if unread else ""
         return (
             f"No likely cause: {lead}; token agreement {va['agreement']:.1%} on val and "
-            f"{tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} nats/token on val"
+            f"{tr['agreement']:.1%} on train, KL(t||s) {va['kl']:.3f} nats/token on val{aside}"
         )
 
 
