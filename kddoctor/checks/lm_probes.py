@@ -49,7 +49,10 @@ def lm_capacity_probe(
     # is judged where pure KD toward its teacher's whole distribution takes it on its train rows: a
     # healthy one gets there in a few steps, one too small does not
     unread = nll_unread(ev.convention)
-    share = evidence["fit_train_gap_share"] if unread else gap["train_gap_share"]
+    share = gap["train_gap_share"]
+    if unread:  # the fit's relative cut on the probe rows, applied to the split's share (rows differ)
+        start, fit = evidence["fit_train_gap_share_start"], evidence["fit_train_gap_share"]
+        share = share * fit / start if start > 0.05 else fit
     evidence["capacity_gap_share"] = share
     evidence["capacity_gap_reads"] = (
         f" after pure KD on {evidence['fit_sequences']} of its train sequences (the stated objective, "
