@@ -68,13 +68,13 @@ def lm_capacity_probe(
 def _fit_gap_shares(ev: LMEvaluation, tuned) -> dict:
     """The share of its teacher's gain over a unigram model the student misses on the probes' train rows,
     before and after the pure-KD fit."""
-    from ..lm.evaluation import unigram_nll
+    from ..lm.evaluation import share_of_gain, unigram_nll
 
     pr, uni = ev.probes, unigram_nll(ev)["train"]
     out = {}
     for key, model in (("fit_train_gap_share_start", pr.student), ("fit_train_gap_share", tuned.model)):
         r = pr.score(model, "train")
-        out[key] = (r["loss"] - r["teacher_loss"]) / max(uni - r["teacher_loss"], 1e-6)  # as gap_share
+        out[key] = share_of_gain(r["loss"], r["teacher_loss"], uni)
     return out
 
 

@@ -138,6 +138,11 @@ def unigram_nll(ev: LMEvaluation) -> dict[str, float]:
     return {name: float(-(c * log_p[: len(c)]).sum() / max(c.sum(), 1.0)) for name, c in counts.items()}
 
 
+def share_of_gain(student_nll: float, teacher_nll: float, unigram: float) -> float:
+    """The share of the teacher's NLL gain over a unigram model that the student misses."""
+    return (student_nll - teacher_nll) / max(unigram - teacher_nll, 1e-6)
+
+
 def gap_share(split: TokenSplit, unigram: float) -> dict:
     """How far behind its teacher the student sits on a split, as the share of the teacher's gain over
     a unigram model that the student misses (0: matches its teacher; 1: no better than token
@@ -147,7 +152,7 @@ def gap_share(split: TokenSplit, unigram: float) -> dict:
     se = split["nll_diff_sd"] / math.sqrt(max(split.effective_n, 1))
     return {
         "nll_gap": gap,
-        "share": gap / room,
+        "share": share_of_gain(split["student"]["loss"], split["teacher"]["loss"], unigram),
         "z": gap / max(se, 1e-9),
         "ci": [(gap - 1.96 * se) / room, (gap + 1.96 * se) / room],
     }
