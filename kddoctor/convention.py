@@ -276,9 +276,11 @@ class KDConvention:
         }
 
     def same_setting(self, other: KDConvention) -> bool:
-        """Equal as the user would write them (a remedy that changes nothing is no remedy)."""
+        """Equal as the user would write them (a remedy that changes nothing is no remedy): the same
+        weights and T, or the same words in the trainer's own parameters (a trainer with fixed weights
+        cannot write another KD share)."""
         key = lambda c: (_r(c.ce_weight), _r(c.kd_weight), _r(c.temperature))  # noqa: E731
-        return key(self) == key(other)
+        return key(self) == key(other) or self.setting() == other.setting()
 
     # --- words -----------------------------------------------------------------------------------
 

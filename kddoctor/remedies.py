@@ -44,7 +44,7 @@ def _target(name: str, target: KDConvention, conv: KDConvention, wanted: bool, c
         target.code(),
         target.code_lang,
     )
-    if wanted and not target.same_setting(conv) and target.setting() != conv.setting():
+    if wanted and not target.same_setting(conv):
         ctx["applies"].add(name)
 
 

@@ -15,6 +15,7 @@ from ..metrics.tokens import IGNORE
 
 FILLS = (0, False, IGNORE)  # padding of ids, attention mask and labels
 _DTYPES = (torch.int64, torch.bool, torch.int64)
+PRIME = 2**31 - 1  # the hash's modulus (the weights lie below it)
 
 
 class RowSample:
@@ -39,12 +40,11 @@ class RowSample:
             F.pad(v, (0, self.tokens - width), value=fill).to(d)
             for v, fill, d in zip(cut, FILLS, _DTYPES, strict=True)
         ]
-        # a content hash: where each row lands does not depend on where the loader put it. A known bias,
-        # kept until the probes' thresholds are recalibrated: the weighted sum grows with the ids, so the
-        # bottom-k favours rows of small ids (whitespace bytes, a BPE's most frequent tokens). Reduced
-        # modulo a prime it is uniform, but the continue probe then gains less than the thresholds set on
-        # these rows expect (tests/test_lm_probes.py::test_the_row_sample_does_not_favour_...)
-        keys = ((cut[0] + 1) * self.weights).sum(1) + width
+        # a content hash: where each row lands does not depend on where the loader put it. Reduced modulo
+        # a prime, the seeded weighted sum is a universal hash (each term is reduced first, so no sum
+        # overflows int64 for ids below 2^32); left unreduced it grew with the ids, and the smallest keys
+        # were the rows of the smallest ids (whitespace bytes, a BPE's most frequent tokens)
+        keys = ((((cut[0] + 1) * self.weights) % PRIME).sum(1) + width) % PRIME
         keys = torch.cat([self.keys, keys])
         rows = [torch.cat([a, b]) for a, b in zip(self.rows, cut, strict=True)]
         order = torch.argsort(keys, stable=True)[: self.size]
