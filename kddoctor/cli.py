@@ -130,7 +130,9 @@ def diagnose(
     data_dir: Annotated[Path | None, Opt(help="ImageFolder root with train/ and val/.")] = None,
     data_arg: Annotated[list[str] | None, Opt(help="key=value passed to the FACTORY (repeatable).")] = None,
     num_classes: Annotated[int | None, Opt(help="Number of classes (default: from the checkpoints).")] = None,
-    alpha: Annotated[float | None, Opt(help="The alpha the student was trained with (default 0.7).")] = None,
+    alpha: Annotated[
+        float | None, Opt(help="The alpha the student was trained with (default 0.7, stated as assumed).")
+    ] = None,
     alpha_on: Annotated[
         str | None, Opt(help="Which term alpha weighted: kd -> (1-a)CE + aKD (default); ce -> aCE + (1-a)KD.")
     ] = None,
@@ -138,11 +140,16 @@ def diagnose(
         float | None, Opt(help="The CE term's weight, stated directly (with --kd-weight).")
     ] = None,
     kd_weight: Annotated[float | None, Opt(help="The KD term's weight (any sum with --ce-weight).")] = None,
-    temperature: Annotated[float | None, Opt(help="KD temperature T used in training (default 4).")] = None,
+    temperature: Annotated[
+        float | None, Opt(help="KD temperature T used in training (default 4, stated as assumed).")
+    ] = None,
     no_t2: Annotated[bool, Opt("--no-t2", help="The training loss did NOT multiply KD by T².")] = False,
     kd_reduction: Annotated[
         str | None,
-        Opt(help="How training reduced the KL: batchmean (default), mean, sum; causal-lm: also token."),
+        Opt(
+            help="How training reduced the KL: batchmean (default), mean, sum; causal-lm: token (its "
+            "default: per counted token), batchmean, mean, sum."
+        ),
     ] = None,
     train_batch_size: Annotated[
         int | None, Opt(help="The training batch size (what --kd-reduction sum scales by).")
@@ -200,7 +207,10 @@ def diagnose(
     batch_size: Annotated[int, Opt(help="Batch size for loaders kddoctor builds (--data-dir).")] = 256,
     limit: Annotated[int | None, Opt(help="At most N samples per split.")] = None,
     train_samples: Annotated[
-        str | None, Opt(help="Train-side sample size, N or 'all' (default 50000, class-stratified).")
+        str | None,
+        Opt(
+            help="Train-side sample size, N or 'all' (default 50000, class-stratified; causal-lm: 4096 rows)."
+        ),
     ] = None,
     val_samples: Annotated[str | None, Opt(help="Val sample size, N or 'all' (default all).")] = None,
     probe_seconds: Annotated[

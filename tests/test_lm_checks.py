@@ -197,7 +197,7 @@ def test_a_healthy_lm_verdict_names_the_checks_that_flag_something():
     ]
     calm = lambda gap: CausalLMTask().calm_sentence(ev, rows, causes, gap)  # noqa: E731
     v = verdict(rows, causes, "lm_causes.toml", calm)
-    assert v["kind"] == "healthy" and "1 check(s) flag something (capacity_probe)" in v["sentence"]
+    assert v["kind"] == "healthy" and "1 check flags something (capacity_probe)" in v["sentence"]
     assert "insufficient_capacity, 0.12" in v["sentence"] and "no check found a fault" not in v["sentence"]
     rows[1]["status"] = "pass"
     assert "no check found a fault" in verdict(rows, causes, "lm_causes.toml", calm)["sentence"]

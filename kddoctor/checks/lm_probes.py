@@ -136,8 +136,8 @@ def _capacity_words(ev: LMEvaluation, e: dict, tuned) -> str:
         f"a unigram model (token agreement {e['train_agreement']:.1%}); fine-tuned with pure KD on "
         f"{e['fit_sequences']} train sequences ({e['fit_tokens']:,} counted tokens) for {tuned.steps} "
         f"steps{cut} (Adam at {e['fit_lr']:g}, the best of {len(e['fit_trials'])} tried), its agreement "
-        f"there goes {e['fit_start']:.1%} -> {e['fit_agreement']:.1%} and its val-row KL falls "
-        f"{e['fit_val_kl_drop']:.0%}{pushed}; {size}"
+        f"there goes {e['fit_start']:.1%} -> {e['fit_agreement']:.1%} and its val-row KL changes by "
+        f"{-e['fit_val_kl_drop']:+.0%}{pushed}; {size}"
     )
 
 

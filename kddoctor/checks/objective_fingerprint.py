@@ -103,11 +103,18 @@ def _finding(e: dict, size: str, warn: float = EXCESS_WARN, fail: float = EXCESS
         )
     else:
         status = Status.WARN if e["stated_excess"] >= warn else Status.PASS
-        words = (
-            f"the checkpoint is stationary for the objective as stated (mean gradient "
-            f"{math.sqrt(e['stated_rho']):.1f}x its noise; the most stationary of {len(e['members'])} "
-            f"objectives: {e['best_member']}, {math.sqrt(e['best_rho']):.1f}x)"
-        )
+        if e["best_member"] == "as stated":
+            words = (
+                f"the checkpoint is most stationary for the objective as stated (mean gradient "
+                f"{math.sqrt(e['stated_rho']):.1f}x its noise, the stillest of {len(e['members'])} "
+                "objectives)"
+            )
+        else:  # another member is stiller, but not by enough to say the code computed it
+            words = (
+                f"no objective stands out: the stillest of {len(e['members'])}, {e['best_member']}, has a "
+                f"mean gradient {math.sqrt(e['best_rho']):.1f}x its noise and the objective as stated "
+                f"{math.sqrt(e['stated_rho']):.1f}x, too close to tell which one the code computed"
+            )
     return Finding("objective_fingerprint", status, f"on {size}: {words}", e)
 
 

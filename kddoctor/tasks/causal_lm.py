@@ -156,7 +156,7 @@ class CausalLMTask:
             out.append(f"exposure bias not measured: {ev.exposure_skipped}")
         for name, m in ev.splits.items():
             if m.get("sampled"):
-                out.append(f"{name}: {m['sampled']} (sequences)")
+                out.append(f"{name} sequences: {m['sampled']}")
             if m.get("logits_cut"):
                 out.append(
                     f"{name}: --save-logits kept the first counted tokens only (the rest exceed the cap)"
@@ -181,7 +181,8 @@ class CausalLMTask:
         flagged = [r["id"] for r in findings if r["status"] in ("warn", "fail")]
         if flagged:
             top = causes[0]
-            lead = f"{len(flagged)} check(s) flag something ({', '.join(flagged)}), but no cause reaches 0.5"
+            which = "1 check flags" if len(flagged) == 1 else f"{len(flagged)} checks flag"
+            lead = f"{which} something ({', '.join(flagged)}), but no cause reaches 0.5"
             lead += f" (the strongest: {top['id']}, {top['score']:.2f})" if top["score"] > 0 else ""
         else:
             lead = "no check found a fault"
