@@ -288,6 +288,7 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     # a recommendation must beat both continuing with the stated objective and leaving the checkpoint be
     gain = best["agreement"] - max(base["agreement"], start["agreement"])
     share = kd_shares(ev)[2]
+    moved = _rel(base[reads], start[reads])  # the stated divergence's continue gain on val
     evidence = {
         "checkpoint_val": start,
         "continue_val": base,
@@ -295,7 +296,7 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         "continue_lr": base["lr"],
         "continue_gain_agreement": base["agreement"] - start["agreement"],
         # the stated divergence (forward KL(t||s) unless the user states reverse KL, JSD, ... or sampling)
-        "continue_gain_kl_rel": _rel(base[reads], start[reads]),
+        "continue_gain_kl_rel": moved,
         "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {DIVERGENCE_NAMES[conv.divergence]}"}[reads],
         "continue_late_gain_kl_rel": _late_gain(base["curve"]),
         "continue_steps": base["steps"],
@@ -315,7 +316,6 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
     if reads == "div":
         evidence["continue_gain_agreement_unread"] = evidence.pop("continue_gain_agreement")
         evidence["continue_gain_div_rel"] = evidence.pop("continue_gain_kl_rel")
-    moved = _rel(base[reads], start[reads])
     details = {
         "alpha_curve": alpha_curve,
         "temperature_curve": temp_curve,
