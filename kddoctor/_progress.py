@@ -1,9 +1,11 @@
-"""Rich progress bars (samples/s or steps/s and an ETA per phase) that vanish under --quiet, outside a
-terminal, and in the Python API unless asked for."""
+"""Rich progress bars (samples/s or steps/s and an ETA per phase) in a terminal; outside one (a log file,
+CI), one line per phase as it starts and ends; nothing under --quiet, nor in the Python API unless asked
+for."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -24,7 +26,7 @@ class RateColumn(ProgressColumn):
     """Samples/s for a pass over a split, steps/s for a probe (rich's own speed estimate)."""
 
     def render(self, task: Task) -> Text:
-        unit = "steps" if task.description.startswith("probe") else "samples"
+        unit = _unit(task.description)
         return Text(f"{task.speed:,.0f} {unit}/s" if task.speed else "", style="progress.data.speed")
 
 
@@ -42,13 +44,72 @@ class _NoProgress:
         pass
 
 
+class LineProgress:
+    """Progress for a log: a line when a pass or probe starts, and one when any phase ends (its count,
+    rate and seconds), so a redirected run is never silent for minutes. Same calls as rich's Progress."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.tasks: dict[int, dict] = {}
+        self.began = time.perf_counter()
+
+    def _say(self, words: str) -> None:
+        elapsed = int(time.perf_counter() - self.began)
+        self.console.print(f"[{elapsed // 60}:{elapsed % 60:02d}] {words}", markup=False, highlight=False)
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        tid = len(self.tasks)
+        self.tasks[tid] = {"description": description, "total": total, "done": 0, "t0": time.perf_counter()}
+        if _unit(description) == "samples" and description != "running checks":  # a pass: minutes, maybe
+            size = f" ({total:,.0f} samples)" if total else ""
+            self._say(f"{description}{size} ...")
+        return tid
+
+    def advance(self, tid: int, n: float = 1) -> None:
+        self.tasks[tid]["done"] += n
+
+    def update(self, tid: int, description: str | None = None, **_) -> None:
+        task = self.tasks[tid]
+        if description is not None and description != task["description"]:
+            self._end(task)
+            task.update(description=description, t0=time.perf_counter())
+
+    def remove_task(self, tid: int) -> None:
+        self._end(self.tasks.pop(tid))
+
+    def _end(self, task: dict) -> None:
+        seconds = time.perf_counter() - task["t0"]
+        what = task["description"]
+        if what == "running checks":  # the checks' task, before its first check
+            return
+        if what.startswith("check "):
+            self._say(f"{what}: done in {seconds:.1f} s")
+            return
+        if what.startswith("probe") and seconds < 1.0:  # a sweep's many short fits: their check says it
+            return
+        count = ""
+        if task["total"] and task["done"]:
+            count = f" {task['done']:,.0f} {_unit(what)}, {task['done'] / max(seconds, 1e-9):,.0f}/s,"
+        self._say(f"{what}:{count} done in {seconds:.1f} s")
+
+
+def _unit(description: str) -> str:
+    return "steps" if description.startswith("probe") else "samples"
+
+
 @contextlib.contextmanager
-def progress(enabled: bool, console: Console | None = None) -> Iterator[Progress | _NoProgress]:
-    """A live progress display on stderr, or a silent stand-in."""
+def progress(
+    enabled: bool | str, console: Console | None = None
+) -> Iterator[Progress | _NoProgress | LineProgress]:
+    """A live progress display on stderr (True), one line per phase ("lines": for logs), or a silent
+    stand-in (False)."""
     if not enabled:
         yield _NoProgress()
         return
     console = console or Console(stderr=True)
+    if enabled == "lines":
+        yield LineProgress(console)
+        return
     bar = Progress(
         TextColumn("[bold]{task.description:<28}"),
         BarColumn(),
@@ -62,3 +123,10 @@ def progress(enabled: bool, console: Console | None = None) -> Iterator[Progress
     )
     with bar:
         yield bar
+
+
+def progress_mode(quiet: bool) -> bool | str:
+    """What the CLI shows: nothing under --quiet, bars in a terminal, one line per phase otherwise."""
+    import sys
+
+    return False if quiet else True if sys.stderr.isatty() else "lines"

@@ -78,7 +78,7 @@ def diagnose(
     quick: bool = False,
     save_logits: bool = False,
     checks: Iterable[str] | None = None,
-    show_progress: bool = False,
+    show_progress: bool | str = False,
     channels_last: bool = False,
     compile: bool = False,
     teacher_cache: str | Path | None = None,
@@ -175,6 +175,7 @@ def _run_checks(ev, task: str, checks: Iterable[str] | None, bar, debug: bool) -
         _seed_everything(ev.config.seed)
         findings.append(run_check(get_check(cid, task), ev, debug=debug))
         bar.advance(progress_task)
+    bar.remove_task(progress_task)
     return findings
 
 

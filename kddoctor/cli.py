@@ -311,6 +311,7 @@ def demo(
     from .zoo import demo as demo_mod
 
     def go() -> int:
+        from ._progress import progress_mode
         from .runner import probe_outputs
 
         if task not in ("classification", "causal-lm"):
@@ -334,7 +335,7 @@ def demo(
             data_args=[f"train_subset={demo_mod.DEMO_STUDENT_SUBSET}"],
             num_classes=None,
             config=cfg,
-            show_progress=not quiet and sys.stderr.isatty(),
+            show_progress=progress_mode(quiet),
             debug=debug,
         )
         return _finish(diag, target, Outputs(policy=policy, quiet=quiet))

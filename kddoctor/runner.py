@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +300,7 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
     """`kddoctor diagnose`: validate, load, diagnose; (None, out) on a torchrun rank other than 0."""
     from ._cache import cache_dir as default_cache
     from ._dist import init_from_env, rank_world
+    from ._progress import progress_mode
     from .engine import pick_device
 
     cfg = args.config(init_from_env(args.device))
@@ -308,7 +308,7 @@ def diagnose_command(args: DiagnoseArgs) -> tuple[Diagnosis | None, Path]:
     pick_device(cfg.device)  # an unusable --device is refused before any work, like the flags above
     probe_outputs(args.target, args.junit)
     run = {
-        "show_progress": not args.quiet and sys.stderr.isatty() and rank_world()[0] == 0,
+        "show_progress": progress_mode(args.quiet) if rank_world()[0] == 0 else False,
         "debug": args.debug,
         "teacher_cache": None if args.no_cache else (args.cache_dir or default_cache() / "teacher-outputs"),
         "compile": args.compile,
@@ -372,7 +372,7 @@ def diagnose_specs(
     teacher_ema: bool = False,
     student_ema: bool = False,
     trust: bool = False,
-    show_progress: bool = True,
+    show_progress: bool | str = True,
     debug: bool = False,
     teacher_cache: Path | None = None,
     compile: bool = False,

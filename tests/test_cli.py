@@ -221,3 +221,17 @@ def test_report_reads_results_from_the_previous_release(demo_run, tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path / "results.json"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "alpha=0.5 on KD" in (tmp_path / "report.html").read_text()
+
+
+def test_a_run_outside_a_terminal_logs_one_line_per_phase(demo_paths, tmp_path):
+    """Redirected (a log, CI), a run is not silent: each pass says when it starts and ends, each check when
+    it ends."""
+    args = [a for a in diagnose_args(demo_paths, tmp_path) if a != "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.splitlines()
+    assert any(line.endswith("...") and "train: teacher + student (" in line for line in lines), lines
+    passes = [line for line in lines if "train: teacher + student:" in line]
+    assert len(passes) == 1 and " samples, " in passes[0] and "done in" in passes[0]
+    checks = [line for line in lines if line.split("] ", 1)[-1].startswith("check ")]
+    assert len(checks) == len(list_checks()) and all(line.endswith(" s") for line in checks), lines

@@ -117,3 +117,11 @@ def test_classes_without_val_samples_show_as_missing():
     assert "%" not in row and row.count("–") == 3
     fig = build_figures(d.to_dict(), jsonable(d.details))["per_class"]
     assert all(trace["y"][2] is None for trace in fig["data"])
+
+
+def test_the_console_header_says_what_a_split_counts():
+    from kddoctor.report.terminal import _split_size
+
+    lm = {"task": "causal-lm", "n": {"train": 258048}, "sequences": {"train": 4096}}
+    assert _split_size(lm, "train") == "train 258,048 tokens (4,096 sequences)"
+    assert _split_size({"task": "classification", "n": {"val": 360}}, "val") == "val 360 samples"
