@@ -280,3 +280,30 @@ def test_a_student_that_cannot_fit_is_too_small_unless_the_probe_ran_out_of_time
     full, starved = capacity(1.0), capacity(0.2)
     assert full["score"] >= 0.5 and full["id"] == "insufficient_capacity"
     assert starved["score"] < 0.5 and starved["against"] > 0.5
+
+
+def test_a_student_the_stated_objective_still_moves_is_flagged_not_passed():
+    # the status says what the continue gain says: a student that more steps of its own objective still
+    # move (here an untrained one) had not converged, whatever the sweep found
+    torch.manual_seed(0)
+    ev = _probe_ev(TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2), sweep_steps=3)
+    f = lm_alpha(ev)
+    moved = f.evidence["continue_gain_kl_rel"]
+    assert moved > 0.05 and f.status is not Status.PASS and "it had not converged" in f.summary
+    calm = lm_alpha(ev, continue_warn=moved + 1, gain_warn=1.0, gain_fail=2.0)
+    assert calm.evidence["continue_gain_kl_rel"] == pytest.approx(moved)
+    assert calm.status is Status.PASS and "converged" not in calm.summary
+
+
+def test_a_teacher_with_no_gain_over_token_frequencies_gets_no_share_in_words():
+    # an untrained teacher predicts random tokens worse than their frequencies do: the share of its gain
+    # a student misses is a ratio over (next to) nothing, so the sentence says so instead of a number
+    torch.manual_seed(0)
+    f = lm_capacity(
+        _probe_ev(TinyGPT(width=32, layers=1, heads=2), TinyGPT(width=2, layers=1, heads=1), fit_steps=4)
+    )
+    assert abs(f.evidence["train_gap_share"]) > 10
+    assert (
+        "its teacher does no better than a unigram model" in f.summary
+        and "%" not in f.summary.split(";")[0][:80]
+    )

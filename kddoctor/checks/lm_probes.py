@@ -8,7 +8,7 @@ from ..convention import KDConvention
 from ..lm.evaluation import LMEvaluation, kd_shares
 from ..lm.probes import reads_own_divergence
 from ..losses import DIVERGENCE_NAMES
-from .base import Finding, grade, register_check
+from .base import Finding, Status, grade, register_check, worst
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
 # the LM zoo's healthy students reach down to 1/20 of their teacher's parameters; a student below 1/30
@@ -119,11 +119,23 @@ def _sizes(ev: LMEvaluation, train_share: float) -> dict:
     }
 
 
+NO_GAIN = 10.0  # a share beyond 1,000 %: the teacher gains (next to) nothing over a unigram model
+
+
 def _capacity_words(ev: LMEvaluation, e: dict, tuned) -> str:
     cut = " (stopped by its time budget)" if tuned.stopped_by == "time" else ""
+    shares = (e["train_gap_share"], e["fit_train_gap_share_start"], e["fit_train_gap_share"])
+    gainless = any(abs(x) > NO_GAIN for x in shares)  # a teacher of other ids, say: no share to miss
     pushed = (
-        f", and the share it misses on those rows goes {e['fit_train_gap_share_start']:.0%} -> "
+        ""
+        if gainless
+        else f", and the share it misses on those rows goes {e['fit_train_gap_share_start']:.0%} -> "
         f"{e['fit_train_gap_share']:.0%}"
+    )
+    missed = (
+        "its teacher does no better than a unigram model, so there is no gain to miss"
+        if gainless
+        else f"the student misses {e['train_gap_share']:.0%} of its teacher's gain over a unigram model"
     )
     width = f", {e['width_ratio']:.0%} of its width" if "width_ratio" in e else ""
     size = (
@@ -132,12 +144,11 @@ def _capacity_words(ev: LMEvaluation, e: dict, tuned) -> str:
         else "the teacher is an offline capture (no parameters to compare)"
     )
     return (
-        f"on its own train text the student misses {e['train_gap_share']:.0%} of its teacher's gain over "
-        f"a unigram model (token agreement {e['train_agreement']:.1%}); fine-tuned with pure KD on "
-        f"{e['fit_sequences']} train sequences ({e['fit_tokens']:,} counted tokens) for {tuned.steps} "
-        f"steps{cut} (Adam at {e['fit_lr']:g}, the best of {len(e['fit_trials'])} tried), its agreement "
-        f"there goes {e['fit_start']:.1%} -> {e['fit_agreement']:.1%} and its val-row KL changes by "
-        f"{-e['fit_val_kl_drop']:+.0%}{pushed}; {size}"
+        f"on its own train text {missed} (token agreement {e['train_agreement']:.1%}); fine-tuned with "
+        f"pure KD on {e['fit_sequences']} train sequences ({e['fit_tokens']:,} counted tokens) for "
+        f"{tuned.steps} steps{cut} (Adam at {e['fit_lr']:g}, the best of {len(e['fit_trials'])} tried), "
+        f"its agreement there goes {e['fit_start']:.1%} -> {e['fit_agreement']:.1%} and its val-row KL "
+        f"changes by {-e['fit_val_kl_drop']:+.0%}{pushed}; {size}"
     )
 
 
@@ -270,13 +281,22 @@ def _late_gain(curve: list) -> float:
     title="Loss weighting sweep (tokens)",
     order=60,
 )
-def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail: float = 0.15) -> Finding:
+def lm_alpha_sensitivity(
+    ev: LMEvaluation,
+    *,
+    gain_warn: float = 0.08,
+    gain_fail: float = 0.15,
+    continue_warn: float = 0.05,
+    continue_warn_div: float = 0.08,
+) -> Finding:
     """Short fine-tuning runs of student copies: with the stated objective (does it still gain?) and
     with per-token textbook objectives over alpha and T (would another weighting gain more?).
 
     gain_*: val-row token agreement the best sweep point gains over the better of continuing with the
     stated objective and the checkpoint as it stands (high: the best of eight short runs is a biased
-    maximum; no cause reads the sweep, only the continue gain)."""
+    maximum; no cause reads the sweep, only the continue gain); continue_warn(_div): the share by which
+    continuing cuts the stated forward KL (another stated divergence) on val, from which the student had
+    not converged (where the optimization cause's ramps end)."""
     pr, vocab = ev.probes, ev.vocab
     conv = ev.convention
     reads = "div" if reads_own_divergence(conv) else "kl"  # as the continue curve reads val
@@ -334,7 +354,12 @@ def lm_alpha_sensitivity(ev: LMEvaluation, *, gain_warn: float = 0.08, gain_fail
         f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
         f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain:+.1%})"
     )
-    status = grade(gain, gain_warn, gain_fail, what="the sweep's gain")
+    moving = moved >= (continue_warn_div if reads == "div" else continue_warn)
+    if moving:
+        words += f"; the stated objective still moves the student by {moved:.1%}: it had not converged"
+    status = worst(
+        grade(gain, gain_warn, gain_fail, what="the sweep's gain"), Status.WARN if moving else Status.PASS
+    )
     return Finding("alpha_sensitivity", status, words, evidence, details)
 
 
