@@ -26,7 +26,7 @@ class RateColumn(ProgressColumn):
     """Samples/s for a pass over a split, steps/s for a probe (rich's own speed estimate)."""
 
     def render(self, task: Task) -> Text:
-        unit = _unit(task.description)
+        unit = task.fields.get("unit") or _unit(task.description)
         return Text(f"{task.speed:,.0f} {unit}/s" if task.speed else "", style="progress.data.speed")
 
 
@@ -57,11 +57,13 @@ class LineProgress:
         elapsed = int(time.perf_counter() - self.began)
         self.console.print(f"[{elapsed // 60}:{elapsed % 60:02d}] {words}", markup=False, highlight=False)
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
+    def add_task(self, description: str, total: float | None = None, unit: str | None = None, **_) -> int:
         tid = len(self.tasks)
+        unit = unit or _unit(description)
         self.tasks[tid] = {"description": description, "total": total, "done": 0, "t0": time.perf_counter()}
-        if _unit(description) == "samples" and description != "running checks":  # a pass: minutes, maybe
-            size = f" ({total:,.0f} samples)" if total else ""
+        self.tasks[tid]["unit"] = unit
+        if unit != "steps" and description != "running checks":  # a pass over a split: minutes, maybe
+            size = f" ({total:,.0f} {unit})" if total else ""
             self._say(f"{description}{size} ...")
         return tid
 
@@ -89,7 +91,7 @@ class LineProgress:
             return
         count = ""
         if task["total"] and task["done"]:
-            count = f" {task['done']:,.0f} {_unit(what)}, {task['done'] / max(seconds, 1e-9):,.0f}/s,"
+            count = f" {task['done']:,.0f} {task['unit']}, {task['done'] / max(seconds, 1e-9):,.0f}/s,"
         self._say(f"{what}:{count} done in {seconds:.1f} s")
 
 

@@ -235,3 +235,21 @@ def test_a_run_outside_a_terminal_logs_one_line_per_phase(demo_paths, tmp_path):
     assert len(passes) == 1 and " samples, " in passes[0] and "done in" in passes[0]
     checks = [line for line in lines if line.split("] ", 1)[-1].startswith("check ")]
     assert len(checks) == len(list_checks()) and all(line.endswith(" s") for line in checks), lines
+
+
+def test_log_lines_count_a_causal_lm_pass_in_sequences_and_skip_short_probes():
+    import io
+
+    from rich.console import Console
+
+    from kddoctor._progress import progress
+
+    buf = io.StringIO()
+    with progress("lines", Console(file=buf, width=200)) as bar:
+        task = bar.add_task("val: teacher + student", total=512, unit="sequences")
+        bar.advance(task, 512)
+        bar.remove_task(task)
+        bar.remove_task(bar.add_task("probe: alpha/T sweep (16 steps)", total=16))  # well under a second
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("val: teacher + student (512 sequences) ...")
+    assert "val: teacher + student: 512 sequences, " in lines[1] and lines[1].endswith(" s")

@@ -224,7 +224,9 @@ def evaluate_lm(
     p = _TokenPass(teacher, student, opts)
     start = time.perf_counter()
     task = (
-        opts.bar.add_task(f"{name}: teacher + student", total=expected_samples(loader)) if opts.bar else None
+        opts.bar.add_task(f"{name}: teacher + student", total=expected_samples(loader), unit="sequences")
+        if opts.bar
+        else None
     )
     try:
         with torch.inference_mode():
