@@ -307,3 +307,38 @@ def test_a_teacher_with_no_gain_over_token_frequencies_gets_no_share_in_words():
         "its teacher does no better than a unigram model" in f.summary
         and "%" not in f.summary.split(";")[0][:80]
     )
+
+
+@pytest.mark.parametrize(
+    "params,widths,small",
+    [
+        ((100, 1000), (24, 128), False),  # 1/10 of the parameters, 3/16 of the width
+        ((100, 1000), (32, 128), False),  # 1/10 and 1/4: as healthy references go
+        ((100, 2900), (32, 128), False),  # 1/29 and 1/4
+        ((100, 3100), (32, 128), True),  # under 1/30 of the parameters
+        ((100, 2900), (16, 128), True),  # 1/29, under 1/6 of the width: the tuning draw's mild dose
+        ((100, 2900), None, False),  # no widths tapped: the parameters alone
+    ],
+)
+def test_a_small_student_is_read_by_its_parameters_or_its_width(params, widths, small):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from kddoctor.checks.lm_probes import _sizes
+
+    models = [torch.nn.Linear(n, 1, bias=False) for n in params]
+    feats = (
+        {}
+        if widths is None
+        else {m: np.zeros((2, w)) for m, w in zip(("student", "teacher"), widths, strict=True)}
+    )
+    ev = SimpleNamespace(
+        probes=SimpleNamespace(student=models[0], teacher=models[1]), val={"features": feats}
+    )
+    e = _sizes(ev, 0.48)
+    assert e["small_student_shortfall"] == (0.48 if small else 0.0)
+    said = f"1/{params[1] // params[0]} of its teacher's parameters"
+    assert e["size_words"] == (
+        said if widths is None else f"{said} and 1/{128 // widths[0]} of its width ({widths[0]} of 128)"
+    )

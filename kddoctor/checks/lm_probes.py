@@ -11,9 +11,12 @@ from ..losses import DIVERGENCE_NAMES
 from .base import Finding, Status, grade, register_check, worst
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
-# the LM zoo's healthy students reach down to 1/20 of their teacher's parameters; a student below 1/30
-# that misses much of its teacher's gain even on its own train text is smaller than any healthy reference
+# the LM zoo's healthy students reach down to 1/20 of their teacher's parameters and 1/4 of its hidden
+# width; a student below 1/30 of the parameters or 1/6 of the width (the tuning draw's mildest too-small
+# student: 1/29 and 1/8) that misses much of its teacher's gain even on its own train text is smaller
+# than any healthy reference
 SMALL_RATIO = 1 / 30
+SMALL_WIDTH = 1 / 6
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEMPERATURES = (1.0, 2.0, 4.0)
 
@@ -105,17 +108,27 @@ def _fit_evidence(ev: LMEvaluation, tuned, tried: dict) -> dict:
 
 def _sizes(ev: LMEvaluation, train_share: float) -> dict:
     """Parameter and width ratios, and the train-side shortfall of a student far below the healthy
-    reference's sizes (below SMALL_RATIO of its teacher's parameters; 0 otherwise)."""
+    reference's sizes (below SMALL_RATIO of its teacher's parameters or SMALL_WIDTH of its hidden width;
+    0 otherwise)."""
     from ._probes import n_params
 
     params = {m: n_params(getattr(ev.probes, m)) for m in ("student", "teacher")}
     ratio = params["student"] / params["teacher"] if params["teacher"] else None  # none: an offline capture
+    widths = _widths(ev)
+    small = ratio is not None and ratio < SMALL_RATIO or widths.get("width_ratio", 1.0) < SMALL_WIDTH
+    size = [f"1/{1 / ratio:.0f} of its teacher's parameters"] if ratio else []
+    if widths:
+        w = widths
+        size.append(
+            f"1/{1 / w['width_ratio']:.0f} of its width ({w['student_width']} of {w['teacher_width']})"
+        )
     return {
         "student_params": params["student"],
         "teacher_params": params["teacher"],
         "param_ratio": ratio,
-        "small_student_shortfall": train_share if ratio is not None and ratio < SMALL_RATIO else 0.0,
-        **_widths(ev),
+        "small_student_shortfall": train_share if small else 0.0,
+        "size_words": " and ".join(size) or "a size unknown",
+        **widths,
     }
 
 
