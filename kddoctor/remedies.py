@@ -110,6 +110,7 @@ def _fingerprint_fix(fp: dict, conv: KDConvention, applies: set) -> dict:
 TEXT_STEPS = {  # a token class one pipeline lost, and the preparation step that removes it
     "upper": "lower-cases its text",
     "whitespace": "strips whitespace or indentation",
+    "indent": "strips indentation",
     "leading_space": "drops the space before words (add_prefix_space, whitespace collapsing)",
     "newline": "joins lines (collapses whitespace)",
     "digit": "drops or rewrites digits",
@@ -136,6 +137,14 @@ def _text_fix(pp: dict, applies: set) -> dict:
             f"'{pp['class_vanished_name']}' tokens are {rates['train']:.1%} of counted train tokens and "
             f"{rates['val']:.1%} of val: the {side} pipeline "
             f"{TEXT_STEPS.get(pp['class_vanished_name'], 'removes them')}."
+        )
+    elif pp.get("row_class_absent_excess", 0) >= 0.2:
+        name, side = pp["row_class_absent_name"], pp["row_class_absent_side"]
+        say = (
+            f"{pp['row_class_absent_train']:.0%} of train rows and {pp['row_class_absent_val']:.0%} of val "
+            f"rows hold no '{name}' token at all: the {side} pipeline "
+            f"{TEXT_STEPS.get(name, 'removes them')} for some of its documents (one source or one branch "
+            "of the code prepares them otherwise), or draws more of its documents from a source without them."
         )
     elif max(pp.get("row_start_shift", 0), pp.get("row_end_shift", 0)) >= 0.2:
         edge = "start" if pp["row_start_shift"] >= pp["row_end_shift"] else "end"

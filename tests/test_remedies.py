@@ -248,3 +248,23 @@ def test_every_lm_remedy_renders_in_the_users_convention(conv_name):
     assert conv.setting() in words  # the LM remedies speak the user's setting in their words
     assert "'upper' tokens are 0.0% of counted train tokens and 4.1% of val" in words
     assert "no KD term (CE alone)" in words and conv.code() in words
+
+
+def test_a_text_remedy_names_the_class_whose_rows_one_split_emptied():
+    from kddoctor.remedies import _text_fix
+
+    pp = {
+        "teacher_train_excess": 0.01,
+        "class_vanished": 0.47,
+        "row_class_absent_excess": 0.40,
+        "row_class_absent_name": "upper",
+        "row_class_absent_side": "train",
+        "row_class_absent_train": 0.51,
+        "row_class_absent_val": 0.07,
+    }
+    applies: set = set()
+    say = _text_fix(pp, applies)["text_fix_say"]
+    assert "text_fix" in applies
+    assert say.startswith("51% of train rows and 7% of val rows hold no 'upper' token at all")
+    assert "the train pipeline lower-cases its text for some of its documents" in say
+    assert _text_fix({**pp, "row_class_absent_excess": 0.05}, set())["text_fix_say"] == ""

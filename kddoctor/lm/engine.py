@@ -204,6 +204,7 @@ class PassOptions:
     save_logits: bool = False
     seed: int = 0
     feature_rows: int = 512  # pooled hidden-state rows kept per split (the domain classifier's)
+    token_classes: object = None  # [V, C] bool token-class table (text_stats.token_classes), if known
 
 
 def evaluate_lm(
@@ -252,7 +253,7 @@ class _TokenPass:
         self.teacher, self.student, self.opts = teacher, student, opts
         self.cuda = opts.device.type == "cuda"
         self.metrics, self.facts = TokenMetrics(opts.device), LMFacts(opts.device, **(opts.facts or {}))
-        self.text, self.keys = TextStats(opts.device, opts.seed), SequenceKeys(opts.seed)
+        self.text, self.keys = TextStats(opts.device, opts.seed, opts.token_classes), SequenceKeys(opts.seed)
         self.features = PooledFeatures(teacher, student, opts.feature_rows)
         self.sizes, self.aligned, self.local = (0, 0), False, 0
         self.saved: dict[str, list] | None = (

@@ -5,7 +5,10 @@ yardstick a train/val difference is read against (two halves of one corpus diffe
 Per half, fixed-size state on the device: counts of the counted labels per token id (the unigram
 distribution, and through a token-class table the rates of upper-case, whitespace, digit and special
 tokens), counts of the first and the last attended token of each row (BOS/EOS at row starts and ends),
-and the shape of the rows (attended length, padding, left padding, rows filled to the end). A row's half
+the shape of the rows (attended length, padding, left padding, rows filled to the end), and, given the
+token-class table, how many rows hold no token of each class at all (a step that normalizes some
+documents of one split, say lower-cases half of them, empties their rows of a class; a token rate moves
+about as much under another mix of documents, a row's all-or-nothing does not). A row's half
 is the parity of a seeded hash of its token ids: the same row lands in the same half whatever batch or
 loader order it comes in. No host sync per batch.
 """
@@ -22,8 +25,19 @@ HASH_POSITIONS = 1 << 14
 
 
 class TextStats:
-    def __init__(self, device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(
+        self, device: torch.device | str = "cpu", seed: int = 0, classes: np.ndarray | None = None
+    ) -> None:
+        """`classes`: the [V, C] bool token-class table (`token_classes`), when the tokenizer is known."""
         self.device = torch.device(device)
+        self.classes = (
+            None if classes is None else torch.as_tensor(classes, dtype=torch.bool, device=self.device)
+        )
+        width = 0 if classes is None else self.classes.shape[1]
+        self.row_absent = torch.zeros(
+            2, width, dtype=torch.float64, device=self.device
+        )  # rows lacking a class
+        self.row_attended = torch.zeros(2, dtype=torch.float64, device=self.device)
         gen = torch.Generator().manual_seed(seed * 31 + 5)
         self.weights = torch.randint(1, 2**31 - 1, (HASH_POSITIONS,), generator=gen).to(self.device)
         self.vocab = 0
@@ -76,24 +90,34 @@ class TextStats:
             1,
         )
         self.shape.index_add_(0, half, rows)
+        if self.classes is not None:
+            table = self.classes
+            inside = mask & (ids >= 0) & (ids < table.shape[0])
+            hit = (table[ids.clamp(0, table.shape[0] - 1)] & inside[..., None]).any(1)  # [B, C]
+            self.row_absent.index_add_(0, half, (~hit).double() * has[:, None])
+            self.row_attended.index_add_(0, half, has.double())
 
     def all_reduce(self) -> None:
         """Sum the state over every rank (the vocabulary is the models', the same on every rank)."""
         import torch.distributed as dist
 
-        for v in (*self.counts.values(), self.shape):
+        for v in (*self.counts.values(), self.shape, self.row_absent, self.row_attended):
             dist.all_reduce(v)
 
     def compute(self) -> dict:
         """Host copies: counts [2, V] per key, and the row-shape sums per half."""
         out = {k: v.cpu().numpy() for k, v in self.counts.items()}
         out["shape"] = {k: self.shape[:, i].cpu().numpy() for i, k in enumerate(SHAPE)}
+        if self.classes is not None:
+            out["row_absent"] = self.row_absent.cpu().numpy()  # [2, C] rows with no token of a class
+            out["row_attended"] = self.row_attended.cpu().numpy()  # [2] rows with any attended token
         return out
 
 
 TOKEN_CLASSES = {  # what a text pipeline changes when it prepares train text unlike eval text
     "upper": lambda s: any(c.isupper() for c in s),  # case normalization
     "whitespace": lambda s: bool(s) and s.isspace(),  # indentation / whitespace stripping
+    "indent": lambda s: "  " in s or "\t" in s,  # a run of spaces or a tab: indentation kept
     "leading_space": lambda s: s[:1] == " ",  # add_prefix_space, whitespace collapsing
     "newline": lambda s: "\n" in s,  # line structure
     "digit": lambda s: any(c.isdigit() for c in s),

@@ -23,6 +23,7 @@ from ..lm.exposure import exposure
 from ..lm.facts import RowFacts
 from ..lm.probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
 from ..lm.rows import RowSample
+from ..lm.text_stats import token_classes
 from ..metrics.functional import wilson_interval
 from ..remedies import remedy_context
 
@@ -63,7 +64,14 @@ class CausalLMTask:
             "val": RowSample(VAL_ROWS, TOKENS, cfg.seed + 1),
         }
         facts = {"pad_id": _pad_id(self.tokenizers, loaders["train"])}
-        splits = {name: self._split(name, loaders[name], run, facts, rows[name]) for name in ("train", "val")}
+        classes = None
+        if self.vocab_text is not None:  # the token classes, for the rows that lack one (streamed)
+            strings, specials = self.vocab_text
+            classes = token_classes(list(strings), specials)
+        splits = {
+            name: self._split(name, loaders[name], run, facts, rows[name], classes)
+            for name in ("train", "val")
+        }
         vocab = splits["val"]["vocab"]
         if conv.top_k is not None and conv.top_k >= vocab:
             raise UserError(
@@ -83,11 +91,13 @@ class CausalLMTask:
             student_spec=run.student_spec,
             vocab_text=self.vocab_text,
         )
+        if classes is not None:  # computed once: the evaluation's table is this one, cut to the vocabulary
+            ev.token_classes = (classes[0], classes[1][: ev.vocab])
         if rank_world()[0] == 0:
             _probe_inputs(ev, teacher, student, loaders["val"], rows, dev)
         return ev
 
-    def _split(self, name: str, loader, run, facts: dict, rows: RowSample) -> TokenSplit:
+    def _split(self, name: str, loader, run, facts: dict, rows: RowSample, classes=None) -> TokenSplit:
         cfg = run.config
         rank_, world = rank_world()
         limit, explicit = cfg.split_limit(name, default_train=LM_TRAIN_SEQUENCES)
@@ -109,6 +119,7 @@ class CausalLMTask:
             save_logits=cfg.save_logits,
             seed=cfg.seed,
             feature_rows=min(LM_FEATURE_ROWS, cfg.budgets.feature_rows),
+            token_classes=None if classes is None else classes[1],
         )
         if getattr(sampled_loader, "took_all", False):
             sampled = None  # the split held fewer sequences than the limit
