@@ -45,8 +45,9 @@ class _NoProgress:
 
 
 class LineProgress:
-    """Progress for a log: a line when a pass or probe starts, and one when any phase ends (its count,
-    rate and seconds), so a redirected run is never silent for minutes. Same calls as rich's Progress."""
+    """Progress for a log: a line when a pass over a split starts, and one when a pass, a probe of a
+    second or more, or a check ends (its count, rate and seconds), so a redirected run is never silent
+    for minutes. Same calls as rich's Progress."""
 
     def __init__(self, console: Console) -> None:
         self.console = console

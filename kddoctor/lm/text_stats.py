@@ -34,9 +34,8 @@ class TextStats:
             None if classes is None else torch.as_tensor(classes, dtype=torch.bool, device=self.device)
         )
         width = 0 if classes is None else self.classes.shape[1]
-        self.row_absent = torch.zeros(
-            2, width, dtype=torch.float64, device=self.device
-        )  # rows lacking a class
+        # per half: rows holding no token of a class, and rows holding any attended token
+        self.row_absent = torch.zeros(2, width, dtype=torch.float64, device=self.device)
         self.row_attended = torch.zeros(2, dtype=torch.float64, device=self.device)
         gen = torch.Generator().manual_seed(seed * 31 + 5)
         self.weights = torch.randint(1, 2**31 - 1, (HASH_POSITIONS,), generator=gen).to(self.device)
@@ -105,7 +104,8 @@ class TextStats:
             dist.all_reduce(v)
 
     def compute(self) -> dict:
-        """Host copies: counts [2, V] per key, and the row-shape sums per half."""
+        """Host copies: counts [2, V] per key, the row-shape sums per half and, given the token classes,
+        the rows lacking each class [2, C] and the attended rows [2] per half."""
         out = {k: v.cpu().numpy() for k, v in self.counts.items()}
         out["shape"] = {k: self.shape[:, i].cpu().numpy() for i, k in enumerate(SHAPE)}
         if self.classes is not None:
