@@ -91,7 +91,7 @@ class LineProgress:
         if what.startswith("probe") and seconds < 1.0:  # a sweep's many short fits: their check says it
             return
         count = ""
-        if task["total"] and task["done"]:
+        if task["done"]:  # a loader of unknown length counts too
             count = f" {task['done']:,.0f} {task['unit']}, {task['done'] / max(seconds, 1e-9):,.0f}/s,"
         self._say(f"{what}:{count} done in {seconds:.1f} s")
 

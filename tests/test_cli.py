@@ -250,6 +250,13 @@ def test_log_lines_count_a_causal_lm_pass_in_sequences_and_skip_short_probes():
         bar.advance(task, 512)
         bar.remove_task(task)
         bar.remove_task(bar.add_task("probe: alpha/T sweep (16 steps)", total=16))  # well under a second
+        unsized = bar.add_task("train: teacher + student", total=None, unit="sequences")  # a list of batches
+        bar.advance(unsized, 64)
+        bar.remove_task(unsized)
     lines = buf.getvalue().splitlines()
-    assert len(lines) == 2 and lines[0].endswith("val: teacher + student (512 sequences) ...")
+    assert len(lines) == 4 and lines[0].endswith("val: teacher + student (512 sequences) ...")
     assert "val: teacher + student: 512 sequences, " in lines[1] and lines[1].endswith(" s")
+    assert (
+        lines[2].endswith("train: teacher + student ...")
+        and "train: teacher + student: 64 sequences, " in lines[3]
+    )
