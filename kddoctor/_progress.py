@@ -61,8 +61,7 @@ class LineProgress:
     def add_task(self, description: str, total: float | None = None, unit: str | None = None, **_) -> int:
         tid = len(self.tasks)
         unit = unit or _unit(description)
-        self.tasks[tid] = {"description": description, "total": total, "done": 0, "t0": time.perf_counter()}
-        self.tasks[tid]["unit"] = unit
+        self.tasks[tid] = {"description": description, "unit": unit, "done": 0, "t0": time.perf_counter()}
         if unit != "steps" and description != "running checks":  # a pass over a split: minutes, maybe
             size = f" ({total:,.0f} {unit})" if total else ""
             self._say(f"{description}{size} ...")

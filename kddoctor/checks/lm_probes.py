@@ -115,12 +115,12 @@ def _sizes(ev: LMEvaluation, train_share: float) -> dict:
     params = {m: n_params(getattr(ev.probes, m)) for m in ("student", "teacher")}
     ratio = params["student"] / params["teacher"] if params["teacher"] else None  # none: an offline capture
     widths = _widths(ev)
-    small = ratio is not None and ratio < SMALL_RATIO or widths.get("width_ratio", 1.0) < SMALL_WIDTH
+    small = (ratio is not None and ratio < SMALL_RATIO) or widths.get("width_ratio", 1.0) < SMALL_WIDTH
     size = [f"1/{1 / ratio:.0f} of its teacher's parameters"] if ratio else []
     if widths:
-        w = widths
         size.append(
-            f"1/{1 / w['width_ratio']:.0f} of its width ({w['student_width']} of {w['teacher_width']})"
+            f"1/{1 / widths['width_ratio']:.0f} of its width "
+            f"({widths['student_width']} of {widths['teacher_width']})"
         )
     return {
         "student_params": params["student"],
