@@ -120,9 +120,9 @@ def _mechanism(mech: dict, evidence: dict[str, dict]) -> dict:
 def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, ctx: dict) -> dict:
     mechs = {name: _mechanism(m, evidence) for name, m in cause["mechanisms"].items()}
     name, best = max(mechs.items(), key=lambda kv: kv[1]["score"])
-    score = round(min(best["score"], gap), 4)
+    score, raw = round(min(best["score"], gap), 4), round(best["score"], 4)
     sentences = best["evidence"] or ["no check reported a sign of this cause"]
-    if best["score"] > score + 1e-9:
+    if raw > score:  # on the rounded scores: a cap below the fourth decimal changes nothing shown
         sentences = sentences + [
             f"capped at {score:.2f}: the gap it would explain is that small or that noisy"
         ]
@@ -134,7 +134,7 @@ def _score_cause(cid: str, cause: dict, evidence: dict[str, dict], gap: float, c
         "likely": score >= LIKELY,
         "mechanism": name,
         "mechanism_title": cause["mechanisms"][name]["title"],
-        "raw_score": round(best["score"], 4),
+        "raw_score": raw,
         "mechanisms": {n: round(m["score"], 4) for n, m in mechs.items()},
         "support": round(best["support"], 4),
         "against": round(best["against"], 4),

@@ -25,6 +25,22 @@ class Counter(nn.Module):
         return self.scale * nn.functional.one_hot((input_ids + self.ahead) % V, V).float()
 
 
+class Mixed(nn.Module):
+    """A student whose loss mixed the right labels with labels shifted once more: it still bets most on
+    the next token, but much of its mass sits on the token after next."""
+
+    def __init__(self, next_scale: float = 6.0, after_scale: float = 5.0) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([next_scale, after_scale]))
+
+    def forward(self, input_ids, attention_mask=None):
+        one_hot = nn.functional.one_hot
+        return (
+            self.w[0] * one_hot((input_ids + 1) % V, V).float()
+            + self.w[1] * one_hot((input_ids + 2) % V, V).float()
+        )
+
+
 def _batches(n: int = 8, empty_rows: int = 0, empty_batch: bool = False) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     out = []
@@ -74,3 +90,16 @@ def test_train_rows_and_batches_that_count_no_token_are_counted():
     # batch 0 is all empty (8 rows), the other 7 batches have 2 empty rows each
     assert abs(f.evidence["empty_row_share"] - (8 + 7 * 2) / 64) < 1e-9
     assert "count no token" in f.summary
+
+
+def test_a_student_that_partly_learned_the_token_after_next_is_named():
+    """The student still fits the next token best (no shift excess), but predicts the token after next
+    far better than token frequencies do; a next-token student, or one that learned nothing, does not."""
+    f = _diagnose(Counter(1), Mixed(), checks=["lm_alignment"]).finding("lm_alignment")
+    e = f.evidence
+    assert (e["teacher_best_shift"], e["student_best_shift"], e["ahead_shift"]) == (1, 1, 2)
+    assert e["ahead_gain_share"] > 0.5 and e["teacher_ahead_gain_share"] < 0
+    assert f.status.value == "fail" and "taught the token after next" in f.summary
+    for calm in (Counter(1), Mixed(6.0, 0.0), Mixed(0.0, 0.0)):
+        g = _diagnose(Counter(1), calm, checks=["lm_alignment"]).finding("lm_alignment")
+        assert g.status.value == "pass" and g.evidence["ahead_gain_share"] < 0.05, g.evidence

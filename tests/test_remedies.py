@@ -268,3 +268,17 @@ def test_a_text_remedy_names_the_class_whose_rows_one_split_emptied():
     assert say.startswith("51% of train rows and 7% of val rows hold no 'upper' token at all")
     assert "the train pipeline lower-cases its text for some of its documents" in say
     assert _text_fix({**pp, "row_class_absent_excess": 0.05}, set())["text_fix_say"] == ""
+
+
+def test_a_score_is_said_capped_only_when_the_cap_changes_it():
+    """A cause whose support is below the gap's strength is not 'capped', even where rounding to four
+    decimals puts the two a hair apart; one above the gap is, at the gap's strength."""
+    sig = {"check": "c", "key": "k", "lo": 0.0, "hi": 1.0, "weight": 1.0, "fmt": "f2", "say": "k is {v}"}
+    cause = {"title": "T", "remedies": [], "mechanisms": {"m": {"title": "m", "support": [sig]}}}
+    evidence = {"c": {"k": 0.27803}}
+    free = causes._score_cause("x", cause, evidence, 1.0, {})
+    assert free["score"] == free["raw_score"] == 0.278
+    assert not any("capped" in s for s in free["evidence"])
+    capped = causes._score_cause("x", cause, evidence, 0.1, {})
+    assert capped["score"] == 0.1 and capped["raw_score"] == 0.278
+    assert capped["evidence"][-1].startswith("capped at 0.10")

@@ -14,51 +14,95 @@ SHIFTS = (0, 1, 2)  # position i scored against label i + shift; Hugging Face ca
 
 
 @torch.no_grad()
-def _nll_by_shift(pr, model, split: str) -> dict[int, float]:
+def _nll_by_shift(pr, model, split: str, unigram: torch.Tensor | None = None) -> dict[int, float]:
     """A model's NLL per counted token of a split's probe rows, its logits at position i scored against
-    the label at i + shift, for each shift (the same tokens for every shift)."""
+    the label at i + shift, for each shift (the same tokens for every shift). `model` None scores the
+    `unigram` log-probabilities instead: what token frequencies alone predict at those tokens."""
     ids, mask, labels = pr.rows[split]
     sums = {k: 0.0 for k in SHIFTS}
     n = 0.0
     for i in range(0, len(ids), 8):
         rows = slice(i, i + 8)
-        logp = F.log_softmax(pr._logits(model, ids[rows], mask[rows]), -1)  # [b, L-1, V]: positions 0..L-2
         lab = labels[rows]
+        if model is None:
+            logp = None
+        else:  # [b, L-1, V]: positions 0..L-2
+            logp = F.log_softmax(pr._logits(model, ids[rows], mask[rows]), -1)
         width = lab.shape[1] - max(SHIFTS)
         counted = torch.stack([lab[:, s : s + width] != IGNORE for s in SHIFTS]).all(0)
         n += float(counted.sum())
         for s in SHIFTS:
-            target = lab[:, s : s + width].clamp_min(0)[..., None]
-            picked = logp[:, :width].gather(-1, target)[..., 0]
+            target = lab[:, s : s + width].clamp_min(0)
+            if logp is None:
+                picked = unigram[target.clamp_max(len(unigram) - 1)]
+            else:
+                picked = logp[:, :width].gather(-1, target[..., None])[..., 0]
             sums[s] += float(-torch.where(counted, picked, 0.0).sum())  # an uncounted -inf is no NaN
     return {s: v / max(n, 1.0) for s, v in sums.items()}
 
 
+def _ahead_gain_share(nll: dict, uni: dict, ref: int) -> tuple[float | None, float | None]:
+    """(student, teacher): the gain over token frequencies of each model's logits at i scored against
+    the label one past the teacher's (i + ref + 1), as a share of the teacher's own gain at i + ref.
+    A next-token model gains nothing there, or loses (it bets on the next token, not the one after);
+    a student part of whose loss taught the token after next gains there while it still fits i + ref
+    best. None when the teacher has no gain to compare with, or no shift lies past its own."""
+    ahead = ref + 1
+    base = uni[ref] - nll["teacher"][ref]
+    if ahead not in uni or base <= 1e-6:
+        return None, None
+    return tuple((uni[ahead] - nll[m][ahead]) / base for m in ("student", "teacher"))
+
+
 @register_check("lm_alignment", task="causal-lm", needs=("probe_rows",), title="Label alignment", order=16)
 def lm_alignment(
-    ev: LMEvaluation, *, shift_excess_warn: float = 0.25, shift_excess_fail: float = 1.0
+    ev: LMEvaluation,
+    *,
+    shift_excess_warn: float = 0.25,
+    shift_excess_fail: float = 1.0,
+    ahead_share_warn: float = 0.15,
+    ahead_share_fail: float = 0.25,
 ) -> Finding:
     """Which position does each model predict? Each one's NLL on the val rows with its logits at i scored
     against the label at i, i + 1 (the Hugging Face shift) and i + 2: a student trained on labels
-    shifted once too often (or not at all) fits another shift than its teacher does.
+    shifted once too often (or not at all) fits another shift than its teacher does. A student trained
+    on a mix (a CE term on shifted labels beside a KD term on the right ones) still fits i + 1 best but
+    also predicts i + 2 far better than token frequencies do, which no next-token model does.
 
     shift_excess_*: nats/token by which another shift fits the student better than the teacher's (a
     student far smaller than its teacher fits the token it reads a little better than the next one: 0.14
-    nats at 1/20 of a Llama teacher; one trained on shifted labels fits its shift by nats)."""
+    nats at 1/20 of a Llama teacher; one trained on shifted labels fits its shift by nats).
+    ahead_share_*: the student's gain over token frequencies at the label after the teacher's, as a
+    share of the teacher's gain at its own (the LM zoo's tuning draw: at most 0.13 without shifted
+    labels, from a near-unigram student; 0.4 with a CE term weighted 0.8 on labels shifted once more)."""
+    from ..lm.evaluation import unigram_log_probs
+
     pr = ev.probes
     nll = {m: _nll_by_shift(pr, getattr(pr, m), "val") for m in ("teacher", "student")}
+    unigram = torch.as_tensor(unigram_log_probs(ev), dtype=torch.float32, device=pr.rows["val"][2].device)
+    uni = _nll_by_shift(pr, None, "val", unigram)
     best = {m: min(SHIFTS, key=lambda s, m=m: nll[m][s]) for m in nll}
     ref = best["teacher"]
     other = min((nll["student"][s] for s in SHIFTS if s != ref), default=float("inf"))
     excess = nll["student"][ref] - other  # > 0: another shift fits the student better
+    ahead, teacher_ahead = _ahead_gain_share(nll, uni, ref)
     evidence = {
         "teacher_nll_by_shift": nll["teacher"],
         "student_nll_by_shift": nll["student"],
+        "unigram_nll_by_shift": uni,
         "teacher_best_shift": ref,
         "student_best_shift": best["student"],
         "shift_excess": excess,
+        "ahead_shift": ref + 1,
+        "ahead_gain_share": ahead,
+        "teacher_ahead_gain_share": teacher_ahead,
     }
     status = grade(excess, shift_excess_warn, shift_excess_fail, what="the shift excess")
+    mixed = (
+        grade(ahead, ahead_share_warn, ahead_share_fail, what="the gain share past the teacher's shift")
+        if ahead is not None and best["student"] == ref
+        else Status.PASS
+    )
     say = {s: f"{nll['student'][s]:.2f}" for s in SHIFTS}
     words = (
         f"the student's NLL with its logits at position i scored against the label at i+0, i+1, i+2: "
@@ -69,5 +113,12 @@ def lm_alignment(
             f": the student learned to predict the token at i+{best['student']}, its teacher the one at "
             f"i+{ref}: its training labels were shifted "
             f"{'once too often' if best['student'] > ref else 'too little'}"
+        )
+    elif mixed is not Status.PASS:
+        status = mixed
+        words += (
+            f"; at i+{ref + 1} it beats token frequencies by {ahead:.0%} of its teacher's gain at i+{ref}, "
+            f"where a next-token model gains nothing (its teacher: {teacher_ahead:+.0%}): part of its "
+            "training loss taught the token after next"
         )
     return Finding("lm_alignment", status, words, evidence)

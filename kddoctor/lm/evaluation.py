@@ -127,14 +127,19 @@ def kd_shares(ev: LMEvaluation) -> tuple[float, float, float]:
     return conv.reduction_scale(vocab), replace(conv, reduction="token").kd_share(vocab), conv.kd_share(vocab)
 
 
+def unigram_log_probs(ev: LMEvaluation):
+    """The train split's unigram log-probability of each id (half a count of smoothing per id)."""
+    import numpy as np
+
+    train = np.asarray(ev.splits["train"]["text"]["labels"].sum(0), dtype=np.float64)
+    return np.log((train + 0.5) / (train.sum() + 0.5 * len(train)))
+
+
 def unigram_nll(ev: LMEvaluation) -> dict[str, float]:
     """Each split's NLL per counted token under the train split's unigram distribution (half a count of
     smoothing per id): what a student that learned nothing but token frequencies would score."""
-    import numpy as np
-
     counts = {name: m["text"]["labels"].sum(0) for name, m in ev.splits.items()}
-    train = counts["train"]
-    log_p = np.log((train + 0.5) / (train.sum() + 0.5 * len(train)))
+    log_p = unigram_log_probs(ev)
     return {name: float(-(c * log_p[: len(c)]).sum() / max(c.sum(), 1.0)) for name, c in counts.items()}
 
 
