@@ -164,6 +164,27 @@ def test_cached_and_recomputed_teacher_targets_agree(monkeypatch):
         assert torch.allclose(p, q, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_elems", [256 * 5, 256 * 40, 256 * 10_000])
+def test_counted_logits_are_the_first_counted_tokens_read_a_few_rows_at_a_time(max_elems):
+    """The calibration fit's logits: the first counted tokens of the rows in order, as a forward of every
+    row at once would select them, however many the budget takes (a part of one batch of rows, several
+    batches, every token)."""
+    torch.manual_seed(0)
+    teacher, student = TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2)
+    rows = _rows(n=20, vocab=256)
+    pr = Probes(teacher, student, rows, rows, vocab=256, device=torch.device("cpu"))
+    got = pr.counted_logits("val", max_elems)
+    ids, mask, labels = rows
+    counted = labels[:, 1:] != IGNORE
+    take = max_elems // 256
+    with torch.no_grad():
+        for name, model in (("student", student), ("teacher", teacher)):
+            whole = model(input_ids=ids, attention_mask=mask)[:, :-1].float()[counted][:take]
+            assert torch.allclose(got[name], whole, atol=1e-5), name
+    assert torch.equal(got["target"], labels[:, 1:][counted][:take])
+    assert len(got["target"]) == min(take, int(counted.sum()))
+
+
 def test_finetuning_leaves_the_student_alone_and_a_copy_of_the_teacher_scores_perfectly():
     torch.manual_seed(0)
     teacher = TinyGPT(width=16, layers=1, heads=2)

@@ -105,6 +105,18 @@ def test_temperature_search_reports_its_bound():
     assert at_bound and t < 0.1  # flat but always-right logits want T -> 0: said, not hidden
 
 
+def test_the_temperature_fit_recovers_a_known_overconfidence_on_either_device_type():
+    """Labels drawn from softmax(z); the model reports 2.5 z, too sharp by T = 2.5: the fit finds T near
+    2.5, from torch tensors as from numpy arrays (the LM check hands it its GPU tensors)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 50, generator=g) * 2.0
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=g)[:, 0]
+    t_torch, at_bound = optimal_temperature(2.5 * z, y)
+    t_numpy, _ = optimal_temperature((2.5 * z).numpy(), y.numpy())
+    assert not at_bound and abs(t_torch - 2.5) < 0.15
+    assert t_torch == pytest.approx(t_numpy, abs=1e-9)
+
+
 class NaNInputs(torch.utils.data.Dataset):
     def __init__(self, x, y):
         self.x, self.y = x.clone(), y

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 from ..metrics import N_BINS
 from .base import Finding, grade, register_check, worst
@@ -15,14 +15,20 @@ LOG_T_BOUND = 3.0  # temperatures searched in [e^-3, e^3]
 LOG_T_PRIOR = 0.003  # weight of (log T)^2: a perfect model's NLL keeps falling as T -> 0, the prior stops it
 
 
-def optimal_temperature(logits: np.ndarray, targets: np.ndarray) -> tuple[float, bool]:
+def optimal_temperature(logits, targets) -> tuple[float, bool]:
     """Temperature minimizing val NLL (Guo et al., 2017) plus a weak prior towards T=1, searched on
-    log T in [-3, 3]; returns (T, whether it sits at the bound of the search)."""
-    logits = logits.astype(np.float64)
-    y = targets.astype(int)
+    log T in [-3, 3]; returns (T, whether it sits at the bound of the search).
+
+    `logits` [N, C] and `targets` [N], numpy or torch: the NLL is evaluated in float64 on the logits'
+    own device (a causal LM's [tokens, vocabulary] rows stay on its GPU), one host read per step of the
+    search."""
+    z = torch.as_tensor(logits).double()
+    y = torch.as_tensor(targets, device=z.device).long()
+    picked = z.gather(1, y[:, None])[:, 0]
 
     def objective(log_t: float) -> float:
-        nll = -log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
+        inv = math.exp(-log_t)
+        nll = float((torch.logsumexp(z * inv, 1) - picked * inv).mean())
         return nll + LOG_T_PRIOR * log_t**2
 
     res = minimize_scalar(

@@ -158,8 +158,8 @@ def lm_calibration(
     words = (
         f"student val token ECE {evidence['student_val_ece']:.3f} (teacher {evidence['teacher_val_ece']:.3f})"
     )
-    if ev.probes is not None:
-        rows = ev.probes.counted_logits("val", CALIBRATION_ELEMS)
+    rows = ev.probes.counted_logits("val", CALIBRATION_ELEMS) if ev.probes is not None else None
+    if rows is not None and len(rows["target"]) > 1:
         temps = {m: optimal_temperature(rows[m], rows["target"]) for m in ("student", "teacher")}
         t_s, t_t = temps["student"][0], temps["teacher"][0]
         evidence.update(

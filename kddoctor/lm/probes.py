@@ -104,18 +104,32 @@ class Probes:
 
     @torch.no_grad()
     def counted_logits(self, split: str, max_elems: int) -> dict:
-        """Student and teacher logits (float64, numpy) of a split's counted row tokens and their labels,
-        at most `max_elems` values per model (the first rows in the sample's canonical order)."""
+        """Student and teacher fp32 logits of a split's counted row tokens and their labels (torch, on
+        the probes' device), at most `max_elems` values per model: the first counted tokens in the
+        sample's canonical order, read BATCH rows at a time until there are enough."""
         ids, mask, labels = self.rows[split]
-        s = self._logits(self.student, ids, mask)
-        t = self._teacher(split, slice(None))
-        counted = labels[:, 1:] != IGNORE
         take = max(1, max_elems // max(self.vocab, 1))
-        return {
-            "student": s[counted][:take].double().cpu().numpy(),
-            "teacher": t[counted][:take].double().cpu().numpy(),
-            "target": labels[:, 1:][counted][:take].cpu().numpy(),
-        }
+        out: dict[str, list] = {"student": [], "teacher": [], "target": []}
+        have = 0
+        for i in range(0, len(ids), BATCH):
+            rows = slice(i, i + BATCH)
+            counted = labels[rows, 1:] != IGNORE
+            n = int(counted.sum())  # a host read per BATCH rows, until `take` tokens are in
+            if n == 0:
+                continue
+            s = self._logits(self.student, ids[rows], mask[rows])
+            t = self._teacher(split, rows)
+            keep = min(n, take - have)
+            out["student"].append(s[counted][:keep])
+            out["teacher"].append(t[counted][:keep].float())
+            out["target"].append(labels[rows, 1:][counted][:keep])
+            have += keep
+            if have >= take:
+                break
+        if not have:
+            empty = torch.zeros(0, self.vocab, device=self.device)
+            return {"student": empty, "teacher": empty, "target": torch.zeros(0, dtype=torch.long)}
+        return {k: torch.cat(v) for k, v in out.items()}
 
     @torch.no_grad()
     def score(self, model: nn.Module, split: str, objective: KDConvention | None = None) -> dict:
