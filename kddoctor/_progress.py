@@ -96,6 +96,8 @@ class LineProgress:
 
 
 def _unit(description: str) -> str:
+    if description == "running checks":
+        return "checks"
     return "steps" if description.startswith("probe") else "samples"
 
 

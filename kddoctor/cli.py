@@ -322,7 +322,7 @@ def demo(
         if not quiet:
             con.print("[dim]building the demo pair (cached after the first run)...[/]")
         if task == "causal-lm":
-            return _lm_demo(target, Outputs(policy=policy, quiet=quiet))
+            return _lm_demo(target, Outputs(policy=policy, quiet=quiet), quick=quick)
         t_path, s_path = demo_mod.build_demo_pair()
         cfg = DiagnoseConfig(convention=demo_mod.demo_convention(), quick=quick)
         diag = diagnose_specs(
@@ -343,7 +343,7 @@ def demo(
     raise typer.Exit(_guard(go, debug))
 
 
-def _lm_demo(out: Path, outputs: Outputs) -> int:
+def _lm_demo(out: Path, outputs: Outputs, quick: bool = False) -> int:
     """`kddoctor demo --task causal-lm`: tiny GPT-2s (transformers, random init, trained here) as hf: dirs."""
     from .runner import DiagnoseArgs, diagnose_command
     from .zoo.lm import Distill
@@ -361,6 +361,7 @@ def _lm_demo(out: Path, outputs: Outputs) -> int:
         temperature=recipe.temperature,
         out=out,
         quiet=outputs.quiet,
+        quick=quick,
     )
     diag, target = diagnose_command(args)
     return _finish(diag, target, outputs)

@@ -83,6 +83,8 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
     _target("tail", tail, conv, bool(conv.top_k) and conv.top_k_rule != "tail", ctx)
     if not conv.t2 and conv.temperature > 1:
         ctx["applies"].add("t2_missing")
+    if conv.kd_dtype != "float32":  # advice to compute the KD term in fp32 restates a float32 run
+        ctx["applies"].add("low_precision_kd")
     ctx.update(_normalization(evidence.get("preprocessing_parity", {}), ctx["applies"]))
     ctx.update(_text_fix(evidence.get("preprocessing_parity", {}), ctx["applies"]))
     ctx.update(_fingerprint_fix(evidence.get("objective_fingerprint", {}), conv, ctx["applies"]))

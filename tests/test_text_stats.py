@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kddoctor.checks.lm_text import _row_classes
+from kddoctor.checks.lm_text import _classes, _row_classes
 from kddoctor.lm.text_stats import TextStats, token_classes
 
 STRINGS = ["a", "b", " c", "\n", "A", "B", "    ", "\t"]  # ids 4, 5 upper-case; 6, 7 indentation
@@ -43,7 +43,13 @@ def _ev(train_rows, val_rows) -> SimpleNamespace:
         stats = TextStats(seed=3, classes=table)
         stats.update(*_batch(rows), len(STRINGS))
         splits[split] = {"text": stats.compute()}
-    return SimpleNamespace(splits=splits, token_classes=(names, table))
+    n = {split: sum(len(r) for r in rows) for split, rows in (("train", train_rows), ("val", val_rows))}
+    return SimpleNamespace(
+        splits=splits,
+        token_classes=(names, table),
+        train=SimpleNamespace(effective_n=n["train"]),
+        val=SimpleNamespace(effective_n=n["val"]),
+    )
 
 
 def test_half_the_train_documents_lower_cased_empty_half_the_train_rows_of_upper_case():
@@ -65,3 +71,20 @@ def test_without_a_token_class_table_there_is_no_row_statistic():
     assert "row_absent" not in stats.compute()
     assert _row_classes(SimpleNamespace(splits={}, token_classes=None)) == {}
     assert np.isfinite(stats.compute()["labels"]).all()
+
+
+def test_a_class_vanishes_only_where_most_rows_held_it():
+    """All train text lower-cased: upper-case tokens, held by every val row, vanish. A class a few val
+    documents carry in bulk (indentation in a fifth of the rows), nearly missing from train because
+    train drew other documents, loses 90 % of its rate too, but that is another mix, not a step."""
+    g = torch.Generator().manual_seed(1)
+    plain = [[int(x) for x in torch.randint(0, 4, (12,), generator=g)] for _ in range(400)]
+    val = [row + [4] for row in plain]
+    lowered = _classes(_ev([row + [0] for row in plain], val))
+    assert lowered["class_vanished_name"] == "upper" and lowered["class_vanished"] == 1.0
+    assert lowered["class_vanished_rows_held"] == 1.0
+    indented = [row[:6] + [6] * 6 if i % 5 == 0 else row for i, row in enumerate(plain)]  # a fifth
+    few = [row[:11] + [6] if i == 0 else row for i, row in enumerate(plain)]  # one train row
+    mixed = _classes(_ev(few, indented))
+    assert mixed["class_rates"]["indent"]["val"] > 0.05 and mixed["class_rates"]["indent"]["train"] < 0.001
+    assert mixed["class_vanished"] < 0.5 and mixed["class_vanished_name"] != "indent"  # fails from 0.85

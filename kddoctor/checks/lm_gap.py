@@ -84,9 +84,10 @@ def lm_generalization_gap(
     return Finding(
         "generalization_gap",
         status,
-        f"token agreement {tr['agreement']:.1%} on train, {va['agreement']:.1%} on val "
-        f"({excess:+.1%} beyond the teacher's own accuracy drop); student val NLL "
-        f"{loss_excess:+.3f} nats/token beyond the teacher's train->val change "
+        f"token agreement {tr['agreement']:.1%} on train, {va['agreement']:.1%} on val: it falls "
+        f"{abs(excess) * 100:.1f} points {'more' if excess >= 0 else 'less'} than the teacher's own "
+        f"accuracy from train to val; the student's NLL rises {abs(loss_excess):.3f} nats/token "
+        f"{'more' if loss_excess >= 0 else 'less'} than the teacher's "
         f"({tr['tokens']:,} train and {va['tokens']:,} val tokens)",
         evidence,
     )

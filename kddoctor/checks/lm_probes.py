@@ -332,6 +332,7 @@ def lm_alpha_sensitivity(
         "continue_gain_kl_rel": moved,
         "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {DIVERGENCE_NAMES[conv.divergence]}"}[reads],
         "continue_late_gain_kl_rel": _late_gain(base["curve"]),
+        "continue_first_half_share": _first_half_share(moved, _late_gain(base["curve"])),
         "continue_steps": base["steps"],
         "gain_agreement": gain,
         "gain_kl_rel": _rel(best["kl"], base["kl"]),
@@ -374,6 +375,15 @@ def lm_alpha_sensitivity(
         grade(gain, gain_warn, gain_fail, what="the sweep's gain"), Status.WARN if moving else Status.PASS
     )
     return Finding("alpha_sensitivity", status, words, evidence, details)
+
+
+def _first_half_share(moved: float, late: float) -> float:
+    """The share of continuing's gain that came in its first half: near 1 when the second half gained
+    nothing (a run that ended at a larger step size settling at a smaller one), near 1/2 for a run cut
+    short that keeps going; 0 when there is no gain to read (under 0.5 %)."""
+    if moved < 0.005:
+        return 0.0
+    return float(min(1.0, max(0.0, 1.0 - late / moved)))
 
 
 def _recommend(ev: LMEvaluation, best: dict, gain: float, gain_warn: float, vocab: int) -> dict | None:

@@ -15,6 +15,7 @@ import jinja2
 from markupsafe import Markup
 
 from .figures import build_figures
+from .words import split_sizes
 
 CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
 
@@ -69,6 +70,7 @@ def render_html(diag, cdn: bool = False) -> str:
         .render(
             doc=doc,
             run=doc["run"],
+            sizes=split_sizes(doc["run"]),
             metrics=doc["metrics"],
             causes=doc["causes"],
             checks=doc["checks"],

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .words import convention_sentence
+from .words import convention_sentence, split_sizes
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim", "error": "magenta"}
 
@@ -24,20 +24,12 @@ def render_verdict(d: dict, console: Console) -> None:
         console.print(f"[dim]note: {escape(note)}[/]")
 
 
-def _split_size(run: dict, split: str) -> str:
-    """'train 1,000 samples', or for a causal LM 'train 258,048 tokens (4,096 sequences)'."""
-    n, rows = run["n"][split], (run.get("sequences") or {}).get(split)
-    if run.get("task") == "causal-lm":
-        return f"{split} {n:,} tokens" + (f" ({rows:,} sequences)" if rows is not None else "")
-    return f"{split} {n:,} samples"
-
-
 def render_summary(d: dict, console: Console, out_dir: str | None = None) -> None:
     """Print a results.json document as rich tables."""
     run = d["run"]
     console.print(
         f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
-        f"[dim]on {run['device']}, " + ", ".join(_split_size(run, k) for k in run["n"]) + "[/]"
+        f"[dim]on {run['device']}, " + split_sizes(run) + "[/]"
     )
     console.print(f"[dim]{escape(convention_sentence(run))}[/]")
     console.print(_metrics_table(d["metrics"]))

@@ -120,7 +120,7 @@ def test_classes_without_val_samples_show_as_missing():
 
 
 def test_the_console_header_says_what_a_split_counts():
-    from kddoctor.report.terminal import _split_size
+    from kddoctor.report.words import split_size as _split_size
 
     lm = {"task": "causal-lm", "n": {"train": 258048}, "sequences": {"train": 4096}}
     assert _split_size(lm, "train") == "train 258,048 tokens (4,096 sequences)"
