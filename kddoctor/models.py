@@ -370,7 +370,10 @@ def _mismatch_hint(missing: list[str], unexpected: list[str], shapes: list[str],
             return f"; its keys carry the prefix '{heads.pop()}.': save the inner model's state_dict"
         return "; is --" + role + " the architecture this checkpoint was trained with?"
     if shapes:
-        return "; check --num-classes and the model's keyword arguments (e.g. in_chans, img_size)"
+        return (
+            "; check the model's keyword arguments (an image model's --num-classes, in_chans, img_size; a "
+            "causal LM's vocabulary, width and depth)"
+        )
     return ""
 
 

@@ -322,6 +322,7 @@ def lm_alpha_sensitivity(
     gain = best["agreement"] - max(base["agreement"], start["agreement"])
     share = kd_shares(ev)[2]
     moved = _rel(base[reads], start[reads])  # the stated divergence's continue gain on val
+    late = _late_gain(base["curve"])
     evidence = {
         "checkpoint_val": start,
         "continue_val": base,
@@ -331,8 +332,8 @@ def lm_alpha_sensitivity(
         # the stated divergence (forward KL(t||s) unless the user states reverse KL, JSD, ... or sampling)
         "continue_gain_kl_rel": moved,
         "continue_reads": {"kl": "KL(t||s)", "div": f"the stated {DIVERGENCE_NAMES[conv.divergence]}"}[reads],
-        "continue_late_gain_kl_rel": _late_gain(base["curve"]),
-        "continue_first_half_share": _first_half_share(moved, _late_gain(base["curve"])),
+        "continue_late_gain_kl_rel": late,
+        "continue_first_half_share": _first_half_share(moved, late),
         "continue_steps": base["steps"],
         "gain_agreement": gain,
         "gain_kl_rel": _rel(best["kl"], base["kl"]),
@@ -357,7 +358,6 @@ def lm_alpha_sensitivity(
         "temperature_axis": "T",
     }
     cut = " (as many as the time budget allowed)" if evidence["sweep_stopped_by"] == "time" else ""
-    late = evidence["continue_late_gain_kl_rel"]
     words = (
         f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
         f"{evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated objective for "
