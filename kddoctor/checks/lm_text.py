@@ -304,7 +304,7 @@ def lm_covariate_shift(ev: LMEvaluation, *, shift_warn: float = 0.65) -> Finding
     It only warns: another mix of documents separates as well as another preparation (the teacher's NLL
     on each split, in preprocessing_parity, tells which); a train loader that augments (token dropout,
     span masking) makes a separable train side expected."""
-    from .covariate_shift import MAX_ROWS, domain_auc
+    from .covariate_shift import MAX_ROWS, domain_auc, unshifted_words
 
     feats = {s: ev.splits[s]["features"] for s in ("train", "val")}
     aucs = {m: domain_auc(feats["train"][m], feats["val"][m], ev.config.seed) for m in ("teacher", "student")}
@@ -324,9 +324,7 @@ def lm_covariate_shift(ev: LMEvaluation, *, shift_warn: float = 0.65) -> Finding
     why = (
         "both models tell train text from val text (another document mix or another preparation)"
         if status is Status.WARN
-        else "neither model tells train text from val text"
-        if max(aucs.values()) < shift_warn
-        else "only one model tells train text from val text: not a shift of the text itself"
+        else unshifted_words(aucs, shift_warn, "train text", "val text", "the text")
     )
     if augmented and status is not Status.PASS:
         status, why = Status.PASS, "expected: the train loader augments its batches (a second read differs)"

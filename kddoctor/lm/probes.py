@@ -128,7 +128,7 @@ class Probes:
                 break
         if not have:
             empty = torch.zeros(0, self.vocab, device=self.device)
-            return {"student": empty, "teacher": empty, "target": torch.zeros(0, dtype=torch.long)}
+            return {"student": empty, "teacher": empty, "target": empty[:, 0].long()}
         return {k: torch.cat(v) for k, v in out.items()}
 
     @torch.no_grad()
