@@ -101,6 +101,13 @@ def _token_divergence_code(conv) -> str:
         conv.beta if conv.beta is not None else (0.5 if conv.divergence == "jsd" else 0.1),
     )
     kl = "(F.kl_div({x}, {y}, log_target=True, reduction='none').sum(-1) * mask).sum() / mask.sum()"
+    if conv.top_k and conv.top_k_rule == "renormalize":
+        return (
+            f"kth = t.topk({conv.top_k}, -1).values[..., -1:]  # keep the teacher's top {conv.top_k}\n"
+            "p = F.softmax(t.masked_fill(t < kth, float('-inf')) / T, -1)\n"
+            "per = (torch.xlogy(p, p) - p * F.log_softmax(s / T, -1)).sum(-1)\n"
+            "kd = (per * mask).sum() / mask.sum()"
+        )
     if conv.top_k:
         return (
             f"top = t.topk({conv.top_k}, -1).indices  # the teacher's kept ids\n"

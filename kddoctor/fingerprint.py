@@ -40,21 +40,18 @@ class GradientSums:
 
     def add(self, ce: torch.Tensor, kd: torch.Tensor) -> None:
         """One batch's two (scalar) terms, each a mean over the batch's units."""
-        g = {}
-        for name, term in (("ce", ce), ("kd", kd)):
-            if term.requires_grad:
-                grads = torch.autograd.grad(term, self.params, retain_graph=name == "ce", allow_unused=True)
-            else:
-                grads = (None,) * len(self.params)
-            pairs = zip(grads, self.params, strict=True)
-            g[name] = [(z if z is not None else torch.zeros_like(p)).double() for z, p in pairs]
+        self.add_grads(*term_grads([ce, kd], self.params))
+
+    def add_grads(self, gc: list[torch.Tensor], gk: list[torch.Tensor]) -> None:
+        """One batch's gradients of the two terms (one tensor per parameter); the sums stay on the
+        parameters' device until `moments` reads them (no host sync per batch)."""
+        g = {"ce": [v.double() for v in gc], "kd": [v.double() for v in gk]}
         for name in TERMS:
             for acc, v in zip(self.sums[name], g[name], strict=True):
                 acc += v
-        dot = lambda a, b: sum(float((x * y).sum()) for x, y in zip(a, b, strict=True))  # noqa: E731
-        self.sq["cc"] += dot(g["ce"], g["ce"])
-        self.sq["kk"] += dot(g["kd"], g["kd"])
-        self.sq["ck"] += dot(g["ce"], g["kd"])
+        dot = lambda a, b: sum((x * y).sum() for x, y in zip(a, b, strict=True))  # noqa: E731
+        for key, (a, b) in {"cc": ("ce", "ce"), "kk": ("kd", "kd"), "ck": ("ce", "kd")}.items():
+            self.sq[key] = self.sq[key] + dot(g[a], g[b])
         self.batches += 1
 
     def moments(self) -> dict[str, float]:
@@ -62,7 +59,21 @@ class GradientSums:
         and of the per-batch ones."""
         dot = lambda a, b: sum(float((x * y).sum()) for x, y in zip(a, b, strict=True))  # noqa: E731
         c, k = self.sums["ce"], self.sums["kd"]
-        return {"CC": dot(c, c), "KK": dot(k, k), "CK": dot(c, k), **self.sq, "B": float(self.batches)}
+        sq = {k: float(v) for k, v in self.sq.items()}
+        return {"CC": dot(c, c), "KK": dot(k, k), "CK": dot(c, k), **sq, "B": float(self.batches)}
+
+
+def term_grads(terms: list[torch.Tensor], params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Each (scalar) term's gradient, one tensor per parameter (zeros where a term does not reach one)."""
+    out = []
+    for i, term in enumerate(terms):
+        if term.requires_grad:
+            last = i == len(terms) - 1
+            grads = torch.autograd.grad(term, params, retain_graph=not last, allow_unused=True)
+        else:
+            grads = (None,) * len(params)
+        out.append([z if z is not None else torch.zeros_like(p) for z, p in zip(grads, params, strict=True)])
+    return out
 
 
 def rho(m: dict[str, float], a: float, b: float) -> float:
@@ -100,3 +111,79 @@ def fingerprint(
             ce, kd = terms(model, batch)
             sums.add(ce, kd)
     return sums.moments()
+
+
+# --- the per-coordinate fingerprint -----------------------------------------------------------------
+#
+# The squared norm above is dominated by the coordinates whose gradients are largest and noisiest (for
+# an LM, the CE's one-hot rows of the embedding and head), where an objective's slip hides. An Adam-trained
+# student is stationary coordinate by coordinate: each coordinate's mean gradient is small next to its
+# own spread, whatever its scale. So the per-coordinate fingerprint averages each coordinate's squared
+# t statistic over the batches,
+#
+#     S(a, b) = mean_j  mean_i(g_ij)^2 / (var_i(g_ij) / B),   g_ij = a * dCE_i/dθ_j + b * dKL_i/dθ_j,
+#
+# about 1 at a stationary point of a * CE + b * KL, larger for an objective the checkpoint is not still
+# for. It needs each term's gradient per batch on each coordinate: kept for at most MAX_COORDS
+# coordinates (a seeded random subset of a larger model's), so its memory is bounded.
+
+MAX_COORDS = 2**17
+
+
+class TermGradients:
+    """Per batch, the gradient of each of n terms on a fixed subset of coordinates (every coordinate of
+    a model with at most `max_coords` parameters): `G[batch, term, coordinate]`."""
+
+    def __init__(self, params: list[torch.Tensor], max_coords: int = MAX_COORDS, seed: int = 0) -> None:
+        total = sum(p.numel() for p in params)
+        self.coordinates = min(total, max_coords)
+        self.index = None
+        if total > max_coords:
+            pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_coords]
+            self.index = pick.sort().values.to(params[0].device)
+        self.rows: list[torch.Tensor] = []
+
+    def add(self, grads: list[list[torch.Tensor]]) -> None:
+        """One batch: per term, its gradient per parameter (`term_grads`)."""
+        flat = [torch.cat([g.reshape(-1) for g in term]) for term in grads]
+        if self.index is not None:
+            flat = [f[self.index] for f in flat]
+        self.rows.append(torch.stack(flat).float())
+
+    def tensor(self) -> torch.Tensor:
+        return torch.stack(self.rows)
+
+
+def coord_stats(
+    g: torch.Tensor,
+    members: list[tuple[int, float, float]],
+    counts: torch.Tensor | None = None,
+    whole: bool = False,
+):
+    """S(a, b) of each member (term index j, a, b: the objective a * term 0 + b * term j) over the
+    batches of `g` [B, n, C]; with `counts` [R, B] (a bootstrap's draws of the batches), one row per draw.
+    Returns [R, len(members)] (R = 1 without counts), and with `whole` also the whole-vector `rho` of
+    each member on these coordinates. Coordinates no batch moves are left out of S."""
+    b = g.shape[0]
+    counts = torch.ones(1, b, dtype=g.dtype, device=g.device) if counts is None else counts.to(g)
+    out = torch.empty(len(counts), len(members), dtype=torch.float64)
+    rhos = torch.empty(len(counts), len(members), dtype=torch.float64)
+    by_term: dict[int, torch.Tensor] = {}
+    for col, (j, a, w) in enumerate(members):
+        if j not in by_term:  # the weighted sums a member of term j needs: g0, gj, g0², gj², g0·gj
+            g0, gj = g[:, 0], g[:, j]
+            x = torch.stack([g0, gj, g0 * g0, gj * gj, g0 * gj], 1).double()
+            by_term[j] = (counts.double() @ x.reshape(b, -1)).reshape(len(counts), 5, -1)
+        s0, sj, q00, qjj, q0j = by_term[j].unbind(1)
+        mean = (a * s0 + w * sj) / b
+        var = (a * a * q00 + w * w * qjj + 2 * a * w * q0j - b * mean * mean) / (b - 1)
+        moved = var > 1e-30
+        t2 = torch.where(moved, mean * mean / (var / b).clamp_min(1e-300), torch.zeros_like(mean))
+        out[:, col] = (t2.sum(-1) / moved.sum(-1).clamp_min(1)).cpu()
+        if whole:  # rho() on these coordinates: |sum_i g_i|^2 against sum_i |g_i|^2
+            total = ((a * s0 + w * sj) ** 2).sum(-1)
+            each = (a * a * q00 + w * w * qjj + 2 * a * w * q0j).sum(-1)
+            noise = (each - total / b).clamp_min(0) / (b - 1) / b
+            inf = torch.full_like(noise, math.inf)
+            rhos[:, col] = torch.where(noise > 0, total / b**2 / noise, inf).cpu()
+    return (out, rhos) if whole else out

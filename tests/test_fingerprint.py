@@ -111,3 +111,115 @@ def test_the_family_covers_the_slips_users_make():
     ]
     lm = [n for n, _ in members(resolve(alpha=0.5, temperature=2.0, task="causal-lm"))]
     assert "the KL reduced by 'batchmean'" in lm and "the KL reduced by 'mean'" in lm
+
+
+# --- causal LMs: the per-coordinate fingerprint ----------------------------------------------------------
+
+V, L, ROWS = 24, 24, 128
+
+
+class _Bigram(nn.Module):
+    """A low-rank bigram LM: too small to fit both the labels and its teacher, so the two terms pull apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(V, 5), nn.Linear(5, V)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.emb(ids)))
+
+
+def _lm_data():
+    g = torch.Generator().manual_seed(0)
+    chain = torch.randn(V, V, generator=g) * 2  # the text's bigram logits
+    ids = torch.zeros(ROWS, L + 1, dtype=torch.long)
+    ids[:, 0] = torch.randint(V, (ROWS,), generator=g)
+    for i in range(L):
+        ids[:, i + 1] = torch.multinomial(chain[ids[:, i]].softmax(-1), 1, generator=g).squeeze(1)
+    teacher = chain + torch.randn(V, V, generator=g) * 1.5  # a teacher that disagrees with the text often
+    x, y = ids[:, :-1], ids[:, 1:]
+    return x, y, teacher[x]
+
+
+def _lm_fit(objective, x, y, t, steps: int = 800) -> nn.Module:
+    """Adam on every row at once, its step size annealed to zero: a stationary point of `objective`."""
+    torch.manual_seed(0)
+    model = _Bigram()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    a, b = objective.term_weights(V)
+    for _ in range(steps):
+        opt.zero_grad()
+        ce, kd = objective.unit_terms(model(x), t, y)
+        (a * ce + b * kd).backward()
+        opt.step()
+        sched.step()
+    return model
+
+
+def _lm_assess(model, stated, x, y, t):
+    from kddoctor.checks.objective_fingerprint import _assess_coords, _targets, lm_terms
+    from kddoctor.fingerprint import TermGradients, term_grads
+
+    params = list(model.parameters())
+    targets = _targets(stated, V)
+    grads = TermGradients(params)
+    for r in torch.arange(ROWS).split(8):
+        s = model(x[r])
+        grads.add(term_grads(lm_terms(stated, targets, s, t[r], y[r]), params))
+    return _assess_coords(grads.tensor(), stated, V, targets)
+
+
+STATED = {"alpha": 0.5, "temperature": 2.0, "task": "causal-lm"}
+
+
+@pytest.mark.parametrize(
+    "trained, named",
+    [
+        ({}, "as stated"),
+        ({"no_t2": True}, "the KD term without T²"),
+        ({"alpha": 0.9, "alpha_on": "ce"}, "alpha on the other term"),
+        ({"top_k": 2}, "the KD target cut to the teacher's top 2, renormalized"),
+    ],
+)
+def test_an_lm_checkpoint_is_stillest_coordinate_by_coordinate_for_what_it_trained_on(trained, named):
+    x, y, t = _lm_data()
+    stated = resolve(**{**STATED, "alpha": 0.9} if "alpha_on" in trained else STATED)
+    model = _lm_fit(resolve(**{**STATED, **trained}), x, y, t)
+    e = _lm_assess(model, stated, x, y, t)
+    assert e["named_member"] == named, e["coord_members"]
+    if named == "as stated":  # calm: no other objective is stiller than the stated one
+        assert e["objective_excess"] < 0.05, e
+    else:
+        assert e["objective_excess"] > 0.3, e
+        assert e["objective_excess_lo"] > 0.1, e
+
+
+def test_an_lm_student_no_objective_holds_still_is_inconclusive():
+    """A student at its initialization moves under every objective: the check names no objective (it
+    warns, it does not fail) and says it has not converged; coordinate by coordinate, likewise."""
+    from kddoctor.checks.base import Status
+    from kddoctor.checks.objective_fingerprint import COORD_MOVING, MOVING, _lm_finding
+
+    x, y, t = _lm_data()
+    torch.manual_seed(0)
+    e = _lm_assess(_Bigram(), resolve(**STATED), x, y, t)
+    assert e["best_rho"] > MOVING and e["objective_excess"] > 0.10, e  # CE alone is stillest, yet...
+    f = _lm_finding({**e, "inconclusive": 1.0}, "rows", 0.05, 0.10)
+    assert f.status == Status.WARN and "it has not converged" in f.summary
+    f = _lm_finding({**e, "inconclusive": 0.0, "coord_all_moving": COORD_MOVING}, "rows", 0.05, 0.10)
+    assert f.status == Status.WARN and "no objective is still coordinate by coordinate" in f.summary
+
+
+def test_an_lm_objective_of_another_divergence_is_read_without_top_k_targets():
+    """A top-k target is a forward KL's: a JSD or reverse-KL objective's family has none, and its
+    fingerprint is read all the same (a refused top-k convention once made the check fail)."""
+    from kddoctor.checks.objective_fingerprint import _targets
+
+    x, y, t = _lm_data()
+    for kind in ("jsd", "reverse_kl"):
+        stated = resolve(**STATED, divergence=kind)
+        assert _targets(stated, V) == []
+        e = _lm_assess(_lm_fit(stated, x, y, t, steps=300), stated, x, y, t)
+        assert e["named_member"] == "as stated" and e["objective_excess"] < 0.05, e["coord_members"]
+    assert len(_targets(resolve(**STATED), V)) == 2  # the top 2 and 8 of 24 ids: those under the vocabulary

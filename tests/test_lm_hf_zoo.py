@@ -38,3 +38,20 @@ def test_text_prepared_unlike_val_is_named_and_its_fix_is_calm(name):
         parity = diag.finding("preprocessing_parity")
         assert "'upper' token" in parity.summary and parity.status.value == "fail"
         assert any("upper" in r for r in diag.causes[0]["remedies"])  # the remedy names the statistic
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f"{FAMILY}:kd_alpha_on_ce", f"{FAMILY}:kd_alpha_on_ce_fixed"])
+def test_a_loss_its_user_cannot_state_is_named_by_its_fingerprint(name):
+    """The user states alpha 0.9 on KD; their code put it on the CE. The per-coordinate fingerprint
+    names the loss really trained and the remedy shows it beside the stated one; the fix is calm."""
+    scn = lm.get(name)
+    diag = lm.run(scn, draw=0)
+    assert lm.judge(scn, diag), (diag.verdict["sentence"], diag.causes[:2])
+    fp = diag.finding("objective_fingerprint")
+    if scn.expected:
+        assert fp.status.value == "fail" and fp.evidence["named_member"] == "alpha on the other term"
+        said = "stationary for the loss with alpha on the other term"
+        assert any(said in r for r in diag.causes[0]["remedies"]), diag.causes[0]["remedies"]
+    else:
+        assert fp.status.value == "pass", fp.summary

@@ -126,3 +126,19 @@ def test_a_trainer_whose_loss_runs_at_a_fixed_temperature_is_not_told_to_soften_
         conv = resolve(preset=preset, task="causal-lm")
         ctx = remedy_context([], {"convention": conv.to_dict(256), "num_classes": 256})
         assert ("higher_t" in ctx["applies"]) is soft, preset
+
+
+@pytest.mark.parametrize("rule", ["renormalize", "tail"])
+def test_a_top_k_objective_is_written_as_it_computes(rule):
+    """The code an LM remedy shows for a top-k target (the fingerprint names such members) computes the
+    loss the objective computes: renormalized kept mass, or DistillKit's tail bucket."""
+    conv = resolve(task="causal-lm", alpha=0.5, temperature=2.0, top_k=4, top_k_rule=rule)
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
+    y = torch.randint(16, (2, 5), generator=g)
+    ns = {"F": torch.nn.functional, "torch": torch, "s": s, "t": t, "y": y.flatten()}
+    ns["mask"] = torch.ones(2, 5)
+    exec(conv.code(), ns)  # noqa: S102  the snippet is the loss
+    ce, kd = conv.unit_terms(s, t, y)
+    a, b = conv.term_weights(16)
+    assert torch.allclose(ns["loss"], a * ce + b * kd, rtol=1e-5)

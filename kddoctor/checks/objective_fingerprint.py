@@ -12,7 +12,16 @@ from dataclasses import replace
 import torch
 
 from ..convention import KD_REDUCTIONS, LM_REDUCTIONS, KDConvention
-from ..fingerprint import fingerprint, rho, stationary_ratio
+from ..fingerprint import (
+    GradientSums,
+    TermGradients,
+    coord_stats,
+    fingerprint,
+    rho,
+    stationary_ratio,
+    term_grads,
+)
+from ..losses import IGNORE, objective_divergence
 from .base import Finding, Status, register_check
 
 MOVING = 8.0  # rho above this for every objective: the checkpoint has not converged (inconclusive)
@@ -159,6 +168,191 @@ def image_fingerprint(
     return _finding(e, f"{len(x)} train samples", excess_warn, excess_fail)
 
 
+# --- causal LMs: the per-coordinate fingerprint (kddoctor.fingerprint.coord_stats) ---------------------
+#
+# The thresholds were set on the tuning draw of the Hugging Face LM zoo (bench/lm_zoo.py, draw 0): the
+# stated objective's S over the stillest objective's, in decades, is at most 0.054 for every healthy
+# and fixed pair and 0.063-0.77 for the students whose code computed another objective.
+COORD_WARN, COORD_FAIL = 0.05, 0.10
+COORD_MOVING = 1.7  # log10 of the stillest S: above it every objective moves every coordinate
+AGREE = 1.25  # a candidate's whole-vector rho is at most this times the stated one's
+TIE = 0.1  # members whose S is within 10% of the named one's are named beside it
+SHIFT_MIN = 0.5  # decades the stillest KD-to-CE ratio must sit from the stated one to count on its own
+TOPK_LADDER = (2, 8, 32, 128)  # a top-k target the code may have cut without saying so
+SCAN = [10 ** (e / 8) for e in range(-48, 49)]  # KD-to-CE weight ratios, 1e-6 to 1e6
+DRAWS, SUBSET, INTERVAL_COORDS = 16, 0.75, 2**14  # the interval: draws of 3/4 of the batches
+EDGE = 6.0  # a ratio shift past the scan's ends (CE alone or KD alone is stillest), in decades
+
+
+def _targets(conv: KDConvention, vocab: int) -> list[tuple[str, KDConvention]]:
+    """The KD targets beside the stated one whose gradients the fingerprint takes: the teacher's top k
+    (renormalized) where the stated target is the whole distribution."""
+    if conv.top_k:  # what a top-k target drops is lm_topk's to measure: the two targets differ by a tail
+        return []  # whose gradient the batches cannot tell from noise (bytes zoo: healthy DistillKit pairs)
+    if conv.divergence != "forward_kl":  # a top-k target is a forward KL's (DistillKit, verl)
+        return []
+    cut = "the KD target cut to the teacher's top {}, renormalized"
+    kept = [k for k in TOPK_LADDER if k < vocab]
+    return [(cut.format(k), replace(conv, top_k=k, top_k_rule="renormalize")) for k in kept]
+
+
+def lm_terms(conv: KDConvention, targets: list, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list:
+    """The fingerprint's terms on one batch, each per counted token: the CE, the stated KD term, and
+    the KD term on each of `targets`' targets."""
+    ce, kd = conv.unit_terms(s, t, y)
+    counted = y != IGNORE
+    per = counted.sum().clamp_min(1)
+    return [ce, kd, *((objective_divergence(m, s, t).float() * counted).sum() / per for _, m in targets)]
+
+
+def _log_ratio(a: float, b: float) -> float:
+    """log10(b / a), the KD-to-CE weight ratio's position, clipped to the scan's ends (+-EDGE + 1)."""
+    if a <= 0:
+        return EDGE + 1
+    if b <= 0:
+        return -EDGE - 1
+    return max(-EDGE - 1, min(EDGE + 1, math.log10(b / a)))
+
+
+def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: list) -> dict:
+    """The per-coordinate fingerprint of every member (term 1: the stated target; 2..: `targets`), the
+    KD-to-CE ratio the checkpoint is stillest for, and how far the stated objective sits from both."""
+    rows, seen = [], set()
+    for name, m in members(conv):
+        a, b = m.term_weights(vocab)
+        if (round(a, 12), round(b, 12)) not in seen:
+            seen.add((round(a, 12), round(b, 12)))
+            rows.append({"name": name, "term": 1, "ce": a, "kd": b, "code": m.code(), "formula": m.formula()})
+    a0, b0 = conv.term_weights(vocab)
+    for j, (name, m) in enumerate(targets, start=2):
+        rows.append({"name": name, "term": j, "ce": a0, "kd": b0, "code": m.code(), "formula": m.formula()})
+    scan = [(1, 1.0, r) for r in SCAN] + [(1, 1.0, 0.0), (1, 0.0, 1.0)]
+    spec = [(r["term"], r["ce"], r["kd"]) for r in rows]
+    point, whole = coord_stats(g, spec + scan, whole=True)
+    point = point[0].tolist()
+    for r, v, w in zip(rows, point, whole[0].tolist(), strict=False):
+        r["S"], r["rho"] = v, w
+    scan_s = point[len(rows) :]
+    ratios = SCAN + [0.0, math.inf]
+    # an objective is a candidate only where the whole-vector reading agrees it is about as still as the
+    # stated one (rho within AGREE of it): where the two readings disagree, the per-coordinate one is
+    # reading which objective's gradients are noisiest, not which one the checkpoint settled on (bytes
+    # zoo, T 0.5: KD alone reads stillest per coordinate, 2.9x the stated rho as a whole)
+    limit = rows[0]["rho"] * AGREE
+    cand = [rows[0]] + [r for r in rows[1:] if r["rho"] <= limit]
+    scan_ok = [i for i, w in enumerate(whole[0].tolist()[len(rows) :]) if w <= limit]
+    k = min(scan_ok or range(len(scan_s)), key=scan_s.__getitem__)
+    stated_at = _log_ratio(a0, b0)
+    shift = max(-EDGE, min(EDGE, _log_ratio(1.0, ratios[k]) - stated_at))
+    e = _excess(cand, scan_s[k] if scan_ok else rows[0]["S"], shift)
+    named = _named(cand, e, stated_at, shift)
+    if named is rows[0]:  # no candidate to name (the scan's minimum has none on its side): nothing to say
+        e["objective_excess"] = 0.0
+    # the interval: the same reading on draws of SUBSET of the batches (without replacement), each on
+    # a seeded subset of at most INTERVAL_COORDS coordinates
+    boot = []
+    gen = torch.Generator().manual_seed(0)
+    sub_g = g[:, :, torch.randperm(g.shape[2], generator=gen)[:INTERVAL_COORDS].to(g.device)]
+    for _ in range(DRAWS):
+        keep = torch.randperm(g.shape[0], generator=gen)[: max(3, round(g.shape[0] * SUBSET))]
+        # a statistic's excess over 1 grows with the batches it reads: scaled back to all of them
+        part = coord_stats(sub_g[keep.to(g.device)], spec + scan)[0]
+        d = (1 + (part - 1) * g.shape[0] / len(keep)).tolist()
+        sub = [{**r, "S": v} for r, v in zip(rows, d, strict=False) if r is rows[0] or r in cand]
+        cs = d[len(rows) :]
+        kk = min(scan_ok or range(len(cs)), key=cs.__getitem__)
+        shift_b = max(-EDGE, min(EDGE, _log_ratio(1.0, ratios[kk]) - stated_at))
+        boot.append(_excess(sub, cs[kk] if scan_ok else sub[0]["S"], shift_b)["objective_excess"])
+    # centred on the point reading: the draws' spread below and above their median
+    q = torch.tensor(boot, dtype=torch.float64).quantile(torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    lo, hi = max(0.0, e["objective_excess"] - float(q[1] - q[0])), e["objective_excess"] + float(q[2] - q[1])
+    if named is rows[0]:
+        lo = hi = 0.0
+    return {
+        "coord_members": {r["name"]: round(r["S"], 4) for r in rows},
+        # every objective, top-k targets included, still moves it as a whole: not converged (as for images)
+        "best_rho": min(r["rho"] for r in rows),
+        "coord_stated": rows[0]["S"],
+        "coord_best_member": min(rows, key=lambda r: r["S"])["name"],
+        "coord_scan_min": scan_s[k],
+        # no objective is still coordinate by coordinate (every healthy and planted-objective pair of the
+        # tuning draw: at most 18; a student far too small for its teacher: 83-304): inconclusive
+        "coord_all_moving": math.log10(max(min(scan_s[k], *(r["S"] for r in rows)), 1e-9)),
+        "coord_ratio_shift": shift,
+        **e,
+        "objective_excess_lo": lo,
+        "objective_excess_hi": hi,
+        "named_member": named["name"],
+        # members within TIE of the named one's S: the fingerprint cannot tell them apart
+        "named_ties": [r["name"] for r in cand[1:] if r is not named and r["S"] <= named["S"] * (1 + TIE)],
+        "candidates": len(cand),
+        "named_code": named["code"],
+        "named_formula": named["formula"],
+        "coordinates": g.shape[2],
+    }
+
+
+def _excess(rows: list[dict], scan_min: float, shift: float) -> dict:
+    """How much stiller than the stated objective the checkpoint is for another: the best member's S,
+    or the scan's minimum where it sits at least SHIFT_MIN decades of KD-to-CE ratio away (decades)."""
+    stated = max(rows[0]["S"], 1e-12)
+    best = min(r["S"] for r in rows)
+    member = math.log10(stated / max(best, 1e-12))
+    off = math.log10(stated / max(scan_min, 1e-12)) if abs(shift) >= SHIFT_MIN else 0.0
+    return {"coord_excess": member, "coord_scan_excess": off, "objective_excess": max(member, off, 0.0)}
+
+
+def _named(rows: list[dict], e: dict, stated_at: float, shift: float) -> dict:
+    """The member the fingerprint names: the stillest one; where the stated one is stillest of the
+    members but the scan's minimum lies SHIFT_MIN decades away, the stillest member on that side."""
+    best = min(rows, key=lambda r: r["S"])
+    if best is not rows[0] or e["coord_scan_excess"] <= 0:
+        return best
+    side = [r for r in rows[1:] if r["term"] == 1 and (_log_ratio(r["ce"], r["kd"]) - stated_at) * shift > 0]
+    return min(side, key=lambda r: r["S"]) if side else best
+
+
+def _lm_finding(e: dict, size: str, warn: float, fail: float) -> Finding:
+    ex, named = e["objective_excess"], e["named_member"]
+    if e["named_ties"]:
+        named += f" (or, as still, {' or '.join(e['named_ties'])})"
+    lo, hi = e["objective_excess_lo"], e["objective_excess_hi"]
+    interval = f"{lo:.2f}-{hi:.2f} over draws of 3/4 of the batches"
+    if ex >= fail:
+        status = Status.FAIL
+        words = (
+            f"the checkpoint is stiller for the objective with {named} than for the objective as stated: "
+            f"the stated one's coordinates move {10**ex:.2f}x as much against their noise ({ex:.2f} decades, "
+            f"{interval}): the loss your code computed is not the one you stated"
+        )
+    elif ex >= warn:
+        status = Status.WARN
+        words = (
+            f"the checkpoint may be stiller for the objective with {named} than for the objective as stated "
+            f"({ex:.2f} decades, {interval}): too close to say the code computed it"
+        )
+    else:
+        status = Status.PASS
+        words = (
+            f"the checkpoint is as still for the objective as stated as for any of "
+            f"{len(e['coord_members'])} objectives around it ({ex:.2f} decades from the stillest, {interval})"
+        )
+    if e["coord_all_moving"] >= COORD_MOVING:
+        status = Status.WARN if status == Status.FAIL else status
+        stillest = 10 ** e["coord_all_moving"]
+        words += (
+            f"; but no objective is still coordinate by coordinate (the stillest reads {stillest:.0f}, where "
+            "a converged student reads a few): which objective it trained on is not told"
+        )
+    elif e["inconclusive"]:
+        status = Status.WARN if status == Status.FAIL else status
+        words += (
+            "; every objective still moves it as a whole (the most stationary one's mean gradient is "
+            f"{math.sqrt(e['best_rho']):.1f}x its noise): it has not converged"
+        )
+    return Finding("objective_fingerprint", status, f"on {size}: {words}", e)
+
+
 @register_check(
     "objective_fingerprint",
     task="causal-lm",
@@ -167,21 +361,33 @@ def image_fingerprint(
     order=55,
 )
 def lm_fingerprint(
-    ev, *, moving: float = MOVING, excess_warn: float = EXCESS_WARN, excess_fail: float = EXCESS_FAIL
+    ev, *, moving: float = MOVING, excess_warn: float = COORD_WARN, excess_fail: float = COORD_FAIL
 ) -> Finding:
     """Gradient fingerprint of the checkpoint on the probes' train rows (batches of 8 sequences): which
-    objective of the family around the stated one is it stationary for? (Thresholds as for images.)"""
+    objective of the family around the stated one, top-k targets included, is it stationary for, read
+    coordinate by coordinate (as Adam trains). excess_*: decades by which the stated objective's
+    per-coordinate statistic exceeds the stillest one's; moving: as for images (the whole-vector rho)."""
     pr = ev.probes
     ids, mask, labels = pr.rows["train"]
     conv = ev.convention
     model = _model_copy(pr.student)
-    rows = torch.arange(len(ids), device=ids.device).split(8)
-
-    def terms(m, r):
-        s = pr._logits(m, ids[r], mask[r])
-        return conv.unit_terms(s, pr._teacher("train", r), labels[r, 1:])
-
-    moments = fingerprint(model, rows, terms)
-    e = _assess(moments, conv, ev.vocab, moving)
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    targets = _targets(conv, ev.vocab)
+    sums, coords = GradientSums(params), TermGradients(params, seed=pr.seed)
+    with torch.enable_grad():
+        for r in torch.arange(len(ids), device=ids.device).split(8):
+            s, t, y = pr._logits(model, ids[r], mask[r]), pr._teacher("train", r), labels[r, 1:]
+            grads = term_grads(lm_terms(conv, targets, s, t, y), params)
+            sums.add_grads(grads[0], grads[1])
+            coords.add(grads)
+    e = _assess(sums.moments(), conv, ev.vocab, moving)
+    # the whole-vector reading stays as evidence (its `all_moving` says a student has not converged); the
+    # member the per-coordinate reading names is the one a cause and the remedy show
+    e = {f"scalar_{k}" if k.startswith("best_") else k: v for k, v in e.items()} | {"best_rho": e["best_rho"]}
+    e |= _assess_coords(coords.tensor(), conv, ev.vocab, targets)
+    e |= {f"best_{k}": e[f"named_{k}"] for k in ("member", "code", "formula")}
+    e["all_moving"] = math.log10(max(e["best_rho"], 1e-9))
+    e["inconclusive"] = float(e["best_rho"] > moving)
     size = f"{pr.counted_tokens('train'):,} counted tokens of {len(ids)} train sequences"
-    return _finding(e, size, excess_warn, excess_fail)
+    return _lm_finding(e, size, excess_warn, excess_fail)

@@ -393,9 +393,10 @@ def _text_preparation(name: str, scn) -> list[LMScenario]:
 
 
 # Pairs the diagnosis still gets wrong on the tuning draw, and why (the tests expect them to fail; the
-# README's zoo table shows them). Bytes students train at a constant step size, so no objective is still.
+# README's zoo table shows them). Bytes students train at a constant step size, so no objective is quite
+# still: the per-coordinate fingerprint names four of the five unstated objectives all the same.
 KNOWN_MISSES = {
-    **{s.name: "the fingerprint needs a student annealed to a stationary point" for s in UNSTATED},
+    "kd_missing_t2": "at a constant step size its stillest KD weight is 0.33 decades off the stated, not 1.2",
 }
 
 SCENARIOS = (
