@@ -171,8 +171,8 @@ def image_fingerprint(
 # --- causal LMs: the per-coordinate fingerprint (kddoctor.fingerprint.coord_stats) ---------------------
 #
 # The thresholds were set on the tuning draw of the Hugging Face LM zoo (bench/lm_zoo.py, draw 0): the
-# stated objective's S over the stillest objective's, in decades, is at most 0.054 for every healthy
-# and fixed pair and 0.063-0.77 for the students whose code computed another objective.
+# stated objective's S over the stillest candidate's, in decades, is at most 0.054 for every healthy and
+# fixed pair and 0.095-0.78 for nine of the ten students whose code computed another objective.
 COORD_WARN, COORD_FAIL = 0.05, 0.10
 COORD_MOVING = 1.7  # log10 of the stillest S: above it every objective moves every coordinate
 AGREE = 1.25  # a candidate's whole-vector rho is at most this times the stated one's
