@@ -136,7 +136,6 @@ class TermGradients:
 
     def __init__(self, params: list[torch.Tensor], max_coords: int = MAX_COORDS, seed: int = 0) -> None:
         total = sum(p.numel() for p in params)
-        self.coordinates = min(total, max_coords)
         self.index = None
         if total > max_coords:
             pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_coords]
@@ -154,36 +153,27 @@ class TermGradients:
         return torch.stack(self.rows)
 
 
-def coord_stats(
-    g: torch.Tensor,
-    members: list[tuple[int, float, float]],
-    counts: torch.Tensor | None = None,
-    whole: bool = False,
-):
+def coord_stats(g: torch.Tensor, members: list[tuple[int, float, float]], whole: bool = False):
     """S(a, b) of each member (term index j, a, b: the objective a * term 0 + b * term j) over the
-    batches of `g` [B, n, C]; with `counts` [R, B] (a bootstrap's draws of the batches), one row per draw.
-    Returns [R, len(members)] (R = 1 without counts), and with `whole` also the whole-vector `rho` of
-    each member on these coordinates. Coordinates no batch moves are left out of S."""
+    batches of `g` [B, n, C], as a list; with `whole`, also each member's whole-vector `rho` on these
+    coordinates. Coordinates no batch moves are left out of S."""
     b = g.shape[0]
-    counts = torch.ones(1, b, dtype=g.dtype, device=g.device) if counts is None else counts.to(g)
-    out = torch.empty(len(counts), len(members), dtype=torch.float64)
-    rhos = torch.empty(len(counts), len(members), dtype=torch.float64)
+    out, rhos = [], []
     by_term: dict[int, torch.Tensor] = {}
-    for col, (j, a, w) in enumerate(members):
-        if j not in by_term:  # the weighted sums a member of term j needs: g0, gj, g0², gj², g0·gj
-            g0, gj = g[:, 0], g[:, j]
-            x = torch.stack([g0, gj, g0 * g0, gj * gj, g0 * gj], 1).double()
-            by_term[j] = (counts.double() @ x.reshape(b, -1)).reshape(len(counts), 5, -1)
-        s0, sj, q00, qjj, q0j = by_term[j].unbind(1)
+    for j, a, w in members:
+        if j not in by_term:  # the sums over batches a member of term j needs: g0, gj, g0², gj², g0·gj
+            g0, gj = g[:, 0].double(), g[:, j].double()
+            by_term[j] = torch.stack([g0, gj, g0 * g0, gj * gj, g0 * gj], 1).sum(0)
+        s0, sj, q00, qjj, q0j = by_term[j]
         mean = (a * s0 + w * sj) / b
         var = (a * a * q00 + w * w * qjj + 2 * a * w * q0j - b * mean * mean) / (b - 1)
         moved = var > 1e-30
         t2 = torch.where(moved, mean * mean / (var / b).clamp_min(1e-300), torch.zeros_like(mean))
-        out[:, col] = (t2.sum(-1) / moved.sum(-1).clamp_min(1)).cpu()
+        out.append(t2.sum() / moved.sum().clamp_min(1))
         if whole:  # rho() on these coordinates: |sum_i g_i|^2 against sum_i |g_i|^2
-            total = ((a * s0 + w * sj) ** 2).sum(-1)
-            each = (a * a * q00 + w * w * qjj + 2 * a * w * q0j).sum(-1)
+            total = ((a * s0 + w * sj) ** 2).sum()
+            each = (a * a * q00 + w * w * qjj + 2 * a * w * q0j).sum()
             noise = (each - total / b).clamp_min(0) / (b - 1) / b
-            inf = torch.full_like(noise, math.inf)
-            rhos[:, col] = torch.where(noise > 0, total / b**2 / noise, inf).cpu()
-    return (out, rhos) if whole else out
+            rhos.append(torch.where(noise > 0, total / b**2 / noise, math.inf))
+    out = torch.stack(out).tolist()  # one host read for every member
+    return (out, torch.stack(rhos).tolist()) if whole else out

@@ -187,8 +187,13 @@ def unit_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple
     `term_weights` carries."""
     if conv.task != "causal-lm":
         return F.cross_entropy(s, y), kd_term(s, t, conv.temperature, t2=False, reduction="batchmean")
-    counted = y != IGNORE
-    n = counted.sum().clamp_min(1)
-    kl = objective_divergence(conv, s, t).float() * counted
+    n = (y != IGNORE).sum().clamp_min(1)
     ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return ce / n, kl.sum() / n
+    return ce / n, token_kd_mean(conv, s, t, y)
+
+
+def token_kd_mean(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The KD divergence `conv` computes, per counted token of [B, L, V] logits (y == -100 uncounted),
+    unweighted: `unit_terms`' KD term for a causal LM."""
+    counted = y != IGNORE
+    return (objective_divergence(conv, s, t).float() * counted).sum() / counted.sum().clamp_min(1)

@@ -94,11 +94,9 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
 def _fingerprint_fix(fp: dict, conv: KDConvention, applies: set) -> dict:
     """The loss the checkpoint's gradient fingerprint points to, next to the stated one."""
     out = {"fp_say": "", "fp_code": ""}
-    # an LM's is read coordinate by coordinate (objective_excess); an image model's as a whole
-    excess, named = ("objective_excess", 0.1) if "objective_excess" in fp else ("stated_excess", 0.4)
-    if fp.get(excess, 0) < named or not fp.get("best_code") or fp.get("best_member") == "as stated":
-        return out
-    if fp.get("coord_all_moving", 0) >= 1.7:  # no objective is still: the fingerprint names none
+    # an LM's check says whether it names another objective; an image model's is read from its excess
+    named = fp["named"] if "named" in fp else fp.get("stated_excess", 0) >= 0.4
+    if not named or not fp.get("best_code") or fp.get("best_member") == "as stated":
         return out
     applies.add("fingerprint")
     out["fp_say"] = (

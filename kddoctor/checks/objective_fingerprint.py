@@ -21,7 +21,7 @@ from ..fingerprint import (
     stationary_ratio,
     term_grads,
 )
-from ..losses import IGNORE, objective_divergence
+from ..losses import token_kd_mean
 from .base import Finding, Status, register_check
 
 MOVING = 8.0  # rho above this for every objective: the checkpoint has not converged (inconclusive)
@@ -199,10 +199,7 @@ def _targets(conv: KDConvention, vocab: int) -> list[tuple[str, KDConvention]]:
 def lm_terms(conv: KDConvention, targets: list, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list:
     """The fingerprint's terms on one batch, each per counted token: the CE, the stated KD term, and
     the KD term on each of `targets`' targets."""
-    ce, kd = conv.unit_terms(s, t, y)
-    counted = y != IGNORE
-    per = counted.sum().clamp_min(1)
-    return [ce, kd, *((objective_divergence(m, s, t).float() * counted).sum() / per for _, m in targets)]
+    return [*conv.unit_terms(s, t, y), *(token_kd_mean(m, s, t, y) for _, m in targets)]
 
 
 def _log_ratio(a: float, b: float) -> float:
@@ -229,24 +226,29 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
     scan = [(1, 1.0, r) for r in SCAN] + [(1, 1.0, 0.0), (1, 0.0, 1.0)]
     spec = [(r["term"], r["ce"], r["kd"]) for r in rows]
     point, whole = coord_stats(g, spec + scan, whole=True)
-    point = point[0].tolist()
-    for r, v, w in zip(rows, point, whole[0].tolist(), strict=False):
+    for r, v, w in zip(rows, point, whole, strict=False):
         r["S"], r["rho"] = v, w
-    scan_s = point[len(rows) :]
-    ratios = SCAN + [0.0, math.inf]
     # an objective is a candidate only where the whole-vector reading agrees it is about as still as the
     # stated one (rho within AGREE of it): where the two readings disagree, the per-coordinate one is
     # reading which objective's gradients are noisiest, not which one the checkpoint settled on (bytes
     # zoo, T 0.5: KD alone reads stillest per coordinate, 2.9x the stated rho as a whole)
     limit = rows[0]["rho"] * AGREE
-    cand = [rows[0]] + [r for r in rows[1:] if r["rho"] <= limit]
-    scan_ok = [i for i, w in enumerate(whole[0].tolist()[len(rows) :]) if w <= limit]
-    k = min(scan_ok or range(len(scan_s)), key=scan_s.__getitem__)
+    cand = [i for i, r in enumerate(rows) if i == 0 or r["rho"] <= limit]
+    scan_ok = [i for i, w in enumerate(whole[len(rows) :]) if w <= limit]
     stated_at = _log_ratio(a0, b0)
-    shift = max(-EDGE, min(EDGE, _log_ratio(1.0, ratios[k]) - stated_at))
-    e = _excess(cand, scan_s[k] if scan_ok else rows[0]["S"], shift)
-    named = _named(cand, e, stated_at, shift)
-    if named is rows[0]:  # no candidate to name (the scan's minimum has none on its side): nothing to say
+
+    def reading(stats: list[float]) -> tuple[dict, list[dict], int, float]:
+        """The excess, the candidates with their S, the scan's stillest index and its ratio shift."""
+        members_s = [{**rows[i], "S": stats[i]} for i in cand]
+        scan_s = stats[len(rows) :]
+        k = min(scan_ok or range(len(scan_s)), key=scan_s.__getitem__)
+        shift = max(-EDGE, min(EDGE, _log_ratio(1.0, (SCAN + [0.0, math.inf])[k]) - stated_at))
+        return _excess(members_s, scan_s[k] if scan_ok else stats[0], shift), members_s, k, shift
+
+    e, members_s, k, shift = reading(point)
+    named = _named(members_s, e, stated_at, shift)
+    nothing = named is members_s[0]  # no candidate to name (none on the scan minimum's side)
+    if nothing:
         e["objective_excess"] = 0.0
     # the interval: the same reading on draws of SUBSET of the batches (without replacement), each on
     # a seeded subset of at most INTERVAL_COORDS coordinates
@@ -255,36 +257,34 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
     sub_g = g[:, :, torch.randperm(g.shape[2], generator=gen)[:INTERVAL_COORDS].to(g.device)]
     for _ in range(DRAWS):
         keep = torch.randperm(g.shape[0], generator=gen)[: max(3, round(g.shape[0] * SUBSET))]
+        part = coord_stats(sub_g[keep.to(g.device)], spec + scan)
         # a statistic's excess over 1 grows with the batches it reads: scaled back to all of them
-        part = coord_stats(sub_g[keep.to(g.device)], spec + scan)[0]
-        d = (1 + (part - 1) * g.shape[0] / len(keep)).tolist()
-        sub = [{**r, "S": v} for r, v in zip(rows, d, strict=False) if r is rows[0] or r in cand]
-        cs = d[len(rows) :]
-        kk = min(scan_ok or range(len(cs)), key=cs.__getitem__)
-        shift_b = max(-EDGE, min(EDGE, _log_ratio(1.0, ratios[kk]) - stated_at))
-        boot.append(_excess(sub, cs[kk] if scan_ok else sub[0]["S"], shift_b)["objective_excess"])
+        boot.append(reading([1 + (v - 1) * g.shape[0] / len(keep) for v in part])[0]["objective_excess"])
     # centred on the point reading: the draws' spread below and above their median
     q = torch.tensor(boot, dtype=torch.float64).quantile(torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
     lo, hi = max(0.0, e["objective_excess"] - float(q[1] - q[0])), e["objective_excess"] + float(q[2] - q[1])
-    if named is rows[0]:
+    if nothing:
         lo = hi = 0.0
+    scan_min = point[len(rows) + k]
     return {
         "coord_members": {r["name"]: round(r["S"], 4) for r in rows},
         # every objective, top-k targets included, still moves it as a whole: not converged (as for images)
         "best_rho": min(r["rho"] for r in rows),
         "coord_stated": rows[0]["S"],
         "coord_best_member": min(rows, key=lambda r: r["S"])["name"],
-        "coord_scan_min": scan_s[k],
+        "coord_scan_min": scan_min,
         # no objective is still coordinate by coordinate (every healthy and planted-objective pair of the
         # tuning draw: at most 18; a student far too small for its teacher: 83-304): inconclusive
-        "coord_all_moving": math.log10(max(min(scan_s[k], *(r["S"] for r in rows)), 1e-9)),
+        "coord_all_moving": math.log10(max(min(scan_min, *(r["S"] for r in rows)), 1e-9)),
         "coord_ratio_shift": shift,
         **e,
         "objective_excess_lo": lo,
         "objective_excess_hi": hi,
         "named_member": named["name"],
         # members within TIE of the named one's S: the fingerprint cannot tell them apart
-        "named_ties": [r["name"] for r in cand[1:] if r is not named and r["S"] <= named["S"] * (1 + TIE)],
+        "named_ties": [
+            r["name"] for r in members_s[1:] if r is not named and r["S"] <= named["S"] * (1 + TIE)
+        ],
         "candidates": len(cand),
         "named_code": named["code"],
         "named_formula": named["formula"],
@@ -337,6 +337,8 @@ def _lm_finding(e: dict, size: str, warn: float, fail: float) -> Finding:
             f"the checkpoint is as still for the objective as stated as for any of "
             f"{len(e['coord_members'])} objectives around it ({ex:.2f} decades from the stillest, {interval})"
         )
+    # what the remedy reads: this check names another objective than the stated one
+    e["named"] = float(ex >= fail and e["coord_all_moving"] < COORD_MOVING)
     if e["coord_all_moving"] >= COORD_MOVING:
         status = Status.WARN if status == Status.FAIL else status
         stillest = 10 ** e["coord_all_moving"]
@@ -384,7 +386,7 @@ def lm_fingerprint(
     e = _assess(sums.moments(), conv, ev.vocab, moving)
     # the whole-vector reading stays as evidence (its `all_moving` says a student has not converged); the
     # member the per-coordinate reading names is the one a cause and the remedy show
-    e = {f"scalar_{k}" if k.startswith("best_") else k: v for k, v in e.items()} | {"best_rho": e["best_rho"]}
+    e = {f"scalar_{k}" if k.startswith("best_") else k: v for k, v in e.items()}
     e |= _assess_coords(coords.tensor(), conv, ev.vocab, targets)
     e |= {f"best_{k}": e[f"named_{k}"] for k in ("member", "code", "formula")}
     e["all_moving"] = math.log10(max(e["best_rho"], 1e-9))
