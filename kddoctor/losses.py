@@ -192,6 +192,19 @@ def unit_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple
     return ce / n, token_kd_mean(conv, s, t, y)
 
 
+def row_mean_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple:
+    """`unit_terms` of a causal LM with every row's tokens averaged on their own, then the rows averaged
+    (rows that count no token left out): what a trainer computes when it accumulates micro-batches of one
+    row, each divided by its own counted tokens, instead of dividing the sum by every counted token of
+    the accumulated batch (Hugging Face's `num_items_in_batch`). Short rows' tokens then weigh more."""
+    counted = y != IGNORE
+    n = counted.sum(-1)
+    rows, per = (n > 0).sum().clamp_min(1), n.clamp_min(1)
+    ce = F.cross_entropy(s.transpose(1, 2), y.masked_fill(~counted, 0), reduction="none") * counted
+    kd = objective_divergence(conv, s, t).float() * counted
+    return (ce.sum(-1) / per).sum() / rows, (kd.sum(-1) / per).sum() / rows
+
+
 def token_kd_mean(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The KD divergence `conv` computes, per counted token of [B, L, V] logits (y == -100 uncounted),
     unweighted: `unit_terms`' KD term for a causal LM."""

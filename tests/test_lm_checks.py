@@ -47,6 +47,43 @@ def test_facts_count_masks_and_kept_mass_exactly():
     assert out["teacher_pad_mass"] == pytest.approx(F.softmax(rows, -1)[:, 0].mean().item(), rel=1e-5)
 
 
+def test_facts_measure_the_weight_a_row_by_row_mean_moves_between_rows():
+    t, s, ids = _batch(b=3, length=11)
+    labels = ids.clone()
+    f = LMFacts()
+    f.update(t, s, ids, torch.ones_like(ids), labels, shared=12)
+    assert f.compute()["row_weight_shift"] == 0.0  # every row counts 10 tokens: nothing moves
+    labels[0, :9] = IGNORE  # row 0 counts 2 tokens, row 2 all 10: N = 12 tokens, R = 2 rows
+    labels[1, :] = IGNORE  # a row that counts nothing is no row of the mean
+    f = LMFacts()
+    f.update(t, s, ids, torch.ones_like(ids), labels, shared=12)
+    out = f.compute()
+    # 1/2 (|1/2 - 2/12| + |1/2 - 10/12|): row 0 (2 tokens) and row 2 (10 tokens) of the 2 that count
+    assert out["row_weight_shift"] == pytest.approx(0.5 * (abs(1 / 2 - 2 / 12) + abs(1 / 2 - 10 / 12)))
+    assert (out["row_tokens_min"], out["row_tokens_max"]) == (2, 10)
+    said = lm_mask_parity(_ev(train={"row_weight_shift": 0.33, "row_tokens_min": 2, "row_tokens_max": 10}))
+    assert said.status is Status.PASS and "33% of the loss's weight" in said.summary  # exposure, no fault
+    assert said.evidence["row_weight_shift"] == 0.33
+    assert "num_items_in_batch" not in lm_mask_parity(_ev(train={"row_weight_shift": 0.1})).summary
+
+
+def test_a_row_by_row_mean_weighs_short_rows_tokens_more():
+    from kddoctor.losses import row_mean_terms
+
+    conv = KDConvention(task="causal-lm", reduction="token", ce_weight=0.5, kd_weight=0.5)
+    t, s, ids = _batch(b=2, length=8)
+    y = ids.clone()
+    ce_tok = F.cross_entropy(s.transpose(1, 2), y, reduction="none")
+    kd_tok = token_kl(s, t, conv.temperature)
+    same = row_mean_terms(conv, s, t, y)  # rows of one length: the per-token means
+    assert same[0] == pytest.approx(ce_tok.mean().item(), rel=1e-5)
+    assert same[1] == pytest.approx(kd_tok.mean().item(), rel=1e-5)
+    y[0, :6] = IGNORE  # row 0 counts 2 tokens, row 1 all 8
+    ce, kd = row_mean_terms(conv, s, t, y)
+    assert ce == pytest.approx(((ce_tok[0, 6:].mean() + ce_tok[1].mean()) / 2).item(), rel=1e-5)
+    assert kd == pytest.approx(((kd_tok[0, 6:].mean() + kd_tok[1].mean()) / 2).item(), rel=1e-5)
+
+
 def test_facts_measure_mass_in_rows_a_truncation_drops():
     t, s, ids = _batch(vocab=12)
     mask, labels = torch.ones_like(ids), ids.clone()

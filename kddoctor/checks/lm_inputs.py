@@ -64,6 +64,10 @@ def lm_vocab_parity(
     return Finding("lm_vocab_parity", Status.PASS, f"one vocabulary: {sizes}", evidence)
 
 
+# a loss averaged row by row moves at least this share of its weight between the train rows: worth saying
+ROW_EXPOSED = 0.20
+
+
 @register_check("lm_mask_parity", task="causal-lm", title="Loss-mask parity", order=14)
 def lm_mask_parity(
     ev: LMEvaluation,
@@ -95,6 +99,9 @@ def lm_mask_parity(
         masked_rows=ft["masked_rows"],
         empty_batches=ft["empty_batches"],
         empty_batch_share=ft["empty_batches"] / max(ft["batches"], 1),
+        # what a loss averaged row by row (micro-batches of one row accumulated without
+        # num_items_in_batch) would move between train rows: exposure, not a fault (README)
+        row_weight_shift=ft.get("row_weight_shift", 0.0),
     )
     statuses = [
         grade(shift, mask_shift_warn, mask_shift_fail, what="the mask shift"),
@@ -111,6 +118,14 @@ def lm_mask_parity(
         words += (
             f"; {ft['empty_row_share']:.1%} of train rows count no token ({ft['masked_rows']} with an "
             f"all-zero mask), {ft['empty_batches']} of {ft['batches']} batches none at all"
+        )
+    if ft.get("row_weight_shift", 0.0) >= ROW_EXPOSED:
+        words += (
+            f"; train rows count {ft['row_tokens_min']}-{ft['row_tokens_max']} tokens: a trainer that "
+            "divides each micro-batch by its own counted tokens (gradient accumulation without "
+            f"num_items_in_batch) moves {ft['row_weight_shift']:.0%} of the loss's weight between rows at "
+            "one row a micro-batch, where dividing by the accumulated batch's counted tokens weighs every "
+            "token alike"
         )
     if fv["student_pad_mass"] is not None:
         excess = fv["student_pad_mass"] - fv["teacher_pad_mass"]

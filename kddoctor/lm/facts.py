@@ -18,6 +18,7 @@ from ..losses import objective_divergence, token_divergence
 from ..metrics.tokens import IGNORE, chunk_elems_for, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
+ROW_BINS = 2**15  # rows counted by their number of counted tokens (longer rows share the last bin)
 
 
 class LMFacts:
@@ -32,6 +33,8 @@ class LMFacts:
         keys += ("batches", "empty_rows", "masked_rows", "empty_batches")
         keys += ("t_pad", "s_pad", "t_dropped", "s_dropped")
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in keys}
+        # how many rows count each number of tokens: what a loss averaged row by row re-weights
+        self.sums["row_tokens"] = torch.zeros(ROW_BINS, dtype=torch.float64, device=self.device)
 
     def all_reduce(self) -> None:
         """Sum the state over every rank of an initialised torch.distributed group."""
@@ -92,6 +95,9 @@ class LMFacts:
         }
         for k, v in add.items():
             self.sums[k] += v
+        # index_add_, not bincount: bincount reads the largest index on the host (a sync per batch on a GPU)
+        rows = per_seq.long().clamp_max(ROW_BINS - 1)
+        self.sums["row_tokens"].index_add_(0, rows, torch.ones_like(per_seq))
 
     def chunk(
         self, t: torch.Tensor, s: torch.Tensor, logp_t: torch.Tensor, p_t: torch.Tensor, logp_s: torch.Tensor
@@ -102,7 +108,8 @@ class LMFacts:
             self.sums["s_pad"] += logp_s[:, self.pad_id].exp().sum()
 
     def compute(self) -> dict:
-        s = {k: float(v) for k, v in self.sums.items()}
+        rows = self.sums["row_tokens"].cpu()
+        s = {k: float(v) for k, v in self.sums.items() if k != "row_tokens"}
         n, seqs = max(s["counted"], 1.0), max(s["sequences"], 1.0)
         mean_len = s["counted"] / seqs
         return {
@@ -123,7 +130,23 @@ class LMFacts:
             "student_pad_mass": s["s_pad"] / n if self.pad_id is not None else None,
             "teacher_dropped_mass": s["t_dropped"] / n,
             "student_dropped_mass": s["s_dropped"] / n,
+            **row_weights(rows),
         }
+
+
+def row_weights(rows: torch.Tensor) -> dict:
+    """From the count of rows holding each number of counted tokens (`rows[k]`: rows that count k):
+    the share of a loss's weight that averaging each row on its own moves between rows, against one
+    mean over every counted token (1/2 sum_r |1/R - n_r/N| over the R rows that count any; 0 when every
+    row counts as many tokens), and the fewest and most tokens a row counts."""
+    k = torch.arange(len(rows), dtype=torch.float64)
+    has = (rows > 0) & (k > 0)
+    if not has.any():
+        return {"row_weight_shift": 0.0, "row_tokens_min": 0, "row_tokens_max": 0}
+    r, n = rows[has], k[has]
+    big_r, big_n = r.sum(), (r * n).sum()
+    shift = 0.5 * (r * (1 / big_r - n / big_n).abs()).sum()
+    return {"row_weight_shift": float(shift), "row_tokens_min": int(n[0]), "row_tokens_max": int(n[-1])}
 
 
 class RowFacts:

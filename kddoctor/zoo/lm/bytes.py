@@ -23,6 +23,7 @@ from .catalogue import Distill, LMScenario
 
 PAD = 0  # NUL: no source file holds it
 PROMPT = 16  # an SFT-style collator masks this many leading tokens
+PROMPT_SKEW = {"random": 1.0, "skewed": 3.0}  # SFT-style rows: how short their answers tend to be
 TEACHER_FILES = ("argparse", "ast", "calendar", "csv", "dataclasses", "datetime", "difflib", "enum")
 TEACHER_FILES += ("fractions", "functools", "inspect", "random", "string", "textwrap", "typing")
 DISTILL_FILES = ("argparse", "ast", "csv", "enum", "functools", "random")
@@ -63,14 +64,29 @@ def documents(
 
 
 def collate(
-    ids: torch.Tensor, lengths: torch.Tensor, prompt: bool = False, pad_in_loss: bool = False
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    prompt: bool = False,
+    pad_in_loss: bool = False,
+    prompts: torch.Tensor | None = None,
 ) -> dict:
-    """An HF-collator batch: attention_mask over the document, labels -100 on padding (and prompt)."""
+    """An HF-collator batch: attention_mask over the document, labels -100 on padding (and prompt: the
+    first PROMPT tokens, or each row's own `prompts` tokens)."""
     mask = (torch.arange(SEQ)[None] < lengths[:, None]).long()
     labels = ids.clone() if pad_in_loss else ids.masked_fill(mask == 0, IGNORE)
     if prompt:
         labels[:, :PROMPT] = IGNORE
+    if prompts is not None:
+        labels = labels.masked_fill(torch.arange(SEQ)[None] < prompts[:, None], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_prompts(lengths: torch.Tensor, seed: int, skew: float = 1.0) -> torch.Tensor:
+    """Each document's prompt length for SFT-style rows: a seeded random share of the document, so the
+    rows count from 3 tokens to all of theirs (as prompt/answer pairs of any length do); the answer's
+    share of a row is u**skew (u uniform): a larger skew makes most answers short."""
+    u = torch.rand(len(lengths), generator=torch.Generator().manual_seed(seed))
+    return ((1 - u**skew) * (lengths - 3).clamp_min(0)).long()
 
 
 def loaders(
@@ -81,26 +97,30 @@ def loaders(
     sequences: int = 256,
     batch_size: int = 32,
     train_bos: bool = False,
+    prompts: str = "none",
 ) -> dict:
-    """Data factory: the student's distillation documents (train) and held-out modules (val)."""
+    """Data factory: the student's distillation documents (train) and held-out modules (val); `prompts`
+    'random' or 'skewed' (PROMPT_SKEW): both splits are SFT-style rows, each with its own prompt masked
+    (`sft_prompts`)."""
     tr_ids, tr_len = documents(DISTILL_FILES, 100 + draw, train_documents)
     if train_bos:
         tr_ids, tr_len = with_bos(tr_ids, tr_len)
     va_ids, va_len = documents(VAL_FILES, 200 + draw)
-    tr_ids, tr_len, va_ids, va_len = (
-        tr_ids[:sequences],
-        tr_len[:sequences],
-        va_ids[:sequences],
-        va_len[:sequences],
+    skew = PROMPT_SKEW.get(prompts, 1.0)
+    tr_p, va_p = sft_prompts(tr_len, 300 + draw, skew), sft_prompts(va_len, 400 + draw, skew)
+    tr_ids, tr_len, va_ids, va_len, tr_p, va_p = (
+        x[:sequences] for x in (tr_ids, tr_len, va_ids, va_len, tr_p, va_p)
     )
 
-    def batches(ids, lengths, prompt):
-        return [
-            collate(i, n, prompt)
-            for i, n in zip(ids.split(batch_size), lengths.split(batch_size), strict=True)
-        ]
+    def batches(ids, lengths, prompt, lead):
+        lead = lead if prompts in PROMPT_SKEW else torch.zeros_like(lengths)
+        parts = zip(ids.split(batch_size), lengths.split(batch_size), lead.split(batch_size), strict=True)
+        return [collate(i, n, prompt, prompts=p) for i, n, p in parts]
 
-    return {"train": batches(tr_ids, tr_len, train_prompt), "val": batches(va_ids, va_len, val_prompt)}
+    return {
+        "train": batches(tr_ids, tr_len, train_prompt, tr_p),
+        "val": batches(va_ids, va_len, val_prompt, va_p),
+    }
 
 
 def teacher_lm() -> nn.Module:
@@ -117,10 +137,13 @@ def distill(student: nn.Module, teacher: nn.Module, d: Distill, draw: int) -> nn
     if d.text == "bos":
         ids, lengths = with_bos(ids, lengths)
     gen = torch.Generator().manual_seed(10 + draw)
+    skew = PROMPT_SKEW.get(d.prompts)
+    prompts = sft_prompts(lengths, 300 + draw, skew) if skew else None
 
     def next_batch() -> dict:
         pick = torch.randint(0, len(ids), (32,), generator=gen)
-        return collate(ids[pick], lengths[pick], pad_in_loss=d.pad_in_loss)
+        lead = prompts[pick] if prompts is not None else None
+        return collate(ids[pick], lengths[pick], pad_in_loss=d.pad_in_loss, prompts=lead)
 
     return train.distill(student, teacher, d, next_batch, VOCAB)
 

@@ -13,6 +13,7 @@ from torch import nn
 from ...convention import KDConvention
 from ...flags import resolve
 from ...lm.engine import lm_logits
+from ...losses import row_mean_terms
 from ...metrics.tokens import IGNORE
 from .catalogue import Distill
 
@@ -73,7 +74,12 @@ def distill(
         s = logits(student, b, vocab)[:, :-1]
         with torch.no_grad():
             t = logits(teacher, b, vocab)[:, :-1]
-        loss = loss_of.token_loss(s, t, b["labels"][:, 1:], as_trained=True)
+        if d.token_norm == "rows":  # a trainer that divides each one-row micro-batch by its own tokens
+            a, w = loss_of.term_weights(vocab)
+            ce, kd = row_mean_terms(loss_of, s, t, b["labels"][:, 1:])
+            loss = a * ce + w * kd
+        else:
+            loss = loss_of.token_loss(s, t, b["labels"][:, 1:], as_trained=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
