@@ -50,6 +50,8 @@ def ramp(value: float, lo: float, hi: float) -> float:
 
 
 def _fmt(value: float, fmt: str) -> str:
+    if fmt == "pts":  # a difference of two shares: percentage points, not a relative change
+        return f"{value * 100:.1f} points"
     return {"pct": f"{value:.1%}", "f3": f"{value:.3f}", "f2": f"{value:.2f}", "f0": f"{value:.0f}"}[fmt]
 
 

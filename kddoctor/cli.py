@@ -147,8 +147,8 @@ def diagnose(
     kd_reduction: Annotated[
         str | None,
         Opt(
-            help="How training reduced the KL: batchmean (default), mean, sum; causal-lm: token (its "
-            "default: per counted token), batchmean, mean, sum."
+            help="How training reduced the KL: for images batchmean (the default), mean, sum; with "
+            "--task causal-lm token (the default: per counted token), batchmean, mean, sum."
         ),
     ] = None,
     train_batch_size: Annotated[

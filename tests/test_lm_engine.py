@@ -104,6 +104,18 @@ def test_bad_batches_are_one_clear_line(batch, words):
     assert words in str(e.value) and "train batch 0" in str(e.value)
 
 
+def test_a_model_whose_forward_takes_other_arguments_is_one_line():
+    class Positional(TinyLM):
+        def forward(self, x):
+            return self.out(self.emb(x))
+
+    with pytest.raises(UserError) as e:
+        evaluate_lm(TinyLM(), Positional(), _batches(n=1), name="train")
+    said = str(e.value)
+    assert "train batch 0: the student's forward does not take" in said
+    assert "model(input_ids=ids, attention_mask=mask)" in said
+
+
 def test_labels_shifted_already_are_refused_and_aligned_ones_pass():
     b = _batches(n=1)[0]
     shifted = dict(b, labels=torch.cat([b["labels"][:, 1:], torch.full((4, 1), IGNORE)], 1))

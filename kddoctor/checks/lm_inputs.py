@@ -124,8 +124,8 @@ def lm_mask_parity(
             f"; train rows count {ft['row_tokens_min']}-{ft['row_tokens_max']} tokens: a trainer that "
             "divides each micro-batch by its own counted tokens (gradient accumulation without "
             f"num_items_in_batch) moves {ft['row_weight_shift']:.0%} of the loss's weight between rows at "
-            "one row a micro-batch, where dividing by the accumulated batch's counted tokens weighs every "
-            "token alike"
+            "one row a micro-batch; if yours accumulates, divide each micro-batch's summed loss by the "
+            "counted tokens of the whole accumulated batch (num_items_in_batch)"
         )
     if fv["student_pad_mass"] is not None:
         excess = fv["student_pad_mass"] - fv["teacher_pad_mass"]

@@ -366,7 +366,7 @@ def lm_alpha_sensitivity(
         f"{evidence['continue_reads']} on val by {-moved:+.1%} "
         f"({-late:+.1%} in its second half); after "
         f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
-        f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain:+.1%})"
+        f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain * 100:+.1f} points)"
     )
     moving = moved >= (continue_warn_div if reads == "div" else continue_warn)
     if moving:

@@ -125,6 +125,14 @@ def _forward(model: nn.Module, role: str, ids: torch.Tensor, mask: torch.Tensor,
             f"and its sequences no longer than its position table (this batch: ids up to "
             f"{int(ids.max())}, {ids.shape[1]} tokens)"
         ) from None
+    except TypeError as e:
+        if "input_ids" not in str(e) and "attention_mask" not in str(e):
+            raise
+        raise UserError(
+            f"{where}: the {role}'s forward does not take the keywords a causal LM is called with ({e}): "
+            "kddoctor calls model(input_ids=ids, attention_mask=mask), as Hugging Face causal LMs take them; "
+            "name its forward's arguments so (it may ignore attention_mask)"
+        ) from None
 
 
 def lm_logits(out: object) -> torch.Tensor:
