@@ -50,9 +50,13 @@ def ramp(value: float, lo: float, hi: float) -> float:
 
 
 def _fmt(value: float, fmt: str) -> str:
-    if fmt == "pts":  # a difference of two shares: percentage points, not a relative change
-        return f"{value * 100:.1f} points"
-    return {"pct": f"{value:.1%}", "f3": f"{value:.3f}", "f2": f"{value:.2f}", "f0": f"{value:.0f}"}[fmt]
+    return {
+        "pct": f"{value:.1%}",
+        "pts": f"{value * 100:.1f} points",  # a difference of two shares, not a relative change
+        "f3": f"{value:.3f}",
+        "f2": f"{value:.2f}",
+        "f0": f"{value:.0f}",
+    }[fmt]
 
 
 def _noisy_or(strengths: list[float]) -> float:

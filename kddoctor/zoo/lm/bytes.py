@@ -106,14 +106,16 @@ def loaders(
     if train_bos:
         tr_ids, tr_len = with_bos(tr_ids, tr_len)
     va_ids, va_len = documents(VAL_FILES, 200 + draw)
-    skew = PROMPT_SKEW.get(prompts, 1.0)
-    tr_p, va_p = sft_prompts(tr_len, 300 + draw, skew), sft_prompts(va_len, 400 + draw, skew)
+    skew = PROMPT_SKEW.get(prompts)
+    tr_p, va_p = (
+        sft_prompts(n, seed + draw, skew) if skew else torch.zeros_like(n)  # zeros: no row's own prompt
+        for n, seed in ((tr_len, 300), (va_len, 400))
+    )
     tr_ids, tr_len, va_ids, va_len, tr_p, va_p = (
         x[:sequences] for x in (tr_ids, tr_len, va_ids, va_len, tr_p, va_p)
     )
 
     def batches(ids, lengths, prompt, lead):
-        lead = lead if prompts in PROMPT_SKEW else torch.zeros_like(lengths)
         parts = zip(ids.split(batch_size), lengths.split(batch_size), lead.split(batch_size), strict=True)
         return [collate(i, n, prompt, prompts=p) for i, n, p in parts]
 
