@@ -6,6 +6,10 @@
 (c) inside one more main pass, the time spent on what only the text-parity checks read (the streamed
     token statistics, the pooled hidden states and their row keys), and the domain classifier those
     checks then fit on the pooled rows.
+(d) the token metrics of one chunk of logits (4M on a CPU) at V and 4V, side by side: as written in
+    textbook PyTorch (fresh tensors, log_softmax, topk, argmax, three products) and as the pass computes
+    them (in place in buffers kept across chunks, top-k and argmax from block maxima), with the largest
+    difference between their sums.
 Throughput: a and b alternate `--repeats` times at vocabulary V in this process; medians compared.
 Memory: each of a and b runs alone in a fresh subprocess at V and at 4V; the peak RSS (CPU) or peak
 allocated CUDA memory above the raw pass is kddoctor's own, which chunking keeps flat while the
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakRSS  # noqa: E402
 
 from kddoctor.lm.engine import evaluate_lm, lm_batch  # noqa: E402
+from kddoctor.metrics.tokens import TokenMetrics, chunk_elems_for  # noqa: E402
 from kddoctor.zoo.tiny_lm import TinyGPT  # noqa: E402
 
 
@@ -189,6 +194,65 @@ def throughput(a) -> dict:
     }
 
 
+def _textbook(t: torch.Tensor, s: torch.Tensor, k: int = 5) -> dict:
+    """One chunk's token sums as plain PyTorch writes them (every step a fresh [n, V] tensor)."""
+    F = torch.nn.functional
+    logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
+    p_t = logp_t.exp()
+    top_t, top_s = t.topk(k, -1).indices, s.topk(k, -1).indices
+    pred_t, pred_s = t.argmax(-1), s.argmax(-1)
+    h_t, cross = -(p_t * logp_t).sum(-1), -(p_t * logp_s).sum(-1)
+    h_s = -(logp_s.exp() * logp_s).sum(-1)
+    overlap = (top_t[:, :, None] == top_s[:, None, :]).any(-1).float().sum(-1) / k
+    return {
+        "agree": (pred_t == pred_s).sum(),
+        "kl": (cross - h_t).sum(),
+        "t_entropy": h_t.sum(),
+        "s_entropy": h_s.sum(),
+        "topk": overlap.sum(),
+    }
+
+
+def chunk_metrics(a, repeats: int = 20) -> list[dict]:
+    """(d): ms per chunk of the textbook sums and of TokenMetrics' own, at V and 4V."""
+    out = []
+    for vocab in (a.vocab, 4 * a.vocab):
+        n = chunk_elems_for(a.device) // vocab
+        g = torch.Generator().manual_seed(vocab)
+        t = (3 * torch.randn(1, n + 1, vocab, generator=g)).to(a.device)
+        s = (t + 2 * torch.randn(1, n + 1, vocab, generator=g).to(a.device)).to(a.device)
+        labels = torch.zeros(1, n + 1, dtype=torch.long, device=a.device)
+        m = TokenMetrics(a.device)
+        ms = {
+            # the textbook's chunk is copied out as the pass's gather copies its own
+            "textbook": _ms(lambda t=t, s=s, n=n: _textbook(t[0, :n].clone(), s[0, :n].clone()), a, repeats),
+            "kddoctor": _ms(lambda t=t, s=s, y=labels, m=m: m.update(t, s, y), a, repeats),
+        }
+        ref, m = _textbook(t[0, :n], s[0, :n]), TokenMetrics(a.device)
+        m.update(t, s, labels)
+        diff = max(abs(float(m.sums[k]) - float(v)) / max(abs(float(v)), 1.0) for k, v in ref.items())
+        out.append(
+            {"vocab": vocab, "tokens": n, **ms, "ratio": ms["textbook"] / ms["kddoctor"], "rel_diff": diff}
+        )
+    return out
+
+
+def _ms(fn, a, repeats: int) -> float:
+    """Milliseconds a call of fn takes, after one warm-up call."""
+    fn()
+    _sync(a.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(a.device)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def memory(a) -> dict:
     out = {}
     for vocab in (a.vocab, 4 * a.vocab):
@@ -231,6 +295,13 @@ def main() -> None:
         f"{t['classifier_s'] / t['main_s']:.1%} of the main pass (target for both together <= 5 %), and "
         f"{t['sklearn_import_s']:.2f} s once to import scikit-learn"
     )
+    chunks = chunk_metrics(a)
+    for c in chunks:
+        print(
+            f"token metrics of one chunk ({c['tokens']:,} tokens x V {c['vocab']:,}): textbook "
+            f"{c['textbook']:.1f} ms, kddoctor {c['kddoctor']:.1f} ms -> {c['ratio']:.2f}x faster; "
+            f"largest relative difference of their sums {c['rel_diff']:.1e}"
+        )
     m = memory(a)
     v, v4 = a.vocab, 4 * a.vocab
     print(
@@ -239,7 +310,7 @@ def main() -> None:
         f"{m['peak_mib'][f'main_{v4}']:.0f} MiB as V grows {v:,} -> {v4:,}; kddoctor's own (main - raw): "
         f"{m['overhead_mib'][v]:.0f} -> {m['overhead_mib'][v4]:.0f} MiB"
     )
-    print(json.dumps({"throughput": t, "memory": m}))
+    print(json.dumps({"throughput": t, "chunks": chunks, "memory": m}))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class LMFacts:
         shared_rows = (t_full[..., :shared], s_full[..., :shared])
         for (t, s), _, _ in counted_chunks(labels, self.chunk_elems, *shared_rows):
             logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
-            self.chunk(t, s, logp_t, logp_t.exp(), logp_s)
+            self.chunk(logp_t, logp_s)
 
     def batch(
         self,
@@ -99,12 +99,10 @@ class LMFacts:
         rows = per_seq.long().clamp_max(ROW_BINS - 1)
         self.sums["row_tokens"].index_add_(0, rows, torch.ones_like(per_seq))
 
-    def chunk(
-        self, t: torch.Tensor, s: torch.Tensor, logp_t: torch.Tensor, p_t: torch.Tensor, logp_s: torch.Tensor
-    ) -> None:
+    def chunk(self, logp_t: torch.Tensor, logp_s: torch.Tensor) -> None:
         """Per fp32 chunk of counted rows over the shared vocabulary (log-softmaxes given)."""
-        if self.pad_id is not None and self.pad_id < t.shape[-1]:
-            self.sums["t_pad"] += p_t[:, self.pad_id].sum()
+        if self.pad_id is not None and self.pad_id < logp_t.shape[-1]:
+            self.sums["t_pad"] += logp_t[:, self.pad_id].exp().sum()
             self.sums["s_pad"] += logp_s[:, self.pad_id].exp().sum()
 
     def compute(self) -> dict:

@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from kddoctor.metrics import functional
 from kddoctor.metrics.functional import compute_pair_stats, pair_update
-from kddoctor.metrics.tokens import IGNORE, N_BINS, TokenMetrics
+from kddoctor.metrics.tokens import IGNORE, N_BINS, TOP_BLOCK, TokenMetrics, top_ids
 
 V = 41  # vocabulary
 K = 5  # TokenMetrics' default top_k
@@ -177,6 +177,32 @@ def test_streamed_metrics_equal_third_party_references(seed, chunk_elems, dtype)
         assert want["top_k_overlap"][0] == want["top_k_overlap"][1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [8 * TOP_BLOCK, 7 * TOP_BLOCK + 13])  # whole blocks only; a tail past them
+def test_streamed_metrics_over_vocabularies_searched_by_blocks_equal_the_references(vocab, dtype):
+    """Past K blocks of ids the top-k and the argmax come from block maxima (`top_ids`): the same
+    references hold, ties in bf16 included."""
+    t, s, labels = _logits(7, b=12, length=9, vocab=vocab)
+    batches = [(a.to(dtype), b.to(dtype), y) for a, b, y in _splits(t, s, labels, 7)]
+    assert_close(_stream(batches, chunk_elems=5 * vocab).compute(), reference(batches), tol=2e-5)
+
+
+@pytest.mark.parametrize("vocab", [K * TOP_BLOCK, 6 * TOP_BLOCK, 9 * TOP_BLOCK + 7])
+def test_top_ids_is_a_top_k_set_and_its_argmax_the_first_maximal_id(vocab):
+    """Rows of few distinct values (ties everywhere: across blocks, inside one, in the tail): the k ids
+    are one of the sets topk may return, the maximum is the row's, the argmax its lowest id."""
+    g = torch.Generator().manual_seed(vocab)
+    x = torch.randint(0, 6, (300, vocab), generator=g).float()
+    x[:100] += torch.randn(100, vocab, generator=g)  # rows without ties
+    x[200:, -1] = 9.0  # the maximum alone at the last id (in the tail where there is one)
+    x[250:, 3] = 9.0  # ... and tied with an id in the first block
+    top, best, first = top_ids(x, K)
+    assert torch.equal(best, x.amax(-1)) and torch.equal(first, x.argmax(-1))
+    # a top-k set: k distinct ids whose values are the row's k largest (which of the tied ids is free)
+    assert all(len(set(ids)) == K for ids in top.tolist())
+    assert torch.equal(x.gather(1, top).sort(-1, descending=True).values, x.topk(K, -1).values)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_token_ece_is_the_image_ece_of_the_same_rows(seed):
     """The counted tokens seen as image samples ([N, V] rows, position i predicting label i+1): the
@@ -222,11 +248,12 @@ def test_on_chunk_sees_every_counted_token_in_bounded_fp32_chunks():
     batches = [(a.bfloat16(), b.bfloat16(), y) for a, b, y in _splits(t, s, labels, 4)]
     seen = []
 
-    def on_chunk(tc, sc, logp_t, p_t, logp_s):
-        assert tc.dtype == sc.dtype == logp_t.dtype == torch.float32
-        assert tc.numel() <= 4 * V
-        assert torch.allclose(p_t, logp_t.exp())  # (torch.testing would import sympy: seconds)
-        seen.append(len(tc))
+    def on_chunk(logp_t, logp_s):
+        assert logp_t.dtype == logp_s.dtype == torch.float32
+        assert logp_t.numel() <= 4 * V
+        ones = torch.ones(len(logp_t))  # log-softmaxes (torch.testing would import sympy: seconds)
+        assert torch.allclose(logp_t.exp().sum(-1), ones) and torch.allclose(logp_s.exp().sum(-1), ones)
+        seen.append(len(logp_t))
 
     m = TokenMetrics(chunk_elems=4 * V)
     for b in batches:
