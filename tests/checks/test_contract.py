@@ -108,6 +108,34 @@ def test_every_catalogue_signal_is_emitted_by_its_check(diagnosis, task):
         )
 
 
+# evidence that is a difference of two shares (accuracies, agreements): "5.3 points", never "5.3%",
+# which most readers take for a relative change
+POINTS = {
+    "val_acc_gap",
+    "excess_agreement_gap",
+    "teacher_val_drop",
+    "bn_recovery_acc",
+    "gain_agreement",
+    "continue_gain_agreement",
+    "fit_plateau_shortfall",
+    "fit_jump",
+    "linear_probe_gap",
+}
+
+
+@pytest.mark.parametrize("name", list(CATALOGUES.values()))
+def test_differences_of_two_shares_read_in_points(name):
+    from kddoctor import causes
+
+    cat = causes.catalogue(name)
+    lines = list(cat["gap"]["signals"])
+    for cid in causes.CAUSE_IDS:
+        for mech in cat[cid]["mechanisms"].values():
+            lines += mech.get("support", []) + mech.get("against", [])
+    for s in lines:
+        assert (s.get("fmt") == "pts") == (s["key"] in POINTS), (name, s["check"], s["key"], s.get("fmt"))
+
+
 @pytest.mark.parametrize("task", list(CATALOGUES))
 def test_every_remedy_placeholder_is_provided(diagnosis, task):
     """Rendering every remedy of every cause (whatever its `when`) against a real run's context."""
