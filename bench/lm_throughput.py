@@ -220,7 +220,7 @@ def chunk_metrics(a, repeats: int = 20) -> list[dict]:
         n = chunk_elems_for(a.device) // vocab
         g = torch.Generator().manual_seed(vocab)
         t = (3 * torch.randn(1, n + 1, vocab, generator=g)).to(a.device)
-        s = (t + 2 * torch.randn(1, n + 1, vocab, generator=g).to(a.device)).to(a.device)
+        s = t + 2 * torch.randn(1, n + 1, vocab, generator=g).to(a.device)
         labels = torch.zeros(1, n + 1, dtype=torch.long, device=a.device)
         m = TokenMetrics(a.device)
         ms = {

@@ -34,17 +34,22 @@ _SUMS = (
 )
 
 
+def chunk_rows(chunk_elems: int, vocab: int) -> int:
+    """Counted tokens per chunk: as many [V] rows as `chunk_elems` logits hold (at least one)."""
+    return max(1, chunk_elems // max(vocab, 1))
+
+
 def counted_chunks(labels: torch.Tensor, chunk_elems: int, *logits: torch.Tensor, out=None):
     """The counted rows of [B, L, V] logits (position i predicting label i+1), gathered one chunk of at
     most `chunk_elems` values at a time and cast to fp32, so [N, V] is never copied whole.
     Yields (one [n, V] chunk per logits tensor, their labels, their positions). With `out` (one fp32
-    [rows, V] buffer per logits tensor, rows >= chunk_elems // V) each chunk is gathered into its
+    [chunk_rows(chunk_elems, V), V] buffer per logits tensor) each chunk is gathered into its
     buffer's first n rows instead of a fresh tensor: the next chunk overwrites it."""
     target = labels[:, 1:]
     counted = target != IGNORE
     y = target[counted]
     rows, pos = torch.nonzero(counted).unbind(1)
-    step = max(1, chunk_elems // max(logits[0].shape[-1], 1))
+    step = chunk_rows(chunk_elems, logits[0].shape[-1])
     for i in range(0, len(y), step):
         r, p = rows[i : i + step], pos[i : i + step]
         if out is None:
@@ -87,8 +92,8 @@ def top_ids(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     pick = maxima.topk(k, -1).indices
     vals = head.gather(1, pick[:, :, None].expand(n, k, TOP_BLOCK)).view(n, k * TOP_BLOCK)
     ids = (pick[:, :, None] * TOP_BLOCK + torch.arange(TOP_BLOCK, device=x.device)).view(n, k * TOP_BLOCK)
-    if edge < v:  # the ids past the last whole block: always candidates, and a last block of maxima
-        tail = x[:, edge:]
+    tail = x[:, edge:]  # the ids past the last whole block: always candidates, and a last block of maxima
+    if edge < v:
         vals, ids = (
             torch.cat([vals, tail], 1),
             torch.cat([ids, torch.arange(edge, v, device=x.device).expand(n, -1)], 1),
@@ -100,7 +105,7 @@ def top_ids(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     inside = head.gather(1, block.clamp_max(blocks - 1)[:, None, None].expand(n, 1, TOP_BLOCK))[:, 0]
     first = block * TOP_BLOCK + inside.argmax(-1)
     if edge < v:
-        first = torch.where(block == blocks, edge + x[:, edge:].argmax(-1), first)
+        first = torch.where(block == blocks, edge + tail.argmax(-1), first)
     return top, best, first
 
 
@@ -122,8 +127,8 @@ GPU_CHUNK = 2**26  # at most this many on a GPU: fewer, larger kernels (a 150k v
 
 def chunk_elems_for(device: torch.device | str) -> int:
     """How many logits one chunk of the fp32 metrics holds: 4M on a CPU; on a GPU up to 64M, while a
-    chunk's dozen fp32 temporaries fit in a sixteenth of the free memory (kernel launches, not
-    arithmetic, bound small chunks there)."""
+    dozen fp32 chunks (the metrics' five buffers and their temporaries, with room to spare) fit in a
+    sixteenth of the free memory (kernel launches, not arithmetic, bound small chunks there)."""
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_CHUNK
@@ -169,7 +174,7 @@ class TokenMetrics:
         three for the arithmetic, which runs in place. A fresh 16 MiB tensor costs a CPU its page faults
         on every chunk (they doubled the metrics' time on the 2-core machine); a GPU's caching
         allocator would reuse the memory anyway, so there this only saves the allocator's work."""
-        rows = max(1, self.chunk_elems // max(vocab, 1))
+        rows = chunk_rows(self.chunk_elems, vocab)
         if self._work is None or self._work[0].shape != (rows, vocab):
             self._work = [torch.empty(rows, vocab, device=self.device) for _ in range(5)]
         return self._work
