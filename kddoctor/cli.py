@@ -396,11 +396,23 @@ def report(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a usage error (an unknown option, a missing value) is one line and exit
+    2, as every other bad input is."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as e:  # typer's own click exceptions (usage errors among them)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help
+            e.show()
+            code = EXIT_BAD_INPUT
+        else:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            code = _fail(f"{e.format_message().rstrip('.')}{where}", getattr(e, "exit_code", 2)).exit_code
+    except typer.Abort:
+        code = EXIT_INTERRUPTED
     except SystemExit as e:
-        sys.exit(e.code)
+        code = e.code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,12 @@ def _token_divergence_code(conv) -> str:
     return head + "kd = " + terms[kind]
 
 
+def python_code(conv) -> str:
+    """The loss in PyTorch, whatever the preset: what a trainer's own config cannot state (a CE term
+    beside GKD's, a T² factor) still reads there."""
+    return _python(conv)
+
+
 def _python(conv) -> str:
     """The loss in PyTorch, with this convention's T² choice and reduction."""
     if conv.task == "causal-lm":  # per counted token (the remedy form; the masks of the CE)
@@ -172,7 +178,7 @@ def _lm_python(conv) -> str:
     """A causal-LM loss per counted token (mask = labels[:, 1:] != -100 on logits[:, :-1])."""
     kd = _token_divergence_code(conv) + (" * T**2" if conv.t2 else "")
     y = "y, ignore_index=-100"
-    if PRESETS[conv.preset].fixed_weights:
+    if _kd_only(conv):
         return f"T = {w(conv.temperature):g}\n{kd}\nloss = kd"
     if conv.form == "alpha_kd":
         weights = (
@@ -192,8 +198,13 @@ def _lm_python(conv) -> str:
     return f"T = {w(conv.temperature):g}\n{weights[0]}\n{kd}\nloss = {weights[1]}"
 
 
+def _kd_only(conv) -> bool:
+    """A trainer whose loss is its divergence alone (GKD), at that loss: its weights are not written."""
+    return PRESETS[conv.preset].fixed_weights and (conv.ce_weight, conv.kd_weight) == (0.0, 1.0)
+
+
 def formula(conv) -> str:
-    if PRESETS[conv.preset].fixed_weights:
+    if _kd_only(conv):
         return f"loss = {DIVERGENCE_WORDS[conv.divergence].split('(')[0].strip()}"
     if conv.form == "alpha_kd":
         return f"loss = (1-{conv.kd_weight:g})*CE + {conv.kd_weight:g}*KD"

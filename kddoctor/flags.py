@@ -38,7 +38,7 @@ def resolve(
     share of batches the student sampled (an LM trainer's preset gives its own defaults)."""
     name = (preset or "kd").lower()
     if name not in PRESETS:
-        raise UserError(f"--convention must be one of {', '.join(PRESETS)}, got {preset!r}")
+        raise UserError(f"--preset (--convention) must be one of {', '.join(PRESETS)}, got {preset!r}")
     p = PRESETS[name]
     if p.lm_only and task != "causal-lm":
         raise UserError(f"--convention {name} is a causal-LM trainer's objective: add --task causal-lm")

@@ -204,6 +204,10 @@ def schema_problem(doc: dict) -> str | None:
 
 def load_results(path: str | Path, what: str = "results") -> dict:
     p = Path(path)
+    if p.is_dir() and (p / "results.json").is_file():
+        p = p / "results.json"  # a diagnose --out directory: its results
+    if p.is_dir():
+        raise UserError(f"{what} file {p} is a directory without a results.json; give the results.json file")
     if not p.is_file():
         raise UserError(f"{what} file {p} not found; run kddoctor diagnose first")
     try:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from . import models
 from .convention import KDConvention
+from .convention_text import python_code
 from .presets import PRESETS
 
 
@@ -76,6 +77,11 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
         ctx["rec_share"] = f"the KD term's effective share of the loss becomes {rec['alpha_kd']:.0%}"
     if conv.reduction == "mean":
         ctx["applies"].add("mean_reduction")
+    if conv.top_k:  # advice on a top-k target's kept mass speaks to a run that states one
+        ctx["applies"].add("top_k")
+    masks = evidence.get("lm_mask_parity", {})
+    if (masks.get("empty_row_share") or 0) > 0 or (masks.get("empty_batch_share") or 0) > 0:
+        ctx["applies"].add("empty_rows")
     if conv.task == "causal-lm" and conv.reduction != "token":
         ctx["applies"].add("not_per_token")
     # the mass a top-k target drops, kept as one bucket (DistillKit symmetric_uniform, verl's tail)
@@ -93,7 +99,7 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
 
 def _fingerprint_fix(fp: dict, conv: KDConvention, applies: set) -> dict:
     """The loss the checkpoint's gradient fingerprint points to, next to the stated one."""
-    out = {"fp_say": "", "fp_code": ""}
+    out = {"fp_say": "", "fp_code": "", "fp_lang": conv.code_lang}
     # an LM's check says whether it names another objective; an image model's is read from its excess
     named = fp["named"] if "named" in fp else fp.get("stated_excess", 0) >= 0.4
     if not named or not fp.get("best_code") or fp.get("best_member") == "as stated":
@@ -104,9 +110,13 @@ def _fingerprint_fix(fp: dict, conv: KDConvention, applies: set) -> dict:
         f"({conv.setting()}): your code computed another loss than the one you meant. Make it compute the "
         "stated one; the two side by side:"
     )
+    trained, stated, says = fp["best_code"], conv.code(), ""
+    if trained == stated and fp.get("best_python"):  # the trainer's config cannot state the difference
+        trained, stated, out["fp_lang"] = fp["best_python"], python_code(conv), "python"
+        says = f"# {conv.preset}'s config cannot state the difference: both losses written out in PyTorch\n"
     out["fp_code"] = (
-        f"# what the checkpoint was trained on ({fp['best_member']}):\n{fp['best_code']}\n"
-        f"# what you state:\n{conv.code()}"
+        f"{says}# what the checkpoint was trained on ({fp['best_member']}):\n{trained}\n"
+        f"# what you state:\n{stated}"
     )
     return out
 

@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_exit_2_and_keeps_previous_report(demo_paths, tmp_
         ("--num-classes", "0", "--num-classes must be"),
         ("--ce-weight", "0.5", "--ce-weight needs its pair"),
         ("--convention", "mdistiller", "--alpha conflicts with --convention mdistiller"),
-        ("--convention", "fitnets", "--convention must be one of"),
+        ("--convention", "fitnets", "--preset (--convention) must be one of"),
         ("--kd-reduction", "sum", "pass --train-batch-size"),
         ("--train-batch-size", "0", "--train-batch-size must be"),
         ("--train-samples", "0", "--train-samples must be a positive integer or 'all'"),
@@ -260,3 +260,20 @@ def test_log_lines_count_a_causal_lm_pass_in_sequences_and_skip_short_probes():
         lines[2].endswith("train: teacher + student ...")
         and "train: teacher + student: 64 sequences, " in lines[3]
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["gate", "results.json", "--policy"], "Option '--policy' requires an argument"),
+        (["diagnose", "--bogus"], "No such option: --bogus"),
+        (["diagnose", "--alpha", "x"], "Invalid value for '--alpha'"),
+        (["gate", "results.json"], "Missing option '--policy'"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(argv, said):
+    """An unknown option or a missing value, as the console script prints it: one line, no box."""
+    out = subprocess.run([sys.executable, "-m", "kddoctor", *argv], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kddoctor: error: ") and said in lines[0], out.stderr

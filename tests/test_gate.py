@@ -144,6 +144,11 @@ def test_cli_exit_codes(results_file, tmp_path):
     assert res.exit_code == 2 and "not found" in res.stderr
     (tmp_path / "x.json").write_text('{"schema": "other"}')
     assert runner.invoke(app, ["gate", str(tmp_path / "x.json"), "--policy", str(ok)]).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["gate", str(tmp_path / "empty"), "--policy", str(ok)])
+    assert res.exit_code == 2 and "is a directory without a results.json" in res.stderr
+    # a diagnose --out directory: its results.json
+    assert runner.invoke(app, ["gate", str(results_file.parent), "--policy", str(bad)]).exit_code == 1
 
 
 def test_junit_has_real_failures(results_file, tmp_path):

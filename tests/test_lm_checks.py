@@ -268,3 +268,33 @@ def test_the_nll_gap_makes_no_verdict_for_an_objective_that_does_not_minimize_nl
     assert verdict(rows, causes, "lm_causes.toml", calm)["kind"] == "unexplained_gap"  # clearly behind
     rows[0]["evidence"] = {k: v for k, v in gap.items() if k != "val_gap_share_z"}  # as lm_gap leaves it
     assert verdict(rows, causes, "lm_causes.toml", calm)["kind"] == "healthy"
+
+
+def test_a_student_that_tracks_its_teacher_has_no_likely_cause_whatever_its_teachers_own_drop():
+    """The gap a cause explains is the student's: a teacher whose own token accuracy falls from train to
+    val (as a language model's does) opens no cause's gate while the student tracks it."""
+    from kddoctor.causes import rank, verdict
+
+    gap = {
+        "val_gap_share": 0.014,
+        "val_gap_share_z": 1.5,
+        "val_acc_gap": 0.0105,
+        "val_acc_gap_z": 1.05,
+        "excess_agreement_gap": -0.007,
+        "excess_agreement_gap_z": -0.56,
+        "teacher_val_drop": 0.044,
+        "teacher_val_drop_z": 6.1,
+    }
+    fp = {"named": 1.0, "objective_excess": 0.5, "coord_all_moving": 0.7, "best_member": "CE alone"}
+    rows = [
+        {"id": "generalization_gap", "status": "pass", "evidence": gap},
+        {"id": "objective_fingerprint", "status": "fail", "evidence": fp},
+    ]
+    ranked = rank(rows, {}, name="lm_causes.toml", context={"applies": set()})
+    top = ranked[0]
+    assert top["id"] == "alpha_imbalance" and top["raw_score"] >= 0.5 > top["score"]
+    assert verdict(rows, ranked, "lm_causes.toml", lambda g: "calm")["kind"] == "healthy"
+    gap.update(val_acc_gap=0.03, val_acc_gap_z=6.0)  # the student itself 3 points behind: the cause stands
+    ranked = rank(rows, {}, name="lm_causes.toml", context={"applies": set()})
+    calm = verdict(rows, ranked, "lm_causes.toml", lambda g: "calm")
+    assert ranked[0]["likely"] and calm["kind"] == "likely"

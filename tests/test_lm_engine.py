@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -467,6 +469,76 @@ def test_an_offline_topk_teacher_diagnoses_the_pair_without_loading_the_teacher(
     assert skipped["status"] == "skipped" and "offline capture" in skipped["summary"]
 
 
+class _NextTokenLM(nn.Module):
+    """A teacher that knows the text: each token x is followed by (3x + 1) % V or, less often, by
+    (3x + 2) % V, and its logits say so."""
+
+    def __init__(self, vocab: int = 23) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits.scatter_(-1, ((3 * input_ids + 1) % self.vocab)[..., None], 4.0)
+        return logits.scatter_(-1, ((3 * input_ids + 2) % self.vocab)[..., None], 2.0)
+
+
+def _pattern_batches(vocab: int = 23, rows: int = 48, length: int = 16):
+    """Rows of that text from random starts (the second follower one time in five)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, vocab, (rows, length), generator=g)
+    second = torch.rand(rows, length, generator=g) < 0.2
+    for i in range(1, length):
+        ids[:, i] = (3 * ids[:, i - 1] + 1 + second[:, i].long()) % vocab
+    mask = torch.ones_like(ids)
+    return [{"input_ids": ids[i : i + 8], "attention_mask": mask[i : i + 8]} for i in range(0, rows, 8)]
+
+
+def _read_capture(path, batches, vocab=23):
+    from kddoctor.lm.offline import OfflineTeacher
+
+    teacher = OfflineTeacher(path, vocab)
+    for b in batches:
+        teacher(b["input_ids"], b["attention_mask"])
+    teacher.alignment.decide()
+    return teacher.alignment
+
+
+def test_a_capture_whose_log_probabilities_are_not_its_rows_is_refused_by_content(tmp_path):
+    """The rows match by their tokens, but the top-k arrays were reordered apart from input_ids, or written
+    one position off: refused in one line naming which; the aligned capture of the same teacher, and the
+    capture of a teacher that predicts nothing, pass."""
+    import numpy as np
+
+    from kddoctor.lm.offline import capture
+
+    batches = _pattern_batches()
+    good = capture(_NextTokenLM(), batches, 5, tmp_path / "good.npz")
+    alignment = _read_capture(good, batches)
+    assert alignment.positions >= 256 and alignment.hits[1] > 2 * max(alignment.hits[0], alignment.hits[2])
+    assert alignment.hits[1] == alignment.positions  # its top 5 always holds the next token
+    blind = capture(TinyLM(seed=4), batches, 5, tmp_path / "blind.npz")  # knows nothing: nothing to refuse
+    _read_capture(blind, batches)
+    arr = dict(np.load(good))
+    order = np.random.default_rng(0).permutation(len(arr["input_ids"]))
+    cases = {
+        "reordered": {k: arr[k][order] for k in ("top_ids", "top_logprobs")},
+        "late": {k: np.roll(arr[k], 1, 1) for k in ("top_ids", "top_logprobs")},
+        "early": {k: np.roll(arr[k], -1, 1) for k in ("top_ids", "top_logprobs")},
+    }
+    said = {
+        "reordered": "are not its input_ids rows",
+        "late": "one position late",
+        "early": "one position early",
+    }
+    for name, swapped in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **{**arr, **swapped})
+        with pytest.raises(UserError, match=said[name]) as err:
+            _read_capture(path, batches)
+        assert "\n" not in str(err.value)
+
+
 def test_a_misaligned_topk_capture_is_one_line_and_exit_2(tmp_path):
     other = _capture(tmp_path, k=5, seed=7)
     res = _lm_cli(tmp_path, "--task", "causal-lm", "--no-cache", "--teacher", f"topk:{other}")
@@ -474,3 +546,36 @@ def test_a_misaligned_topk_capture_is_one_line_and_exit_2(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     missing = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{tmp_path / 'none.npz'}")
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+    text = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{tmp_path / 'lm_files.py'}")
+    assert text.exit_code == 2 and "pickled objects, which kddoctor never loads" in text.stderr
+    assert "allow_pickle" not in text.stderr  # numpy's advice to load it unsafely is not passed on
+
+
+def test_a_top_k_capture_is_compared_at_its_nll_floor(tmp_path):
+    """A top-k capture spreads its missing mass evenly, which reads its teacher's NLL off the teacher's
+    own; the floor (each token outside the top k given all of the missing mass) never exceeds it. With
+    every id captured, the three are one number."""
+    from kddoctor.lm.offline import OfflineTeacher, capture
+    from kddoctor.lm.probes import Probes
+
+    batches = _batches(n=6)
+    rows = tuple(torch.cat([b[key] for b in batches]) for key in ("input_ids", "attention_mask", "labels"))
+    teacher, student, cpu = TinyLM(seed=1), TinyLM(seed=2), torch.device("cpu")
+    live = Probes(teacher, student, rows, rows, vocab=23, device=cpu).score(student, "val")
+    for k in (3, 23):
+        path = capture(teacher, batches, k, tmp_path / f"top{k}.npz")
+        read = Probes(OfflineTeacher(path, 23), student, rows, rows, vocab=23, device=cpu)
+        got = read.teacher_nll_floor("val")
+        assert got["tokens"] == int((rows[2][:, 1:] != IGNORE).sum())
+        assert got["student"] == pytest.approx(live["loss"], rel=1e-6)
+        if k == 23:
+            assert got["floor"] == pytest.approx(live["teacher_loss"], rel=1e-5)
+            assert got["read"] == pytest.approx(live["teacher_loss"], rel=1e-5)
+        else:
+            with torch.no_grad():
+                top = teacher(rows[0])[:, :-1].topk(k, -1).indices
+            y, counted = rows[2][:, 1:], rows[2][:, 1:] != IGNORE
+            outside = (top != y[..., None]).all(-1)[counted].double().mean()
+            assert 0 < outside < 1  # each outside token's floor is its read NLL less log(23 - k)
+            assert got["read"] - got["floor"] == pytest.approx(float(outside) * math.log(23 - k), rel=1e-5)
+            assert got["floor"] < live["teacher_loss"] and abs(got["read"] - live["teacher_loss"]) > 0.01

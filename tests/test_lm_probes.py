@@ -276,6 +276,20 @@ def test_a_time_budget_stops_the_fit_probe_and_says_so():
     assert "stopped by its time budget" in f.summary
 
 
+def test_a_time_budget_stops_the_first_continue_run_and_the_others_run_as_many_steps():
+    torch.manual_seed(0)
+    teacher, small = TinyGPT(width=16, layers=1, heads=2), dict(width=8, layers=1, heads=2)
+    f = lm_alpha(_probe_ev(teacher, TinyGPT(**small), fit_steps=40, sweep_steps=2, probe_budget=1e-9))
+    runs = f.evidence["continue_runs"]
+    assert f.evidence["continue_stopped_by"] == "time" and f.evidence["continue_steps"] == 1
+    assert [r["steps"] for r in runs.values()] == [1] * len(probes.CONTINUE_LRS)
+    assert {r["stopped_by"] for r in runs.values()} == {"time"}
+    assert "1 steps (stopped by its time budget)" in f.summary
+    unbounded = lm_alpha(_probe_ev(teacher, TinyGPT(**small), fit_steps=3, sweep_steps=2))
+    assert unbounded.evidence["continue_stopped_by"] == "steps" and unbounded.evidence["continue_steps"] == 3
+    assert "stopped by its time budget" not in unbounded.summary
+
+
 def _capacity_rows(steps_share: float) -> list[dict]:
     gap = {"val_acc_gap": 0.15, "val_acc_gap_z": 8.0, "excess_agreement_gap": 0.0}
     cap = {

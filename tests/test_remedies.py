@@ -287,3 +287,52 @@ def test_a_score_is_said_capped_only_when_the_cap_changes_it():
     capped = causes._score_cause("x", cause, evidence, 0.1, {})
     assert capped["score"] == 0.1 and capped["raw_score"] == 0.278
     assert capped["evidence"][-1].startswith("capped at 0.10")
+
+
+def test_a_fingerprint_member_a_trainers_config_cannot_state_reads_in_pytorch():
+    """GKDConfig has no CE term: where the checkpoint's stillest objective and the stated one read as the
+    same config, the remedy writes both losses out in PyTorch, which tells them apart."""
+    from kddoctor.convention_text import python_code
+
+    conv = LM_CONVENTIONS["trl-gkd"]
+    member = replace(conv, ce_weight=0.5, kd_weight=0.5)
+    assert member.code() == conv.code()  # the config reads the same
+    fp = {
+        "named": 1.0,
+        "best_member": "a CE term beside the KD term (half each)",
+        "best_code": member.code(),
+        "best_python": python_code(member),
+    }
+    findings = [{"id": "objective_fingerprint", "status": "fail", "evidence": fp}]
+    run = {"student": "hf:runs/student", "vocab": 1024, "convention": conv.to_dict(1024), "num_classes": 1024}
+    ctx = causes.remedy_context(findings, run)
+    assert ctx["fp_lang"] == "python" and "config cannot state the difference" in ctx["fp_code"]
+    trained, stated = ctx["fp_code"].split("# what you state:\n")
+    assert python_code(member) in trained and stated == python_code(conv) != python_code(member)
+    compile(ctx["fp_code"], "fp", "exec")
+    yaml_conv = LM_CONVENTIONS["distillkit"]  # DistillKit's YAML states a CE weight: it stays in YAML
+    other = replace(yaml_conv, ce_weight=0.0, kd_weight=1.0)
+    fp_yaml = {**fp, "best_code": other.code(), "best_python": python_code(other)}
+    run_yaml = {**run, "convention": yaml_conv.to_dict(1024)}
+    ctx = causes.remedy_context([{**findings[0], "evidence": fp_yaml}], run_yaml)
+    assert ctx["fp_lang"] == "yaml" and other.code() in ctx["fp_code"]
+
+
+def test_lm_remedies_for_a_top_k_target_or_empty_rows_speak_only_to_runs_that_have_them():
+    cat = causes.catalogue("lm_causes.toml")
+
+    def said(conv, masks):
+        run = {"student": "hf:s", "vocab": 1024, "convention": conv.to_dict(1024), "num_classes": 1024}
+        found = [{"id": "lm_mask_parity", "status": "pass", "evidence": masks}]
+        ctx = causes.remedy_context(found, run)
+        out = []
+        for cid in ("alpha_imbalance", "optimization"):
+            for mech in cat[cid]["mechanisms"]:
+                out += [r["code"] for r in causes.render_remedies(cat[cid], mech, ctx)]
+        return "\n".join(out)
+
+    none = {"empty_row_share": 0.0, "empty_batch_share": 0.0}
+    plain = said(LM_CONVENTIONS["kd-per-token"], none)
+    assert "topk" not in plain and "clamp_min(1)" not in plain
+    assert "topk" in said(LM_CONVENTIONS["distillkit"], none)  # a top-64 target
+    assert "clamp_min(1)" in said(LM_CONVENTIONS["kd-per-token"], {**none, "empty_row_share": 0.02})

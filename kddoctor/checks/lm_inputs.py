@@ -21,6 +21,12 @@ def lm_vocab_parity(
     va = ev.splits["val"]
     tt, ts = ev.tokenizers.get("teacher"), ev.tokenizers.get("student")
     excess = va["teacher"]["loss"] - va["student"]["loss"]
+    floor = None
+    if ev.capture_k is not None and ev.probes is not None:
+        # a top-k capture's NLL spreads the missing mass evenly, above the teacher's own: compared at its
+        # floor instead, on the probes' val rows, so only a teacher worse than the capture allows fails
+        floor = ev.probes.teacher_nll_floor("val")
+        excess = floor["floor"] - floor["student"]
     evidence = {
         "teacher_vocab": va["teacher_vocab"],
         "student_vocab": va["student_vocab"],
@@ -30,6 +36,8 @@ def lm_vocab_parity(
         "teacher_nll_excess": excess,
         "tokenizers": {"teacher": tt, "student": ts},
     }
+    if floor is not None:
+        evidence["capture_nll"] = floor
     flags = {
         "tokenizer_differs": _differs(tt, ts, "hash"),
         "special_tokens_differ": _differs(tt, ts, "special_ids"),
@@ -45,8 +53,14 @@ def lm_vocab_parity(
     if dropped > dropped_mass_fail:
         problems.append(f"the compared vocabulary drops {dropped:.1%} of a model's probability mass")
     if excess > teacher_nll_excess_fail:
+        floored = (
+            f" even at its floor (a top-{ev.capture_k} capture: every token outside it given all the "
+            f"missing mass; on {floor['tokens']:,} tokens of the sampled val rows)"
+            if floor
+            else ""
+        )
         problems.append(
-            f"the teacher predicts val text {excess:.3f} nats/token worse than its own student "
+            f"the teacher predicts val text {excess:.3f} nats/token worse than its own student{floored} "
             "(it was trained on other token ids)"
         )
     sizes = f"vocabularies {va['teacher_vocab']:,} (teacher) and {va['student_vocab']:,} (student)"

@@ -228,7 +228,9 @@ def _continue(ev: LMEvaluation) -> dict:
     """Continuing at the stated objective at each of probes.CONTINUE_LRS (where a finished run's schedule
     ends) for the fit probe's step budget, val-row KL read along the way: a student that has not
     converged keeps gaining through the second half; a converged one holds still, or gains only in its
-    first steps (a smaller step size settles a run that ended at a large one). {lr: val score, curve}."""
+    first steps (a smaller step size settles a run that ended at a large one). The first run stops at
+    its step or its time budget, and the others run as many steps, so every step size is compared at
+    the same number of steps. {lr: val score, curve, steps, stopped_by}."""
     from ..lm.probes import CONTINUE_LRS
 
     pr, obj = ev.probes, stated_objective(ev)
@@ -238,11 +240,11 @@ def _continue(ev: LMEvaluation) -> dict:
     on_policy = {}
     if lmbda > 0:  # the stated objective samples its own batches: so does continuing it
         on_policy = {"sampled": pr.sampled_rows(pr.student, ev.convention.sample_temperature or 1.0, 7)}
-    out = {}
+    out, steps, stopped_by = {}, ev.fit_steps, "steps"
     for lr in CONTINUE_LRS:
         tuned = pr.finetune(
             obj,
-            steps=ev.fit_steps,
+            steps=steps,
             budget_s=seconds,
             seed=1,
             lr=lr,
@@ -250,11 +252,14 @@ def _continue(ev: LMEvaluation) -> dict:
             lmbda=lmbda,
             **on_policy,
         )
+        if seconds is not None:  # the first run sets the steps of the others
+            steps, seconds, stopped_by = tuned.steps, None, tuned.stopped_by
         out[f"{lr:g}"] = {
             "lr": lr,
             **pr.score(tuned.model, "val", obj),
             "curve": tuned.curve,
             "steps": tuned.steps,
+            "stopped_by": stopped_by,
         }
     return out
 
@@ -335,6 +340,7 @@ def lm_alpha_sensitivity(
         "continue_late_gain_kl_rel": late,
         "continue_first_half_share": _first_half_share(moved, late),
         "continue_steps": base["steps"],
+        "continue_stopped_by": base["stopped_by"],
         "gain_agreement": gain,
         "gain_kl_rel": _rel(best["kl"], base["kl"]),
         "kd_share": share,
@@ -358,11 +364,12 @@ def lm_alpha_sensitivity(
         "temperature_axis": "T",
     }
     cut = " (as many as the time budget allowed)" if evidence["sweep_stopped_by"] == "time" else ""
+    cut_continue = " (stopped by its time budget)" if base["stopped_by"] == "time" else ""
     words = (
         f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
         f"{evidence['sweep_tokens']['val']:,} val tokens: continuing with the stated objective for "
-        f"{base['steps']} steps (Adam at {base['lr']:g}, the best of {len(continued)}) moves token "
-        f"agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and changes "
+        f"{base['steps']} steps{cut_continue} (Adam at {base['lr']:g}, the best of {len(continued)}) moves "
+        f"token agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and changes "
         f"{evidence['continue_reads']} on val by {-moved:+.1%} "
         f"({-late:+.1%} in its second half); after "
         f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "

@@ -12,6 +12,7 @@ from dataclasses import replace
 import torch
 
 from ..convention import KD_REDUCTIONS, LM_REDUCTIONS, KDConvention
+from ..convention_text import python_code
 from ..fingerprint import (
     GradientSums,
     TermGradients,
@@ -53,6 +54,11 @@ def members(conv: KDConvention) -> list[tuple[str, KDConvention]]:
     return out
 
 
+def _texts(m: KDConvention) -> dict:
+    """A member written in the user's own form, in PyTorch, and as a formula."""
+    return {"code": m.code(), "python": python_code(m), "formula": m.formula()}
+
+
 def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -> dict:
     """Every member's rho, the best one, and how the stated one compares."""
     rows, seen = [], set()
@@ -62,7 +68,7 @@ def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -
             continue
         seen.add((round(a, 12), round(b, 12)))
         row = {"name": name, "ce": a, "kd": b, "rho": rho(moments, a, b)}
-        rows.append({**row, "code": m.code(), "formula": m.formula()})
+        rows.append({**row, **_texts(m)})
     stated = rows[0]
     best = min(rows, key=lambda r: r["rho"])
     a, b = stated["ce"], stated["kd"]
@@ -83,6 +89,7 @@ def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -
         "best_member": best["name"],
         "best_rho": best["rho"],
         "best_code": best["code"],
+        "best_python": best["python"],
         "best_formula": best["formula"],
         "stationary_kd_ratio": r_star,
         "stated_kd_ratio": r_stated,
@@ -219,10 +226,10 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
         a, b = m.term_weights(vocab)
         if (round(a, 12), round(b, 12)) not in seen:
             seen.add((round(a, 12), round(b, 12)))
-            rows.append({"name": name, "term": 1, "ce": a, "kd": b, "code": m.code(), "formula": m.formula()})
+            rows.append({"name": name, "term": 1, "ce": a, "kd": b, **_texts(m)})
     a0, b0 = conv.term_weights(vocab)
     for j, (name, m) in enumerate(targets, start=2):
-        rows.append({"name": name, "term": j, "ce": a0, "kd": b0, "code": m.code(), "formula": m.formula()})
+        rows.append({"name": name, "term": j, "ce": a0, "kd": b0, **_texts(m)})
     scan = [(1, 1.0, r) for r in SCAN] + [(1, 1.0, 0.0), (1, 0.0, 1.0)]
     spec = [(r["term"], r["ce"], r["kd"]) for r in rows]
     point, whole = coord_stats(g, spec + scan, whole=True)
@@ -287,6 +294,7 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
         ],
         "candidates": len(cand),
         "named_code": named["code"],
+        "named_python": named["python"],
         "named_formula": named["formula"],
         "coordinates": g.shape[2],
     }
@@ -388,7 +396,7 @@ def lm_fingerprint(
     # member the per-coordinate reading names is the one a cause and the remedy show
     e = {f"scalar_{k}" if k.startswith("best_") else k: v for k, v in e.items()}
     e |= _assess_coords(coords.tensor(), conv, ev.vocab, targets)
-    e |= {f"best_{k}": e[f"named_{k}"] for k in ("member", "code", "formula")}
+    e |= {f"best_{k}": e[f"named_{k}"] for k in ("member", "code", "python", "formula")}
     e["all_moving"] = math.log10(max(e["best_rho"], 1e-9))
     e["inconclusive"] = float(e["best_rho"] > moving)
     size = f"{pr.counted_tokens('train'):,} counted tokens of {len(ids)} train sequences"

@@ -347,6 +347,9 @@ class _TokenPass:
                 "(each position predicts the next), so every label is -100, every sequence has one token, or "
                 "the split is empty"
             )
+        alignment = getattr(self.teacher, "alignment", None)
+        if alignment is not None:  # an offline capture: refused before its outputs are cached
+            alignment.decide()
         cache = opts.cache
         if cache is not None:
             cache.save()

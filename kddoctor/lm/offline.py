@@ -16,6 +16,12 @@ it starts with (the probes' rows are prefixes of the pass's rows). A batch row n
 is refused in one line: the capture was made on other tokens. The teacher's distribution at a position
 is its top k log-probabilities and the missing mass spread evenly over the other ids (so every
 divergence and metric is defined; the top-k checks read how much mass that is).
+
+A capture whose rows match but whose log-probabilities are not those rows' (top-k arrays reordered apart
+from `input_ids`, or written one position off) is refused by content too: over its first
+`ALIGN_POSITIONS` captured positions, a teacher's top k holds the token it was asked to predict (the
+next one) more often than the token at its own position or the one after next, and predicts it no worse
+than a uniform guess. `Alignment` reads both and names which way the capture is off.
 """
 
 from __future__ import annotations
@@ -31,6 +37,63 @@ from torch import nn
 from ..errors import UserError
 
 PREFIX = 8  # tokens of a row's start that index it (a longer match is then checked in full)
+ALIGN_POSITIONS = 4096  # captured positions the alignment is read on (it is decided once, then not read)
+ALIGN_MIN = 256  # ... and at least this many before it decides (a smaller capture is not read)
+SHIFTS = (0, 1, 2)  # which token a position's top k holds: its own, the next (aligned), the one after
+
+
+class Alignment:
+    """Which token each captured position's top k holds (its own, the next, the one after next) and the
+    capture's log-probability of the next one, summed over the first ALIGN_POSITIONS positions; decided
+    once: a refusal in one line when another position fits better than the next token, or when the
+    capture predicts the next tokens worse than a uniform guess and no better than the other positions
+    (its rows were not captured on these tokens)."""
+
+    def __init__(self, path: Path, vocab: int) -> None:
+        self.path, self.vocab = path, vocab
+        self.hits, self.positions, self.nll = dict.fromkeys(SHIFTS, 0), 0, 0.0
+        self.decided = False
+
+    def add(self, tokens: torch.Tensor, top: torch.Tensor, logp: torch.Tensor) -> None:
+        """One row: its [n] tokens, [n, k] captured ids and [n, V] log-probabilities (positions with data)."""
+        if self.decided:
+            return
+        n = len(tokens) - max(SHIFTS)
+        if n <= 0:
+            return
+        for s in SHIFTS:
+            self.hits[s] += int((top[:n] == tokens[s : s + n, None]).any(-1).sum())
+        self.nll -= float(logp[:n].gather(1, tokens[1 : 1 + n, None]).sum())
+        self.positions += n
+        if self.positions >= ALIGN_POSITIONS:
+            self.decide()
+
+    def decide(self) -> None:
+        """Refuse a misaligned capture (UserError), once enough positions were read; else stop reading."""
+        if self.decided or self.positions < ALIGN_MIN:
+            return
+        self.decided = True
+        n = self.positions
+        rate = {s: h / n for s, h in self.hits.items()}
+        nll, uniform = self.nll / n, math.log(self.vocab)
+        best = max(SHIFTS, key=lambda s: (rate[s], s == 1))
+        where = f"--teacher topk:{self.path}: on {n:,} captured positions"
+        holds = (
+            f"its top k holds the next token at {rate[1]:.0%} of them, the token at the position itself at "
+            f"{rate[0]:.0%}, the one after next at {rate[2]:.0%}"
+        )
+        if best != 1 and rate[best] >= 1.5 * rate[1] + 0.02:
+            off = "one position late" if best == 0 else "one position early"
+            raise UserError(
+                f"{where} {holds}: its log-probabilities are written {off} against input_ids; position i "
+                "must hold the teacher's prediction of token i+1 (its logits[:, i]), as capture() writes them"
+            )
+        if nll > uniform + 0.25 and rate[1] < 1.5 * max(rate[0], rate[2]) + 0.02:
+            raise UserError(
+                f"{where} it predicts the next token worse than a uniform guess ({nll:.2f} vs "
+                f"{uniform:.2f} nats/token) and {holds}: its top_ids/top_logprobs rows are not its "
+                "input_ids rows (reordered apart, or captured on other text); recapture them together"
+            )
 
 
 def _key(tokens: list[int]) -> str:
@@ -55,7 +118,15 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # a damaged or foreign file
-        raise UserError(f"--teacher topk:{path}: not a readable capture ({type(e).__name__}: {e})") from None
+        why = (
+            "numpy reads it as pickled objects, which kddoctor never loads"
+            if "pickle" in str(e)
+            else f"{type(e).__name__}: {e}"
+        )
+        raise UserError(
+            f"--teacher topk:{path}: not a readable capture ({why}); write the arrays with numpy.savez or "
+            "safetensors, or point at DistillKit's parquet capture"
+        ) from None
 
 
 def _fill_empty_slots(top: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -122,6 +193,7 @@ class OfflineTeacher(nn.Module):
             tokens = ids[i][mask[i]].tolist()
             self.rows.setdefault(_key(tokens), []).append((i, tokens))
         self.hits = 0
+        self.alignment = Alignment(self.path, self.vocab)
         # the capture's content in the state dict, so the teacher-output cache keys on the file itself
         digest = _digest(self.path)
         self.register_buffer("capture_digest", torch.tensor(list(digest), dtype=torch.uint8))
@@ -161,6 +233,9 @@ class OfflineTeacher(nn.Module):
             out[r].fill_(math.log(1.0 / self.vocab))
             out[r, :n] = rest[:, None]
             out[r, :n].scatter_(-1, self.top_ids[i, :n], lp)
+            if not self.alignment.decided:  # read on the positions before the first without a capture
+                m = int((~self.nodata[i, :n]).long().cumprod(0).sum())
+                self.alignment.add(torch.tensor(tokens[:m]), self.top_ids[i, :m], out[r, :m])
             # an attended position past the capture, or padding: uniform (never counted when padding)
         return out.to(input_ids.device)
 

@@ -165,6 +165,31 @@ class Probes:
         }
         return out if objective is None else {**out, "div": div / n}
 
+    @torch.no_grad()
+    def teacher_nll_floor(self, split: str) -> dict:
+        """For a teacher read from a top-k capture (the ids outside its top k share the missing mass
+        evenly): on a split's rows, per counted token, its NLL as read, its floor (each token outside the
+        top k given all of the missing mass, the most the capture allows it) and the student's NLL."""
+        ids, mask, labels = self.rows[split]
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # tokens, read, floor, student
+        for i in range(0, len(ids), BATCH):
+            rows = slice(i, i + BATCH)
+            target = labels[rows, 1:]
+            counted = target != IGNORE
+            y = target[counted][:, None]
+            logp_t = F.log_softmax(self._teacher(split, rows)[counted], -1)
+            logp_s = F.log_softmax(self._logits(self.student, ids[rows], mask[rows])[counted], -1)
+            read = -logp_t.gather(1, y)[:, 0]
+            rest = logp_t.amin(-1, keepdim=True)  # the evenly spread missing mass: each row's smallest value
+            spread = (logp_t <= rest + 1e-6).sum(-1)  # over this many ids
+            outside = -read <= rest[:, 0] + 1e-6
+            floor = read - torch.where(outside, spread.double().log(), 0.0)
+            for k, v in enumerate((torch.ones_like(read), read, floor, -logp_s.gather(1, y)[:, 0])):
+                sums[k] += v.double().sum()
+        n = max(float(sums[0]), 1.0)
+        tokens, read, floor, student = (float(v) for v in sums)
+        return {"tokens": int(tokens), "read": read / n, "floor": floor / n, "student": student / n}
+
     def _point(self, model: nn.Module, step: int, objective: KDConvention | None = None) -> tuple:
         """A curve point: train-row agreement (the fit), val-row KL or the objective's own divergence
         (what of it generalizes)."""
