@@ -111,6 +111,8 @@ def test_the_family_covers_the_slips_users_make():
     ]
     lm = [n for n, _ in members(resolve(alpha=0.5, temperature=2.0, task="causal-lm"))]
     assert "the KL reduced by 'batchmean'" in lm and "the KL reduced by 'mean'" in lm
+    gkd = [n for n, _ in members(resolve(preset="trl-gkd", task="causal-lm"))]
+    assert "the JSD reduced by 'batchmean'" in gkd  # the stated divergence, by its name
 
 
 # --- causal LMs: the per-coordinate fingerprint ----------------------------------------------------------

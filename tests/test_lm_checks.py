@@ -187,6 +187,9 @@ def test_topk_is_skipped_unless_stated_and_grades_the_dropped_mass():
 
 def test_precision_grades_the_stated_dtype():
     assert lm_precision(_ev()).status is Status.PASS
+    assert "(KL 0.1000 nats/token" in lm_precision(_ev()).summary
+    jsd = _ev(val={"precision": {**_ev().splits["val"]["facts"]["precision"], "divergence": "jsd"}})
+    assert "(JSD 0.1000 nats/token" in lm_precision(jsd).summary  # the stated divergence, by its name
     prec = {"dtype": "bfloat16", "kl_dtype": 0.1, "zero_fraction": 0.2}
     f = lm_precision(_ev(val={"precision": {**_ev().splits["val"]["facts"]["precision"], **prec}}))
     assert f.status is Status.FAIL

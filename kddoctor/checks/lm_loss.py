@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..lm.evaluation import LMEvaluation, kd_shares
+from ..losses import DIVERGENCE_NAMES
 from .base import Finding, Status, grade, register_check, worst
 
 
@@ -62,12 +63,15 @@ def lm_precision(
         "negative_fraction": p.get("negative_fraction", 0.0),
         "nonfinite_fraction": p["nonfinite_fraction"],
     }
+    kind = evidence["divergence"]  # the stated divergence, in the report's words
+    what = "KL" if kind == "forward_kl" else DIVERGENCE_NAMES.get(kind, kind.replace("_", " "))
+    value = f"{what} {p['kl_fp32']:.4f} nats/token at T={p['temperature']:g}"
     if p["dtype"] == "float32":
         return Finding(
             "lm_precision",
             Status.PASS,
-            f"the KD loss is computed in float32 (KL {p['kl_fp32']:.4f} nats/token at T={p['temperature']:g} "
-            f"on {p['tokens']:,} val tokens); pass --kd-dtype when your loss ran in bf16 or fp16",
+            f"the KD loss is computed in float32 ({value} on {p['tokens']:,} val tokens); pass --kd-dtype "
+            "when your loss ran in bf16 or fp16",
             evidence,
         )
     status = worst(
@@ -75,7 +79,6 @@ def lm_precision(
         grade(p["zero_fraction"], zero_fraction_fail / 2, zero_fraction_fail, what="the zero-KL fraction"),
         Status.FAIL if p["nonfinite_fraction"] > 0 else Status.PASS,
     )
-    what = "KL" if evidence["divergence"] == "forward_kl" else evidence["divergence"].replace("_", " ")
     negative = (
         f" (negative on {evidence['negative_fraction']:.0%}: a divergence cannot be)"
         if evidence["negative_fraction"] > 0
