@@ -74,7 +74,7 @@ def setting_code(conv) -> str:
         )
     if p.syntax == "yaml":
         return "\n".join(f"{k}: {v:g}" for k, v in params.items())
-    return _python(conv)
+    return python_code(conv)
 
 
 def _distillkit(conv) -> str:
@@ -143,13 +143,8 @@ def _token_divergence_code(conv) -> str:
 
 
 def python_code(conv) -> str:
-    """The loss in PyTorch, whatever the preset: what a trainer's own config cannot state (a CE term
-    beside GKD's, a T² factor) still reads there."""
-    return _python(conv)
-
-
-def _python(conv) -> str:
-    """The loss in PyTorch, with this convention's T² choice and reduction."""
+    """The loss in PyTorch, with this convention's T² choice and reduction, whatever the preset: what a
+    trainer's own config cannot state (a CE term beside GKD's, a T² factor) still reads there."""
     if conv.task == "causal-lm":  # per counted token (the remedy form; the masks of the CE)
         return _lm_python(conv)
     else:

@@ -63,6 +63,13 @@ DIVERGENCE_NAMES = {  # as a report says them
     "skew_reverse_kl": "skew reverse KL",
     "tv": "TV distance",
 }
+
+
+def divergence_word(kind: str) -> str:
+    """A stated divergence as a sentence names it: "KL" for the forward KL, else its report name."""
+    return "KL" if kind == "forward_kl" else DIVERGENCE_NAMES.get(kind, kind.replace("_", " "))
+
+
 TOP_K_RULES = (
     "renormalize",
     "tail",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..lm.evaluation import LMEvaluation, kd_shares
-from ..losses import DIVERGENCE_NAMES
+from ..losses import divergence_word
 from .base import Finding, Status, grade, register_check, worst
 
 
@@ -63,8 +63,7 @@ def lm_precision(
         "negative_fraction": p.get("negative_fraction", 0.0),
         "nonfinite_fraction": p["nonfinite_fraction"],
     }
-    kind = evidence["divergence"]  # the stated divergence, in the report's words
-    what = "KL" if kind == "forward_kl" else DIVERGENCE_NAMES.get(kind, kind.replace("_", " "))
+    what = divergence_word(evidence["divergence"])  # the stated divergence, in the report's words
     value = f"{what} {p['kl_fp32']:.4f} nats/token at T={p['temperature']:g}"
     if p["dtype"] == "float32":
         return Finding(

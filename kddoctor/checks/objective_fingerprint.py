@@ -22,7 +22,7 @@ from ..fingerprint import (
     stationary_ratio,
     term_grads,
 )
-from ..losses import DIVERGENCE_NAMES, token_kd_mean
+from ..losses import divergence_word, token_kd_mean
 from .base import Finding, Status, register_check
 
 MOVING = 8.0  # rho above this for every objective: the checkpoint has not converged (inconclusive)
@@ -48,7 +48,7 @@ def members(conv: KDConvention) -> list[tuple[str, KDConvention]]:
         words = "alpha on the other term" if conv.form != "weights" else "the two weights swapped"
         out.append((words, replace(conv, ce_weight=conv.kd_weight, kd_weight=conv.ce_weight, form=swapped)))
     reductions = LM_REDUCTIONS if conv.task == "causal-lm" else KD_REDUCTIONS
-    term = "KL" if conv.divergence == "forward_kl" else DIVERGENCE_NAMES[conv.divergence]  # as stated
+    term = divergence_word(conv.divergence)  # as stated
     for r in reductions:
         if r != conv.reduction and (r != "sum" or conv.train_batch_size):
             out.append((f"the {term} reduced by '{r}'", replace(conv, reduction=r)))

@@ -215,7 +215,8 @@ class OfflineTeacher(nn.Module):
         b, length = ids.shape
         out = torch.empty(b, length, self.vocab, dtype=torch.float32)
         for r in range(b):
-            tokens = ids[r][mask[r]].tolist()
+            row = ids[r][mask[r]]
+            tokens = row.tolist()
             i = self._row(tokens)
             if i is None:
                 raise UserError(
@@ -235,7 +236,7 @@ class OfflineTeacher(nn.Module):
             out[r, :n].scatter_(-1, self.top_ids[i, :n], lp)
             if not self.alignment.decided:  # read on the positions before the first without a capture
                 m = int((~self.nodata[i, :n]).long().cumprod(0).sum())
-                self.alignment.add(torch.tensor(tokens[:m]), self.top_ids[i, :m], out[r, :m])
+                self.alignment.add(row[:m].long(), self.top_ids[i, :m], out[r, :m])
             # an attended position past the capture, or padding: uniform (never counted when padding)
         return out.to(input_ids.device)
 
