@@ -78,12 +78,14 @@ class Outputs:
 
 def _finish(diag, out: Path, opts: Outputs) -> int:
     """Gate (when a policy is given), write the reports, render the summary; the exit code."""
-    from .gate import github_outputs, load_policy, load_results
+    from .gate import github_outputs, load_policy, load_results, parse_policy
     from .report import render_markdown
     from .report.junit import render_junit
     from .report.terminal import render_summary
 
     pol = load_policy(opts.policy) if opts.policy else None
+    if pol is None and opts.baseline:  # a baseline alone gates on its regression rules at their default
+        pol = parse_policy("[gate]", "--baseline (regression rules only)")
     if pol is not None:
         diag.apply_gate(pol, load_results(opts.baseline, "--baseline") if opts.baseline else None)
     diag.save(out, cdn=opts.cdn)

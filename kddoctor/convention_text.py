@@ -108,11 +108,22 @@ def _token_divergence_code(conv) -> str:
             "per = (torch.xlogy(p, p) - p * F.log_softmax(s / T, -1)).sum(-1)\n"
             "kd = (per * mask).sum() / mask.sum()"
         )
-    if conv.top_k:
+    if conv.top_k and conv.top_k_rule == "none":
+        return (
+            f"top = t.topk({conv.top_k}, -1).indices  # the teacher's kept ids, the rest dropped\n"
+            "lp, lq = F.log_softmax(t / T, -1).gather(-1, top), F.log_softmax(s / T, -1).gather(-1, top)\n"
+            "per = (lp.exp() * (lp - lq)).sum(-1)\n"
+            "kd = (per * mask).sum() / mask.sum()"
+        )
+    if conv.top_k:  # one tail bucket, tempered as one class (DistillKit's SYMMETRIC_UNIFORM)
         return (
             f"top = t.topk({conv.top_k}, -1).indices  # the teacher's kept ids\n"
-            "lp, lq = F.log_softmax(t / T, -1).gather(-1, top), F.log_softmax(s / T, -1).gather(-1, top)\n"
-            "p_tail, q_tail = 1 - lp.exp().sum(-1), (1 - lq.exp().sum(-1)).clamp_min(1e-12)\n"
+            "lp1 = F.log_softmax(t, -1).gather(-1, top)  # their log-probabilities at T 1\n"
+            "rest = (1 - lp1.exp().sum(-1)).clamp_min(0).log() / T  # the missing mass, one class\n"
+            "z = torch.logaddexp(torch.logsumexp(lp1 / T, -1), rest)\n"
+            "lp, p_tail = lp1 / T - z[..., None], (rest - z).exp()\n"
+            "lq = F.log_softmax(s / T, -1).gather(-1, top)\n"
+            "q_tail = (1 - lq.exp().sum(-1)).clamp_min(1e-12)\n"
             "per = (lp.exp() * (lp - lq)).sum(-1) + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()\n"
             "kd = (per * mask).sum() / mask.sum()"
         )

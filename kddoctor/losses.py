@@ -93,7 +93,8 @@ def token_divergence(
     M = beta*p + (1-beta)*q, and skew_reverse_kl KL(q||M), M = (1-beta)*p + beta*q (DistiLLM, beta its
     skew alpha); tv, half the L1 distance. A top-k target (forward KL) keeps the teacher's top k ids and
     handles the rest by `rule`: renormalize the kept mass (DistillKit ZERO), add one tail bucket
-    (1-P) log((1-P)/(1-Q)) (DistillKit SYMMETRIC_UNIFORM, verl's tail), or drop it ('none')."""
+    P log(P/Q) (DistillKit SYMMETRIC_UNIFORM, `tail_target`; Q the student's mass outside the kept ids at
+    T), or drop it ('none')."""
     if kind == "jsd" and beta in (0.0, 1.0):
         kind = "forward_kl" if beta == 0.0 else "reverse_kl"
     if kind == "forward_kl" and (not top_k or rule == "renormalize"):
@@ -103,13 +104,13 @@ def token_divergence(
     log_p = F.log_softmax(t.to(dt) / temperature, -1)
     if top_k:
         idx = t.topk(top_k, -1).indices
-        lp, lq = log_p.gather(-1, idx), log_q.gather(-1, idx)
-        kept = (lp.exp() * (lp - lq)).sum(-1)
+        lq = log_q.gather(-1, idx)
         if rule == "none":
-            return kept
-        p_tail = (1 - lp.exp().sum(-1)).clamp_min(0)
+            lp = log_p.gather(-1, idx)
+            return (lp.exp() * (lp - lq)).sum(-1)
+        lp, p_tail = tail_target(F.log_softmax(t.to(dt), -1).gather(-1, idx), temperature)
         q_tail = (1 - lq.exp().sum(-1)).clamp_min(torch.finfo(dt).tiny)
-        return kept + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+        return (lp.exp() * (lp - lq)).sum(-1) + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
     if kind == "reverse_kl":
         return (log_q.exp() * (log_q - log_p)).sum(-1)
     if kind == "tv":
@@ -125,6 +126,20 @@ def token_divergence(
         log_m = torch.logsumexp(torch.stack([log_p + math.log1p(-b), log_q + math.log(b)]), 0)
         return (log_q.exp() * (log_q - log_m)).sum(-1)
     raise ValueError(f"no divergence {kind!r}")
+
+
+def tail_target(lp1: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-k target with its missing mass as one tail bucket, as DistillKit's SYMMETRIC_UNIFORM builds
+    it (arcee-ai/DistillKit@a61c2e7 distillkit/lossfuncs/common.py:14-66, get_target_logprobs): from the
+    teacher's top-k log-probabilities at T 1 (`lp1`, what a capture stores) and the mass they leave, each
+    kept p and the bucket's mass are raised to 1/T as k + 1 classes and normalized together. Returns the
+    kept ids' log-probabilities and the bucket's probability. At T 1 it is the teacher's own
+    distribution; at T > 1 the bucket stays one class (sum of the missing p, then ^1/T), not the sum of
+    every missing p^(1/T) that a softmax of the full logits at T would give it."""
+    rest = (1 - lp1.exp().sum(-1)).clamp_min(0).log() / temperature
+    a = lp1 / temperature
+    z = torch.logaddexp(torch.logsumexp(a, -1), rest)
+    return a - z.unsqueeze(-1), (rest - z).exp()
 
 
 def objective_divergence(conv, s: torch.Tensor, t: torch.Tensor, dtype=None) -> torch.Tensor:

@@ -19,6 +19,7 @@ def ran(findings: list[dict]) -> dict[str, dict]:
 
 SOFT_KD = 0.9  # the KD share an overfitting remedy aims at ("lean harder on the soft targets")
 SOFT_T = 8.0  # the temperature a capacity remedy aims at ("soften the targets")
+TOP_K_DROPPED = 0.05  # the teacher mass a top-k target drops before its remedy shows (lm_topk warns there)
 
 
 def convention_of(run: dict) -> KDConvention:
@@ -77,7 +78,10 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
         ctx["rec_share"] = f"the KD term's effective share of the loss becomes {rec['alpha_kd']:.0%}"
     if conv.reduction == "mean":
         ctx["applies"].add("mean_reduction")
-    if conv.top_k:  # advice on a top-k target's kept mass speaks to a run that states one
+    # advice on a top-k target's kept mass speaks to a run whose target drops some (lm_topk's warn
+    # level): not to a tail bucket, which keeps it, nor to a top k that holds nearly all of it
+    dropped = evidence.get("lm_topk", {}).get("dropped_target_mass")
+    if conv.top_k and (conv.top_k_rule != "tail" if dropped is None else dropped >= TOP_K_DROPPED):
         ctx["applies"].add("top_k")
     masks = evidence.get("lm_mask_parity", {})
     if (masks.get("empty_row_share") or 0) > 0 or (masks.get("empty_batch_share") or 0) > 0:

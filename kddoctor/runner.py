@@ -54,6 +54,11 @@ def resolve_num_classes(explicit: int | None, sds: dict[str, dict | None], data_
     return data_nc
 
 
+def _lm_spec(spec: str) -> bool:
+    """An hf: directory or a topk: capture: a causal LM whatever --task says."""
+    return spec.startswith(("hf:", "topk:"))
+
+
 def run_name(student: str, teacher: str) -> str:
     stem = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s.split(":")[-1].split("?")[0])[:40] or "model"  # noqa: E731
     return f"{stem(student)}_vs_{stem(teacher)}"
@@ -210,6 +215,10 @@ class DiagnoseArgs:
             )
         if self.task != "causal-lm" and (self.teacher_top_k is not None or self.kd_dtype != "float32"):
             raise UserError("--teacher-top-k and --kd-dtype describe a causal-LM loss: add --task causal-lm")
+        lm_specs = [f for f, v in (("--teacher", self.teacher), ("--student", self.student)) if _lm_spec(v)]
+        if self.task != "causal-lm" and lm_specs:
+            spec = self.teacher if lm_specs[0] == "--teacher" else self.student
+            raise UserError(f"{lm_specs[0]} {spec} is a causal LM: add --task causal-lm")
         if self.task != "causal-lm" and self.allow_vocab_truncation:
             raise UserError("--allow-vocab-truncation compares causal-LM vocabularies: add --task causal-lm")
 

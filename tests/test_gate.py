@@ -88,6 +88,9 @@ def test_fail_on_likely_and_fail_on_check():
     assert evaluate(results(), parse_policy('[gate]\nfail_on_likely = ["alpha_imbalance"]'))["passed"]
     assert not evaluate(results(), parse_policy('[gate]\nfail_on_check = ["mode_parity"]'))["passed"]
     assert evaluate(results(), parse_policy('[gate]\nfail_on_check = ["preprocessing_parity"]'))["passed"]
+    # a policy shared by both tasks: a check the run's task does not have holds, and says why
+    g = evaluate(results(), parse_policy('[gate]\nfail_on_check = ["lm_alignment"]'))
+    assert g["passed"] and g["rules"][0]["value"] == "not run for this task"
 
 
 def test_warn_rules_warn_unless_fail_on_warn():
@@ -117,7 +120,7 @@ def test_malformed_policies(text, match):
         parse_policy(text)
 
 
-@pytest.mark.parametrize("name", ["default", "strict", "example"])
+@pytest.mark.parametrize("name", ["default", "strict", "example", "lm"])
 def test_shipped_policies_are_valid(name):
     assert load_policy(ROOT / "checks" / f"{name}.toml").name.endswith(f"{name}.toml")
 
@@ -248,6 +251,14 @@ def test_diagnose_with_policy_records_the_gate(demo_paths, tmp_path):
         ],
     )
     assert res.exit_code == 0
+    # --baseline alone gates on its regression rules (it was read only beside a policy, else ignored)
+    base = json.loads((out / "results.json").read_text())
+    base["metrics"]["val"]["agreement"] += 0.05
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    args = ["diagnose", *demo_command(*demo_paths), "--quick", "--quiet", "--out", str(tmp_path / "b")]
+    res = runner.invoke(app, [*args, "--baseline", str(tmp_path / "base.json")])
+    gate = json.loads((tmp_path / "b" / "results.json").read_text())["gate"]
+    assert res.exit_code == 1 and [f["rule"] for f in gate["failures"]] == ["max_val_agreement_regression"]
 
 
 def strict_warn_only_doc() -> dict:

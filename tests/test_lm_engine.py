@@ -371,6 +371,17 @@ def test_every_sampling_and_output_flag_of_an_image_run_works_for_tokens(tmp_pat
     doc2 = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc2["run"]["timings"]["teacher_cache"]["train"]["misses"] == 0  # the teacher pass was skipped
     _same_numbers(doc2["metrics"], doc["metrics"])
+    # a split whose teacher logits exceed what the cache keeps runs uncached, and the run says so
+    import kddoctor.lm.engine as engine
+
+    small = 4 * 11 * 23 * 2  # two batches of 4 sequences, 11 tokens, 23 ids
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "CACHE_ELEMS", small)
+        big = _lm_cli(tmp_path, "--task", "causal-lm", "--train-samples", "16", "--cache-dir", str(cache))
+    assert big.exit_code == 0, big.stderr
+    doc4 = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc4["run"]["timings"]["teacher_cache"]["train"] == {"uncached": small}
+    assert any(n.startswith("train: the teacher cache keeps at most") for n in doc4["notes"]), doc4["notes"]
     limited = _lm_cli(tmp_path, "--task", "causal-lm", "--limit", "4", "--no-cache")
     assert limited.exit_code == 0, limited.stderr
     doc3 = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -27,6 +27,7 @@ def hf_dirs(tmp_path_factory):
         "student": (16, 1, 0, 0),
         "other_tok": (16, 1, 0, 10),
         "padded": (16, 1, 8, 0),
+        "padded_other_tok": (16, 1, 8, 10),
     }.items():
         model = gpt2(width, layers, 2)
         if vocab_extra:
@@ -37,7 +38,10 @@ def hf_dirs(tmp_path_factory):
             tok.pad_token = tok.convert_ids_to_tokens(pad)
         tok.save_pretrained(root / name)
     (root / "empty").mkdir()
-    return {k: f"hf:{root / k}" for k in [*["teacher", "student", "other_tok", "padded"], "empty"]}
+    return {
+        k: f"hf:{root / k}"
+        for k in ["teacher", "student", "other_tok", "padded", "padded_other_tok", "empty"]
+    }
 
 
 def _run(tmp_path, teacher, student, *extra):
@@ -68,13 +72,36 @@ def test_a_tokenizer_with_other_special_tokens_is_a_mismatch(tmp_path, hf_dirs):
     assert check["status"] == "fail" and check["evidence"]["tokenizer_differs"] == 1, check
 
 
-def test_padded_vocabulary_rows_need_the_flag_and_are_reported(tmp_path, hf_dirs):
-    res, _ = _run(tmp_path, hf_dirs["teacher"], hf_dirs["padded"])
-    assert res.exit_code == 2 and "--allow-vocab-truncation" in res.stderr
-    res, doc = _run(tmp_path, hf_dirs["teacher"], hf_dirs["padded"], "--allow-vocab-truncation")
+def test_padded_vocabulary_rows_are_compared_away_when_one_tokenizer_proves_them_padding(tmp_path, hf_dirs):
+    # both directories carry the same 256-id tokenizer: the student's 8 extra rows are padding no text
+    # reaches (151,936 vs 152,064 for one Qwen tokenizer), so no flag is needed; this untrained student
+    # still puts 3 % of its probability there, which the check fails on
+    res, doc = _run(tmp_path, hf_dirs["teacher"], hf_dirs["padded"])
     assert res.exit_code == 0, res.output
-    assert _check(doc, "lm_vocab_parity")["evidence"]["padded_rows"] == 8
-    assert any("compared on the first 256 rows" in n for n in doc["notes"])
+    check = _check(doc, "lm_vocab_parity")
+    assert check["evidence"]["padded_rows"] == 8 and check["status"] == "fail", check
+    assert "the compared vocabulary drops 3.0%" in check["summary"]
+    assert any("compared on the first 256 rows (both carry one tokenizer" in n for n in doc["notes"])
+    # rows that hold next to nothing pass, with the reason; the same rows compared on the user's word warn
+    from types import SimpleNamespace
+
+    from kddoctor.checks.lm_inputs import lm_vocab_parity
+
+    tok = doc["checks"][[c["id"] for c in doc["checks"]].index("lm_vocab_parity")]["evidence"]["tokenizers"]
+    facts = {"teacher_dropped_mass": 0.0, "student_dropped_mass": 0.0002}
+    val = {"teacher_vocab": 256, "student_vocab": 264, "vocab": 256, "facts": facts}
+    val.update(teacher={"loss": 2.0}, student={"loss": 2.1})
+    ev = SimpleNamespace(splits={"val": val}, tokenizers=tok, capture_k=None, probes=None)
+    found = lm_vocab_parity(ev)
+    assert found.status.value == "pass" and "the rows past it are padding" in found.summary, found.summary
+    ev.tokenizers = {"teacher": tok["teacher"], "student": None}
+    assert lm_vocab_parity(ev).status.value == "warn"
+    # tokenizers that differ prove nothing: the rows are compared away only when the user says so
+    res, _ = _run(tmp_path, hf_dirs["teacher"], hf_dirs["padded_other_tok"])
+    assert res.exit_code == 2 and "--allow-vocab-truncation" in res.stderr
+    res, doc = _run(tmp_path, hf_dirs["teacher"], hf_dirs["padded_other_tok"], "--allow-vocab-truncation")
+    assert res.exit_code == 0, res.output
+    assert any("compared on the first 256 rows (--allow-vocab-truncation)" in n for n in doc["notes"])
 
 
 @pytest.mark.parametrize(
@@ -115,3 +142,11 @@ def test_a_teacher_loaded_through_accelerate_with_a_device_map_gives_the_same_di
         assert mapped["metrics"][split]["kl"] == pytest.approx(plain["metrics"][split]["kl"], rel=1e-5)
     bad, _ = _run(tmp_path, hf_dirs["teacher"], hf_dirs["student"], "--teacher-dtype", "int4")
     assert bad.exit_code == 2 and "--teacher-dtype must be one of" in bad.stderr
+
+
+@pytest.mark.parametrize("extra", [(), ("--num-classes", "256")])
+def test_an_hf_model_without_task_causal_lm_is_told_to_add_it(tmp_path, hf_dirs, extra):
+    args = ["diagnose", "--teacher", hf_dirs["teacher"], "--student", hf_dirs["student"], *DATA, *extra]
+    res = CliRunner().invoke(app, [*args, "--quiet", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"--teacher {hf_dirs['teacher']} is a causal LM: add --task causal-lm" in res.stderr

@@ -233,6 +233,7 @@ def test_alpha_sweep_reports_both_curves_and_the_continue_gain():
     assert [p["alpha"] for p in f.details["alpha_curve"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert [p["temperature"] for p in f.details["temperature_curve"]] == [1.0, 2.0, 4.0]
     e = f.evidence
+    assert "the best per-token setting (alpha" in f.summary  # a forward-KL user's own objective
     assert e["gain_agreement"] == pytest.approx(
         max(p["agreement"] for p in f.details["alpha_curve"] + f.details["temperature_curve"])
         - e["continue_val"]["agreement"]
@@ -248,12 +249,26 @@ def test_a_reverse_kl_student_is_read_in_its_own_divergence_under_its_own_key():
     torch.manual_seed(0)
     ev = _probe_ev(TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2), sweep_steps=2)
     ev.convention = replace(ev.convention, divergence="reverse_kl")
-    e = lm_alpha(ev).evidence
+    f = lm_alpha(ev)
+    e = f.evidence
+    assert "the best per-token forward-KL setting" in f.summary  # the sweep's objective, not the stated one
     start, base = e["checkpoint_val"], e["continue_val"]
     assert "continue_gain_kl_rel" not in e and "continue_gain_agreement" not in e
     assert e["continue_gain_div_rel"] == pytest.approx(1 - base["div"] / start["div"])
     assert e["continue_reads"] == "the stated reverse KL"
     assert e["continue_gain_agreement_unread"] == pytest.approx(base["agreement"] - start["agreement"])
+
+
+def test_the_sweeps_best_setting_is_said_in_the_trainers_words_too():
+    from kddoctor.flags import resolve
+
+    torch.manual_seed(0)
+    ev = _probe_ev(TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2), sweep_steps=2)
+    ev.convention = resolve(preset="distillkit", task="causal-lm", ce_weight=0.5, kd_weight=0.5)
+    f = lm_alpha(ev)
+    best = f.evidence["best"]
+    words = ev.convention.to_user(best["alpha"], best["temperature"], ev.vocab).setting()
+    assert f"on KD, T {best['temperature']:g}: {words})" in f.summary and "kl weight=" in words
 
 
 def test_probes_are_skipped_without_rows():

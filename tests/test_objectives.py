@@ -52,26 +52,42 @@ def test_trl_beta_endpoints_are_forward_and_reverse_kl_not_zero():
     assert float(token_divergence(s, t, 1.0, kind="jsd", beta=0.5).min()) > 0
 
 
-def test_top_k_missing_mass_rules():
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_missing_mass_rules(temperature):
+    """Each rule at T as its trainer builds it. The tail follows DistillKit's get_target_logprobs: the
+    captured top-k log-probabilities at T 1 and the mass they leave, each raised to 1/T as k + 1 classes
+    (arcee-ai/DistillKit@a61c2e7 distillkit/lossfuncs/common.py:14-66), not a softmax of the full logits
+    at T cut to the top k (whose tail would be the sum of every missing p^(1/T), far heavier at T 2)."""
     s, t = _pair(2, v=20)
-    k = 5
-    lp = log_softmax(t.double().numpy(), -1)
-    lq = log_softmax(s.double().numpy(), -1)
+    k, T = 5, temperature
+    p1 = np.exp(log_softmax(t.double().numpy(), -1))  # the teacher at T 1, as a capture holds it
+    lp = log_softmax(t.double().numpy() / T, -1)
+    lq = log_softmax(s.double().numpy() / T, -1)
     top = np.argsort(-t.numpy(), -1)[:, :k]
+    pk1 = np.take_along_axis(p1, top, -1)
     p_k = np.take_along_axis(np.exp(lp), top, -1)
     q_k = np.take_along_axis(np.exp(lq), top, -1)
     kept = (p_k * (np.log(p_k) - np.log(q_k))).sum(-1)
-    tail = (1 - p_k.sum(-1)) * np.log((1 - p_k.sum(-1)) / (1 - q_k.sum(-1)))
-    renorm = p_k / p_k.sum(-1, keepdims=True)
+    z = (pk1 ** (1 / T)).sum(-1, keepdims=True) + (1 - pk1.sum(-1, keepdims=True)) ** (1 / T)
+    bucket = pk1 ** (1 / T) / z  # DistillKit's target over the kept ids at T
+    p_tail, q_tail = 1 - bucket.sum(-1), 1 - q_k.sum(-1)
+    tail = (bucket * (np.log(bucket) - np.log(q_k))).sum(-1) + p_tail * np.log(p_tail / q_tail)
+    renorm = pk1 ** (1 / T) / (pk1 ** (1 / T)).sum(-1, keepdims=True)
     want = {
         "none": kept,  # a truncated sum: no divergence, it can go negative
-        "tail": kept + tail,  # one bucket for the rest: the exact KL over k + 1 classes, >= 0
+        "tail": tail,  # one bucket for the rest: the exact KL over k + 1 classes, >= 0
         "renormalize": (renorm * (np.log(renorm) - np.log(q_k))).sum(-1),  # DistillKit ZERO
     }
     for rule, ref in want.items():
-        got = token_divergence(s, t, 1.0, "float32", k, "forward_kl", rule=rule).numpy()
+        got = token_divergence(s, t, T, "float32", k, "forward_kl", rule=rule).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6, err_msg=rule)
     assert (want["tail"] >= -1e-9).all()
+    if T == 1.0:  # every definition of the bucket agrees at T 1: the KL over k + 1 classes
+        full_tail = (1 - p_k.sum(-1)) * np.log((1 - p_k.sum(-1)) / (1 - q_k.sum(-1)))
+        np.testing.assert_allclose(want["tail"], kept + full_tail, rtol=1e-9)
+    else:  # the full softmax's tail at T 2 is another target
+        full_tail = (1 - p_k.sum(-1)) * np.log((1 - p_k.sum(-1)) / (1 - q_k.sum(-1)))
+        assert np.abs(want["tail"] - (kept + full_tail)).max() > 0.01
 
 
 def test_presets_speak_their_trainers_words():
@@ -128,7 +144,7 @@ def test_a_trainer_whose_loss_runs_at_a_fixed_temperature_is_not_told_to_soften_
         assert ("higher_t" in ctx["applies"]) is soft, preset
 
 
-@pytest.mark.parametrize("rule", ["renormalize", "tail"])
+@pytest.mark.parametrize("rule", ["renormalize", "tail", "none"])
 def test_a_top_k_objective_is_written_as_it_computes(rule):
     """The code an LM remedy shows for a top-k target (the fingerprint names such members) computes the
     loss the objective computes: renormalized kept mass, or DistillKit's tail bucket."""

@@ -321,9 +321,11 @@ def test_a_fingerprint_member_a_trainers_config_cannot_state_reads_in_pytorch():
 def test_lm_remedies_for_a_top_k_target_or_empty_rows_speak_only_to_runs_that_have_them():
     cat = causes.catalogue("lm_causes.toml")
 
-    def said(conv, masks):
+    def said(conv, masks, topk=None):
         run = {"student": "hf:s", "vocab": 1024, "convention": conv.to_dict(1024), "num_classes": 1024}
         found = [{"id": "lm_mask_parity", "status": "pass", "evidence": masks}]
+        if topk is not None:
+            found.append({"id": "lm_topk", "status": "pass", "evidence": {"dropped_target_mass": topk}})
         ctx = causes.remedy_context(found, run)
         out = []
         for cid in ("alpha_imbalance", "optimization"):
@@ -335,4 +337,9 @@ def test_lm_remedies_for_a_top_k_target_or_empty_rows_speak_only_to_runs_that_ha
     plain = said(LM_CONVENTIONS["kd-per-token"], none)
     assert "topk" not in plain and "clamp_min(1)" not in plain
     assert "topk" in said(LM_CONVENTIONS["distillkit"], none)  # a top-64 target
+    assert "topk" in said(LM_CONVENTIONS["distillkit"], none, topk=0.08)  # that drops 8 % of the mass
+    assert "topk" not in said(LM_CONVENTIONS["distillkit"], none, topk=0.01)  # that keeps nearly all
+    tail = replace(LM_CONVENTIONS["distillkit"], top_k_rule="tail")
+    assert "topk" not in said(tail, none)  # a tail bucket keeps the mass: the advice would restate it
+    assert "topk" not in said(tail, none, topk=0.0)
     assert "clamp_min(1)" in said(LM_CONVENTIONS["kd-per-token"], {**none, "empty_row_share": 0.02})

@@ -8,6 +8,7 @@ from ..convention import KDConvention
 from ..lm.evaluation import LMEvaluation, kd_shares
 from ..lm.probes import reads_own_divergence
 from ..losses import DIVERGENCE_NAMES
+from ..presets import PRESETS
 from .base import Finding, Status, grade, register_check, worst
 
 FIT_TARGET = 1.0  # a student that can represent its teacher memorizes its argmax on a few sequences
@@ -364,6 +365,10 @@ def lm_alpha_sensitivity(
         "temperature_axis": "T",
     }
     cut = " (as many as the time budget allowed)" if evidence["sweep_stopped_by"] == "time" else ""
+    swept = "" if conv.divergence == "forward_kl" else "forward-KL "  # the sweep's objective, not theirs
+    point = f"alpha {best['alpha']:g} on KD, T {best['temperature']:g}"
+    if conv.preset != "kd" and not swept and not PRESETS[conv.preset].fixed_weights:  # in their words too
+        point += ": " + conv.to_user(best["alpha"], best["temperature"], vocab).setting()
     cut_continue = " (stopped by its time budget)" if base["stopped_by"] == "time" else ""
     words = (
         f"on {evidence['sweep_sequences']['train']} train sequences, scored on "
@@ -372,8 +377,8 @@ def lm_alpha_sensitivity(
         f"token agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and changes "
         f"{evidence['continue_reads']} on val by {-moved:+.1%} "
         f"({-late:+.1%} in its second half); after "
-        f"{budget['steps']} steps{cut} the best per-token setting (alpha {best['alpha']:g} on KD, "
-        f"T {best['temperature']:g}) reaches {best['agreement']:.1%} ({gain * 100:+.1f} points)"
+        f"{budget['steps']} steps{cut} the best per-token {swept}setting ({point}) reaches "
+        f"{best['agreement']:.1%} ({gain * 100:+.1f} points)"
     )
     moving = moved >= (continue_warn_div if reads == "div" else continue_warn)
     if moving:

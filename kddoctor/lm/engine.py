@@ -144,12 +144,16 @@ def lm_logits(out: object) -> torch.Tensor:
     return logits
 
 
-def _vocab(t: torch.Tensor, s: torch.Tensor, allow_truncation: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher and student over one vocabulary; padded rows (151,936 vs 152,064) only when allowed."""
+def _vocab(
+    t: torch.Tensor, s: torch.Tensor, allow_truncation: bool, shared: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student over one vocabulary; padded rows (151,936 vs 152,064) when allowed, or when
+    both models carry one tokenizer (`shared`: its size) whose ids all lie below both sizes: every row
+    past it is padding that no text can reach."""
     vt, vs = t.shape[-1], s.shape[-1]
     if vt == vs:
         return t, s
-    if not allow_truncation:
+    if not allow_truncation and not (shared is not None and shared <= min(vt, vs)):
         raise UserError(
             f"teacher vocabulary {vt} vs student {vs}: if one only pads extra rows, pass "
             "--allow-vocab-truncation to compare the first min(V) rows; else the tokenizers differ"
@@ -213,6 +217,7 @@ class PassOptions:
     seed: int = 0
     feature_rows: int = 512  # pooled hidden-state rows kept per split (the domain classifier's)
     token_classes: object = None  # [V, C] bool token-class table (text_stats.token_classes), if known
+    shared_vocab: int | None = None  # the size of the one tokenizer both models carry, if they do
 
 
 def evaluate_lm(
@@ -267,7 +272,7 @@ class _TokenPass:
         self.saved: dict[str, list] | None = (
             {"teacher": [], "student": [], "targets": []} if opts.save_logits else None
         )
-        self.saved_elems, self.saved_cut, self.cache_elems = 0, False, 0
+        self.saved_elems, self.saved_cut, self.cache_elems, self.cache_dropped = 0, False, 0, False
 
     def step(self, tb: TokenBatch, where: str) -> None:
         """One batch through both models, into every accumulator (no host sync on CUDA beyond the
@@ -281,7 +286,7 @@ class _TokenPass:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             t_full, cached = self._teacher(tb, ids, mask, where)
             s_full = _forward(self.student, "student", ids, mask, where)
-        t, s = _vocab(t_full, s_full, opts.allow_vocab_truncation)
+        t, s = _vocab(t_full, s_full, opts.allow_vocab_truncation, opts.shared_vocab)
         _check_labels(tb.labels, t.shape[-1], where)
         rerun = (lambda rows: self._rerun_teacher(ids[rows], mask[rows], where)) if cached else None
         self.features.offer(self.keys.project(TokenBatch(ids, mask, labels)), mask, rerun)
@@ -305,8 +310,8 @@ class _TokenPass:
             return hit.view(*ids.shape, -1).to(ids.device, non_blocking=self.cuda), True
         t = _forward(self.teacher, "teacher", ids, mask, where).to(ids.device)  # from its last device
         self.cache_elems += t.numel()
-        if self.cache_elems > CACHE_ELEMS:  # too large to keep: this split goes uncached
-            self.opts.cache = None
+        if self.cache_elems > CACHE_ELEMS:  # too large to keep: this split goes uncached, and says so
+            self.opts.cache, self.cache_dropped = None, True
         else:
             cache.record(digest, t.reshape(-1, t.shape[-1]).float().to("cpu", non_blocking=self.cuda), False)
         return t, False
@@ -364,7 +369,13 @@ class _TokenPass:
             text=self.text.compute(),
             features=self.features.result(),
             local_rows=self.local,
-            teacher_cache=None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+            teacher_cache=(
+                {"uncached": CACHE_ELEMS}
+                if self.cache_dropped
+                else None
+                if cache is None
+                else {"hits": cache.hits, "misses": cache.misses}
+            ),
         )
         if self.saved is not None:
             out["logits"] = {k: torch.cat(v).numpy() if v else None for k, v in self.saved.items()}

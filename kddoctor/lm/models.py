@@ -110,6 +110,22 @@ def tokenizer_info(spec_or_tokenizer) -> dict | None:
     }
 
 
+def shared_tokenizer_size(tokenizers: dict) -> int | None:
+    """The size of the one tokenizer both models carry (the same ids and special tokens); None when
+    either has none or they differ."""
+    t, s = tokenizers.get("teacher"), tokenizers.get("student")
+    return t["size"] if t and s and t["hash"] == s["hash"] else None
+
+
+def padding_reason(tokenizers: dict, vocab: int) -> str:
+    """Why rows past the first `vocab` may be compared away: the one tokenizer both carry ends before
+    them, or the user said so."""
+    shared = shared_tokenizer_size(tokenizers)
+    if shared is not None and shared <= vocab:
+        return f"both carry one tokenizer of {shared:,} ids: the rows past it are padding"
+    return "--allow-vocab-truncation"
+
+
 def vocabulary_text(tok) -> tuple[list[str], set[int]] | None:
     """Each token id's decoded text and the special ids of a transformers tokenizer (the text-parity
     check's token classes); None when it cannot decode single ids."""

@@ -21,6 +21,7 @@ from ..lm.engine import adapt, evaluate_lm, lm_logits, sample_loader
 from ..lm.evaluation import LMEvaluation, TokenSplit
 from ..lm.exposure import exposure
 from ..lm.facts import RowFacts
+from ..lm.models import padding_reason, shared_tokenizer_size
 from ..lm.probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
 from ..lm.rows import RowSample
 from ..lm.text_stats import token_classes
@@ -110,6 +111,7 @@ class CausalLMTask:
             name=name,
             device=run.device,
             allow_vocab_truncation=self.allow_vocab_truncation,
+            shared_vocab=shared_tokenizer_size(self.tokenizers),
             facts=facts,
             rows=rows,
             bar=run.bar,
@@ -155,7 +157,7 @@ class CausalLMTask:
         if va["teacher_vocab"] != va["student_vocab"]:
             out.append(
                 f"vocabularies differ ({va['teacher_vocab']:,} vs {va['student_vocab']:,}): compared on the "
-                f"first {va['vocab']:,} rows (--allow-vocab-truncation)"
+                f"first {va['vocab']:,} rows ({padding_reason(self.tokenizers, va['vocab'])})"
             )
         unread = nll_unread(ev.convention)
         if unread:
@@ -168,6 +170,12 @@ class CausalLMTask:
         for name, m in ev.splits.items():
             if m.get("sampled"):
                 out.append(f"{name} sequences: {m['sampled']}")
+            if (m.get("teacher_cache") or {}).get("uncached"):
+                out.append(
+                    f"{name}: the teacher cache keeps at most {m['teacher_cache']['uncached']:,} logits a "
+                    "split and this one's exceed it, so every run computes its teacher again (fewer "
+                    f"--{name}-samples keep it cached)"
+                )
             if m.get("logits_cut"):
                 out.append(
                     f"{name}: --save-logits kept the first counted tokens only (the rest exceed the cap)"
