@@ -590,3 +590,20 @@ def test_a_top_k_capture_is_compared_at_its_nll_floor(tmp_path):
             assert 0 < outside < 1  # each outside token's floor is its read NLL less log(23 - k)
             assert got["read"] - got["floor"] == pytest.approx(float(outside) * math.log(23 - k), rel=1e-5)
             assert got["floor"] < live["teacher_loss"] and abs(got["read"] - live["teacher_loss"]) > 0.01
+
+
+@pytest.mark.parametrize(
+    "batch, got",
+    [
+        ((torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)), "got a tuple of 2"),
+        ({"ids": torch.zeros(2, 4, dtype=torch.long)}, "got a mapping with keys 'ids'"),
+        (torch.zeros(2, 4, dtype=torch.long), "got a Tensor"),
+    ],
+)
+def test_a_batch_that_is_no_causal_lm_mapping_says_what_it_is(batch, got):
+    from kddoctor.lm.engine import lm_batch
+
+    with pytest.raises(UserError) as e:
+        lm_batch(batch, "train", 0)
+    assert "train batch 0: a causal-LM batch is a mapping with 'input_ids'" in str(e.value)
+    assert str(e.value).endswith(got)

@@ -140,6 +140,12 @@ def test_a_teacher_loaded_through_accelerate_with_a_device_map_gives_the_same_di
     assert res.exit_code == 0, res.output
     for split in ("train", "val"):
         assert mapped["metrics"][split]["kl"] == pytest.approx(plain["metrics"][split]["kl"], rel=1e-5)
+    assert plain["run"]["teacher_dtype"] == "float32" == mapped["run"]["teacher_dtype"]
+    res, half = _run(
+        tmp_path, hf_dirs["teacher"], hf_dirs["student"], "--no-cache", "--teacher-dtype", "bfloat16"
+    )
+    assert res.exit_code == 0 and half["run"]["teacher_dtype"] == "bfloat16", res.output  # stated back
+    assert "(teacher in bfloat16)" in (tmp_path / "out" / "report.html").read_text()
     bad, _ = _run(tmp_path, hf_dirs["teacher"], hf_dirs["student"], "--teacher-dtype", "int4")
     assert bad.exit_code == 2 and "--teacher-dtype must be one of" in bad.stderr
 

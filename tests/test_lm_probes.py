@@ -392,3 +392,37 @@ def test_a_small_student_is_read_by_its_parameters_or_its_width(params, widths, 
     assert e["size_words"] == (
         said if widths is None else f"{said} and 1/{128 // widths[0]} of its width ({widths[0]} of 128)"
     )
+
+
+class _DropoutTeacher(torch.nn.Module):
+    """A teacher whose train mode drops some of its logits (as dropout inside a transformer would)."""
+
+    def __init__(self, inner, p):
+        super().__init__()
+        self.inner, self.drop = inner, torch.nn.Dropout(p)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.drop(self.inner(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def test_a_teacher_left_in_train_mode_is_measured_against_its_eval_mode_self():
+    from kddoctor.checks.lm_pipeline import lm_mode_parity
+
+    torch.manual_seed(0)
+    inner, student = TinyGPT(width=16, layers=1, heads=2), TinyGPT(width=8, layers=1, heads=2)
+    quiet = lm_mode_parity(_probe_ev(_DropoutTeacher(inner, 0.0).eval(), student))
+    assert quiet.status is Status.PASS and "no dropout" in quiet.summary
+    assert quiet.evidence["teacher_train_mode_kl"] == pytest.approx(0.0, abs=1e-6)
+    teacher = _DropoutTeacher(inner, 0.3).eval()
+    ev = _probe_ev(teacher, student)
+    f, again = lm_mode_parity(ev), lm_mode_parity(ev)
+    e = f.evidence
+    assert f.status is Status.WARN and e["teacher_train_mode_disagreement"] > 0.05, f.summary
+    assert e["teacher_train_mode_kl"] > 0 and e == again.evidence  # seeded: the same dropout draw
+    assert e["student_closer_to_train_mode"] == pytest.approx(
+        e["student_kl_to_eval_teacher"] - e["student_kl_to_train_teacher"]
+    )
+    assert not teacher.training  # left as it was found
+    assert e["student_kl_to_eval_teacher"] == pytest.approx(
+        lm_mode_parity(ev).evidence["student_kl_to_eval_teacher"]
+    )

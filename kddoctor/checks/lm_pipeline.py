@@ -122,3 +122,41 @@ def lm_alignment(
             "training loss taught the token after next"
         )
     return Finding("lm_alignment", status, words, evidence)
+
+
+@register_check(
+    "mode_parity",
+    task="causal-lm",
+    needs=("probe_rows", "teacher_module"),
+    title="Teacher train/eval mode parity",
+    order=18,
+)
+def lm_mode_parity(ev: LMEvaluation, *, disagreement_warn: float = 0.05) -> Finding:
+    """How far a teacher left in train mode (dropout on: a wrapper module whose .train() reaches the
+    teacher too) strays from its eval-mode targets on the val rows, and which of the two the student sits
+    closer to. A teacher without dropout gives the same targets either way; one with it gave a student
+    distilled in that loop noisier, smoother targets (an exposure, as the image check reports it: the
+    checkpoint cannot say which loop it came from).
+
+    disagreement_warn: share of val tokens whose argmax the train-mode teacher changes."""
+    drift = ev.probes.teacher_mode_drift("val")
+    evidence = dict(drift)
+    evidence["student_closer_to_train_mode"] = (
+        drift["student_kl_to_eval_teacher"] - drift["student_kl_to_train_teacher"]
+    )
+    if abs(drift["teacher_train_mode_kl"]) <= 1e-6:  # the same outputs, to float error
+        words = (
+            f"the teacher in train mode gives its eval-mode outputs on {drift['tokens']:,} val tokens (no "
+            "dropout): a loop that left it in train mode changed nothing"
+        )
+        return Finding("mode_parity", Status.PASS, words, evidence)
+    disagree = drift["teacher_train_mode_disagreement"]
+    status = grade(disagree, disagreement_warn, float("inf"), what="the train-mode disagreement")
+    words = (
+        f"a teacher left in train mode (dropout on) changes its top token on {disagree:.1%} of "
+        f"{drift['tokens']:,} val tokens (KL {drift['teacher_train_mode_kl']:.3f} nats/token from its "
+        f"eval-mode self); the student's KL is {drift['student_kl_to_eval_teacher']:.3f} to the eval-mode "
+        f"teacher and {drift['student_kl_to_train_teacher']:.3f} to the train-mode one: keep the teacher "
+        "in eval mode inside the KD loop"
+    )
+    return Finding("mode_parity", status, words, evidence)

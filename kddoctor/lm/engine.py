@@ -84,8 +84,16 @@ def lm_batch(batch: object, split: str, index: int) -> tuple[torch.Tensor, torch
     Labels without an attention mask are refused: padding would be counted as tokens."""
     where = f"{split} batch {index}"
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        got = (
+            f"a mapping with keys {', '.join(map(repr, list(batch)[:5]))}"
+            if isinstance(batch, Mapping)
+            else f"a {type(batch).__name__} of {len(batch)}"
+            if isinstance(batch, list | tuple)
+            else f"a {type(batch).__name__}"
+        )
         raise UserError(
-            f"{where}: a causal-LM batch is a mapping with 'input_ids' (and 'attention_mask', 'labels')"
+            f"{where}: a causal-LM batch is a mapping with 'input_ids' (and 'attention_mask', 'labels'), "
+            f"got {got}"
         )
     ids = _tensor(batch["input_ids"], "input_ids", where)
     if ids.ndim != 2:

@@ -74,6 +74,8 @@ class LMEvaluation:
         caps = set(self.splits)
         if self.probes is not None:
             caps |= {"probe_rows", "trainable"}
+            if self.capture_k is None:  # a live teacher module (an offline capture has no train mode)
+                caps.add("teacher_module")
         if self.exposure is not None:
             caps.add("exposure")
         if self.convention.top_k:

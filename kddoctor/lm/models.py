@@ -126,6 +126,17 @@ def padding_reason(tokenizers: dict, vocab: int) -> str:
     return "--allow-vocab-truncation"
 
 
+def teacher_load(teacher) -> dict:
+    """How the teacher was loaded, as results.json `run` states it: the dtype of its weights (what
+    --teacher-dtype chose) and, when accelerate spread it (--teacher-device-map), the devices it spans."""
+    first = next(iter(teacher.parameters()), None) if hasattr(teacher, "parameters") else None
+    out = {"teacher_dtype": str(first.dtype).removeprefix("torch.") if first is not None else None}
+    spread = getattr(teacher, "hf_device_map", None)
+    if spread:
+        out["teacher_devices"] = sorted({str(d) for d in spread.values()})
+    return out
+
+
 def vocabulary_text(tok) -> tuple[list[str], set[int]] | None:
     """Each token id's decoded text and the special ids of a transformers tokenizer (the text-parity
     check's token classes); None when it cannot decode single ids."""

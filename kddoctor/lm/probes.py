@@ -53,6 +53,11 @@ class Tuned:
     gen: torch.Generator | None = None
 
 
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row of two log-probability tensors."""
+    return (p.exp() * (p - q)).sum(-1)
+
+
 class Probes:
     """The rows, the teacher's targets on them, and fine-tuning + scoring of student copies."""
 
@@ -189,6 +194,48 @@ class Probes:
         n = max(float(sums[0]), 1.0)
         tokens, read, floor, student = (float(v) for v in sums)
         return {"tokens": int(tokens), "read": read / n, "floor": floor / n, "student": student / n}
+
+    @torch.no_grad()
+    def teacher_mode_drift(self, split: str = "val") -> dict:
+        """The teacher left in train mode (dropout on, seeded) against itself in eval mode, on a split's
+        rows, per counted token: KL(eval || train), the share of tokens whose argmax differs, and the
+        student's KL to each (a student distilled from a train-mode teacher sits closer to it)."""
+        ids, mask, labels = self.rows[split]
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # tokens, kl, differ, s_eval, s_train
+        was = self.teacher.training
+        devices = [self.device] if self.cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            try:
+                for i in range(0, len(ids), BATCH):
+                    rows = slice(i, i + BATCH)
+                    t_eval = self._teacher(split, rows)
+                    self.teacher.train()
+                    t_train = self._logits(self.teacher, ids[rows], mask[rows])
+                    self.teacher.train(False)
+                    s = self._logits(self.student, ids[rows], mask[rows])
+                    for chunk, _, _ in counted_chunks(labels[rows], 2**22, t_eval, t_train, s):
+                        te, tt, sc = (F.log_softmax(x, -1) for x in chunk)
+                        parts = (
+                            torch.ones(len(sc), device=sc.device),
+                            _kl(te, tt),
+                            (te.argmax(-1) != tt.argmax(-1)).float(),
+                            _kl(te, sc),
+                            _kl(tt, sc),
+                        )
+                        for k, v in enumerate(parts):
+                            sums[k] += v.double().sum()
+            finally:
+                self.teacher.train(was)
+        n = max(float(sums[0]), 1.0)
+        tokens, kl_t, differ, s_eval, s_train = (float(v) for v in sums)
+        return {
+            "tokens": int(tokens),
+            "teacher_train_mode_kl": kl_t / n,
+            "teacher_train_mode_disagreement": differ / n,
+            "student_kl_to_eval_teacher": s_eval / n,
+            "student_kl_to_train_teacher": s_train / n,
+        }
 
     def _point(self, model: nn.Module, step: int, objective: KDConvention | None = None) -> tuple:
         """A curve point: train-row agreement (the fit), val-row KL or the objective's own divergence

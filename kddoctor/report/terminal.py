@@ -24,12 +24,18 @@ def render_verdict(d: dict, console: Console) -> None:
         console.print(f"[dim]note: {escape(note)}[/]")
 
 
+def _teacher_dtype(run: dict) -> str:
+    """', teacher in bfloat16' where a causal LM's teacher ran in another dtype than float32."""
+    dtype = run.get("teacher_dtype")
+    return f", teacher in {dtype}" if dtype and dtype != "float32" else ""
+
+
 def render_summary(d: dict, console: Console, out_dir: str | None = None) -> None:
     """Print a results.json document as rich tables."""
     run = d["run"]
     console.print(
         f"[bold]kddoctor[/] {escape(run['student'])} [dim]distilled from[/] {escape(run['teacher'])} "
-        f"[dim]on {run['device']}, " + split_sizes(run) + "[/]"
+        f"[dim]on {run['device']}{_teacher_dtype(run)}, " + split_sizes(run) + "[/]"
     )
     console.print(f"[dim]{escape(convention_sentence(run))}[/]")
     console.print(_metrics_table(d["metrics"]))

@@ -21,7 +21,7 @@ from ..lm.engine import adapt, evaluate_lm, lm_logits, sample_loader
 from ..lm.evaluation import LMEvaluation, TokenSplit
 from ..lm.exposure import exposure
 from ..lm.facts import RowFacts
-from ..lm.models import padding_reason, shared_tokenizer_size
+from ..lm.models import padding_reason, shared_tokenizer_size, teacher_load
 from ..lm.probes import TOKENS, TRAIN_ROWS, VAL_ROWS, Probes
 from ..lm.rows import RowSample
 from ..lm.text_stats import token_classes
@@ -92,6 +92,7 @@ class CausalLMTask:
             student_spec=run.student_spec,
             vocab_text=self.vocab_text,
         )
+        ev.teacher_load = teacher_load(teacher)
         if classes is not None:  # computed once: the evaluation's table is this one, cut to the vocabulary
             ev.token_classes = (classes[0], classes[1][: ev.vocab])
         if rank_world()[0] == 0:
@@ -138,6 +139,7 @@ class CausalLMTask:
             "vocab": ev.vocab,
             "n": {name: m.n for name, m in splits.items()},
             "sequences": {name: m["facts"]["sequences"] for name, m in splits.items()},
+            **getattr(ev, "teacher_load", {}),
         }
         timings = pass_timings(splits)
         timings.update(ev.timings)
