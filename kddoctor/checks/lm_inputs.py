@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..lm.evaluation import LMEvaluation
-from ..lm.models import padding_reason
+from ..lm.models import padding_reason, shared_tokenizer_size
 from .base import Finding, Status, grade, register_check, worst
 
 
@@ -76,13 +76,14 @@ def lm_vocab_parity(
     if problems:
         return Finding("lm_vocab_parity", Status.FAIL, "; ".join(problems) + f"; {sizes}", evidence)
     if evidence["padded_rows"]:
-        why = padding_reason(ev.tokenizers, va["vocab"])
         words = (
-            f"{evidence['padded_rows']:,} padded vocabulary rows compared away ({why}); "
-            f"they hold {dropped:.2%} of a model's probability; {sizes}"
+            f"{evidence['padded_rows']:,} padded vocabulary rows compared away "
+            f"({padding_reason(ev.tokenizers, va['vocab'])}); they hold {dropped:.2%} of a model's "
+            f"probability; {sizes}"
         )
-        # rows no text can reach, holding next to nothing, are padding as the models' configs say
-        proven = why != "--allow-vocab-truncation" and dropped < padding_mass_warn
+        # rows no text can reach (past the one tokenizer both carry), holding next to nothing: padding
+        shared = shared_tokenizer_size(ev.tokenizers)
+        proven = shared is not None and shared <= va["vocab"] and dropped < padding_mass_warn
         return Finding("lm_vocab_parity", Status.PASS if proven else Status.WARN, words, evidence)
     return Finding("lm_vocab_parity", Status.PASS, f"one vocabulary: {sizes}", evidence)
 

@@ -46,6 +46,7 @@ class LMEvaluation:
     device: object = "cpu"
     teacher_spec: str = "teacher"
     student_spec: str = "student"
+    teacher_load: dict = field(default_factory=dict)  # its dtype and devices (lm.models.teacher_load)
     timings: dict = field(default_factory=dict)  # seconds of the steps after the pass (exposure, rows)
     vocab_text: tuple | None = None  # (each token id's text, special ids), when a tokenizer is known
     train_augmented: bool = False  # a second read of the train loader gave other sequences

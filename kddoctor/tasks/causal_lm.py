@@ -90,9 +90,9 @@ class CausalLMTask:
             device=dev,
             teacher_spec=run.teacher_spec,
             student_spec=run.student_spec,
+            teacher_load=teacher_load(teacher),
             vocab_text=self.vocab_text,
         )
-        ev.teacher_load = teacher_load(teacher)
         if classes is not None:  # computed once: the evaluation's table is this one, cut to the vocabulary
             ev.token_classes = (classes[0], classes[1][: ev.vocab])
         if rank_world()[0] == 0:
@@ -139,7 +139,7 @@ class CausalLMTask:
             "vocab": ev.vocab,
             "n": {name: m.n for name, m in splits.items()},
             "sequences": {name: m["facts"]["sequences"] for name, m in splits.items()},
-            **getattr(ev, "teacher_load", {}),
+            **ev.teacher_load,
         }
         timings = pass_timings(splits)
         timings.update(ev.timings)
