@@ -65,6 +65,11 @@ DIVERGENCE_NAMES = {  # as a report says them
 }
 
 
+def log_prob_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension, from two log-probability tensors."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def divergence_word(kind: str) -> str:
     """A stated divergence as a sentence names it: "KL" for the forward KL, else its report name."""
     return "KL" if kind == "forward_kl" else DIVERGENCE_NAMES.get(kind, kind.replace("_", " "))
@@ -106,13 +111,12 @@ def token_divergence(
         idx = t.topk(top_k, -1).indices
         lq = log_q.gather(-1, idx)
         if rule == "none":
-            lp = log_p.gather(-1, idx)
-            return (lp.exp() * (lp - lq)).sum(-1)
+            return log_prob_kl(log_p.gather(-1, idx), lq)
         lp, p_tail = tail_target(F.log_softmax(t.to(dt), -1).gather(-1, idx), temperature)
         q_tail = (1 - lq.exp().sum(-1)).clamp_min(torch.finfo(dt).tiny)
-        return (lp.exp() * (lp - lq)).sum(-1) + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+        return log_prob_kl(lp, lq) + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
     if kind == "reverse_kl":
-        return (log_q.exp() * (log_q - log_p)).sum(-1)
+        return log_prob_kl(log_q, log_p)
     if kind == "tv":
         return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
     b = 0.5 if beta is None else beta

@@ -215,10 +215,9 @@ class DiagnoseArgs:
             )
         if self.task != "causal-lm" and (self.teacher_top_k is not None or self.kd_dtype != "float32"):
             raise UserError("--teacher-top-k and --kd-dtype describe a causal-LM loss: add --task causal-lm")
-        lm_specs = [f for f, v in (("--teacher", self.teacher), ("--student", self.student)) if _lm_spec(v)]
-        if self.task != "causal-lm" and lm_specs:
-            spec = self.teacher if lm_specs[0] == "--teacher" else self.student
-            raise UserError(f"{lm_specs[0]} {spec} is a causal LM: add --task causal-lm")
+        for flag, spec in (("--teacher", self.teacher), ("--student", self.student)):
+            if self.task != "causal-lm" and _lm_spec(spec):
+                raise UserError(f"{flag} {spec} is a causal LM: add --task causal-lm")
         if self.task != "causal-lm" and self.allow_vocab_truncation:
             raise UserError("--allow-vocab-truncation compares causal-LM vocabularies: add --task causal-lm")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..lm.evaluation import LMEvaluation
-from ..lm.models import padding_reason, shared_tokenizer_size
+from ..lm.models import padding_reason, pads_past, shared_tokenizer_size
 from .base import Finding, Status, grade, register_check, worst
 
 
@@ -82,8 +82,7 @@ def lm_vocab_parity(
             f"probability; {sizes}"
         )
         # rows no text can reach (past the one tokenizer both carry), holding next to nothing: padding
-        shared = shared_tokenizer_size(ev.tokenizers)
-        proven = shared is not None and shared <= va["vocab"] and dropped < padding_mass_warn
+        proven = pads_past(shared_tokenizer_size(ev.tokenizers), va["vocab"]) and dropped < padding_mass_warn
         return Finding("lm_vocab_parity", Status.PASS if proven else Status.WARN, words, evidence)
     return Finding("lm_vocab_parity", Status.PASS, f"one vocabulary: {sizes}", evidence)
 

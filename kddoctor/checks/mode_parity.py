@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import log_prob_kl
 from ._probes import cached, checkpoint_val_score, forward, teacher_logits, val_score
 from .base import Finding, Status, grade, register_check, worst
 
@@ -55,7 +56,7 @@ def _teacher_drift(ev) -> dict:
     q = F.log_softmax(t_train, 1)
     return {
         "teacher_train_mode_agreement": float((t_eval.argmax(1) == t_train.argmax(1)).float().mean()),
-        "teacher_train_mode_kl": float((p.exp() * (p - q)).sum(1).mean()),
+        "teacher_train_mode_kl": float(log_prob_kl(p, q).mean()),
     }
 
 

@@ -25,6 +25,7 @@ from ..metrics.tokens import IGNORE, TokenMetrics, counted_chunks
 from .evaluation import TokenSplit
 from .facts import LMFacts
 from .features import PooledFeatures
+from .models import pads_past
 from .rows import RowSample
 from .text_stats import TextStats
 
@@ -161,7 +162,7 @@ def _vocab(
     vt, vs = t.shape[-1], s.shape[-1]
     if vt == vs:
         return t, s
-    if not allow_truncation and not (shared is not None and shared <= min(vt, vs)):
+    if not allow_truncation and not pads_past(shared, min(vt, vs)):
         raise UserError(
             f"teacher vocabulary {vt} vs student {vs}: if one only pads extra rows, pass "
             "--allow-vocab-truncation to compare the first min(V) rows; else the tokenizers differ"
@@ -339,6 +340,12 @@ class _TokenPass:
             for key, v in (("teacher", tc.half()), ("student", sc.half()), ("targets", y)):
                 self.saved[key].append(v.to("cpu", non_blocking=self.cuda))
 
+    def _cache_report(self, cache: TeacherCache | None) -> dict | None:
+        """The split's teacher-cache hits and misses; that it went uncached for its size; None unused."""
+        if self.cache_dropped:
+            return {"uncached": CACHE_ELEMS}
+        return None if cache is None else {"hits": cache.hits, "misses": cache.misses}
+
     def result(self, name: str) -> TokenSplit:
         """The split's result, read back once (all-reduced across ranks under torchrun)."""
         opts = self.opts
@@ -377,13 +384,7 @@ class _TokenPass:
             text=self.text.compute(),
             features=self.features.result(),
             local_rows=self.local,
-            teacher_cache=(
-                {"uncached": CACHE_ELEMS}
-                if self.cache_dropped
-                else None
-                if cache is None
-                else {"hits": cache.hits, "misses": cache.misses}
-            ),
+            teacher_cache=self._cache_report(cache),
         )
         if self.saved is not None:
             out["logits"] = {k: torch.cat(v).numpy() if v else None for k, v in self.saved.items()}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import log_prob_kl
 from .engine import lm_logits
 
 
@@ -21,7 +22,7 @@ def _kl(teacher: nn.Module, student: nn.Module, ids: torch.Tensor, start: int, v
     t = lm_logits(teacher(input_ids=ids, attention_mask=mask))[:, start - 1 : -1, :vocab].float()
     s = lm_logits(student(input_ids=ids, attention_mask=mask))[:, start - 1 : -1, :vocab].float()
     logp_t, logp_s = F.log_softmax(t, -1), F.log_softmax(s, -1)
-    return (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean(-1)
+    return log_prob_kl(logp_t, logp_s).mean(-1)
 
 
 def prompts(batches: list, sequences: int, length: int) -> torch.Tensor | None:

@@ -117,11 +117,17 @@ def shared_tokenizer_size(tokenizers: dict) -> int | None:
     return t["size"] if t and s and t["hash"] == s["hash"] else None
 
 
+def pads_past(shared: int | None, vocab: int) -> bool:
+    """Every row past the first `vocab` is padding: the one tokenizer both models carry (`shared`, its
+    size) ends before them, so no text reaches them."""
+    return shared is not None and shared <= vocab
+
+
 def padding_reason(tokenizers: dict, vocab: int) -> str:
     """Why rows past the first `vocab` may be compared away: the one tokenizer both carry ends before
     them, or the user said so."""
     shared = shared_tokenizer_size(tokenizers)
-    if shared is not None and shared <= vocab:
+    if pads_past(shared, vocab):
         return f"both carry one tokenizer of {shared:,} ids: the rows past it are padding"
     return "--allow-vocab-truncation"
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convention import KDConvention
-from ..losses import IGNORE, objective_divergence
-from ..metrics.tokens import counted_chunks
+from ..losses import IGNORE, log_prob_kl, objective_divergence
+from ..metrics.tokens import CPU_CHUNK, counted_chunks
 from .engine import lm_logits
 
 TRAIN_ROWS = 128  # sequences the probes fine-tune on: more tokens than a probe's steps can memorize
@@ -51,11 +51,6 @@ class Tuned:
     lr: float
     opt: torch.optim.Optimizer | None = None  # kept so a run can be resumed (`finetune(resume=...)`)
     gen: torch.Generator | None = None
-
-
-def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row of two log-probability tensors."""
-    return (p.exp() * (p - q)).sum(-1)
 
 
 class Probes:
@@ -97,7 +92,7 @@ class Probes:
         return self._logits(self.teacher, ids[rows], mask[rows])
 
     @torch.no_grad()
-    def chunks(self, split: str, chunk_elems: int = 2**22):
+    def chunks(self, split: str, chunk_elems: int = CPU_CHUNK):
         """(teacher, student) fp32 logits of a split's counted row tokens, a chunk at a time."""
         ids, mask, labels = self.rows[split]
         for i in range(0, len(ids), BATCH):
@@ -152,7 +147,7 @@ class Probes:
             target = labels[rows, 1:]
             counted = target != IGNORE
             logp_s, logp_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
-            kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
+            kl = log_prob_kl(logp_t, logp_s)
             index = target.clamp_min(0).unsqueeze(-1)
             nll, nll_t = (-lp.gather(-1, index).squeeze(-1) for lp in (logp_s, logp_t))
             pred = s.argmax(-1)
@@ -214,14 +209,14 @@ class Probes:
                     t_train = self._logits(self.teacher, ids[rows], mask[rows])
                     self.teacher.train(False)
                     s = self._logits(self.student, ids[rows], mask[rows])
-                    for chunk, _, _ in counted_chunks(labels[rows], 2**22, t_eval, t_train, s):
+                    for chunk, _, _ in counted_chunks(labels[rows], CPU_CHUNK, t_eval, t_train, s):
                         te, tt, sc = (F.log_softmax(x, -1) for x in chunk)
                         parts = (
                             torch.ones(len(sc), device=sc.device),
-                            _kl(te, tt),
+                            log_prob_kl(te, tt),
                             (te.argmax(-1) != tt.argmax(-1)).float(),
-                            _kl(te, sc),
-                            _kl(tt, sc),
+                            log_prob_kl(te, sc),
+                            log_prob_kl(tt, sc),
                         )
                         for k, v in enumerate(parts):
                             sums[k] += v.double().sum()
