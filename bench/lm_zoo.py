@@ -35,6 +35,7 @@ SIGNAL = {  # the evidence value that carries each scenario's diagnosis
     "text_strip_indent_": ("preprocessing_parity", "row_start_excess", "row starts differ by {:.0%}"),
     "bos_train_only": ("preprocessing_parity", "row_start_excess", "row starts differ by {:.0%}"),
     "topk_dropped_mass": ("lm_topk", "dropped_target_mass", "target drops {:.0%} of the teacher's mass"),
+    "trl_server_no_tail": ("lm_topk", "trivial_zero_share", "KD term 0 on {:.0%} of tokens"),
     "teacher_is_student": ("model_identity", "kl_val", "KL {:.3f} on val"),
 }
 

@@ -183,7 +183,8 @@ def diagnose(
         str | None,
         Opt(
             help="causal-lm: a top-k target's missing mass: renormalize (DistillKit zero), tail "
-            "(symmetric_uniform), none."
+            "(symmetric_uniform), none; under trl-server-distill, tail is its loss_add_tail and renormalize "
+            "renormalizes both sides."
         ),
     ] = None,
     teacher_device_map: Annotated[
@@ -202,7 +203,8 @@ def diagnose(
             "--convention",
             "--preset",
             help="A codebase's loss convention: kd, torchdistill, mdistiller, repdistiller, timm, deit; "
-            "causal-lm trainers: trl-gkd, trl-distill, distillkit, minillm, distillm (--preset: the same).",
+            "causal-lm trainers: trl-gkd, trl-distill, trl-server-distill, distillkit, minillm, distillm "
+            "(--preset: the same).",
         ),
     ] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -21,7 +21,7 @@ import torch
 
 from . import convention_text, losses
 from .errors import UserError, check_int, check_number
-from .losses import DIVERGENCES, KD_DTYPES, TOP_K_RULES
+from .losses import DIVERGENCES, KD_DTYPES, SUPPORT_RULES, TOP_K_RULES, effective_divergence
 from .presets import PRESETS, Preset, written
 
 KD_REDUCTIONS = ("batchmean", "mean", "sum")
@@ -118,10 +118,18 @@ class KDConvention:
                 "--divergence, --beta, --lmbda and --top-k-rule describe a causal-LM loss: "
                 "add --task causal-lm"
             )
-        if self.top_k and self.divergence != "forward_kl":
+        kind = effective_divergence(self.divergence, self.beta)
+        if not self.top_k or kind == "forward_kl":
+            return
+        if self.top_k_rule not in SUPPORT_RULES or kind not in ("jsd", "reverse_kl"):
             raise UserError(
                 f"--teacher-top-k targets a forward KL (as DistillKit and verl do); --divergence "
                 f"{self.divergence} needs the teacher's full distribution"
+            )
+        if self.top_k != 1:
+            raise UserError(
+                f"--teacher-top-k {self.top_k} with a {losses.DIVERGENCE_NAMES[kind]} term: TRL's server "
+                "path computes a JSD or reverse KL on top-1 support only (loss_top_k must be 1 with beta > 0)"
             )
 
     # --- construction ----------------------------------------------------------------------------
@@ -277,10 +285,13 @@ class KDConvention:
 
     def same_setting(self, other: KDConvention) -> bool:
         """Equal as the user would write them (a remedy that changes nothing is no remedy): the same
-        weights and T, or the same words in the trainer's own parameters (a trainer with fixed weights
-        cannot write another KD share)."""
+        objective beyond its weights (target, divergence, T², reduction, dtype), and the same weights and
+        T or the same words in the trainer's own parameters (a trainer with fixed weights cannot write
+        another KD share)."""
         key = lambda c: (_r(c.ce_weight), _r(c.kd_weight), _r(c.temperature))  # noqa: E731
-        return key(self) == key(other) or self.setting() == other.setting()
+        # what the weights do not say: a remedy that changes only the target (a tail bucket) changes it
+        rest = lambda c: (c.top_k, c.top_k_rule, c.divergence, c.beta, c.lmbda, c.t2, c.reduction, c.kd_dtype)  # noqa: E731
+        return rest(self) == rest(other) and (key(self) == key(other) or self.setting() == other.setting())
 
     # --- words -----------------------------------------------------------------------------------
 
@@ -295,6 +306,15 @@ class KDConvention:
             return None, p.kd_name
         return p.ce_name, p.kd_name  # torchdistill writes beta out even when it is 1 - alpha
 
+    @property
+    def tail_rule(self) -> str:
+        """The rule that keeps a top-k target's missing mass as one bucket, as this trainer builds it."""
+        return dict(PRESETS[self.preset].rule_names).get("tail", "tail")
+
+    @property
+    def keeps_tail(self) -> bool:
+        return self.top_k_rule in ("tail", "tail_at_t")
+
     def user_params(self) -> dict:
         """The setting under the codebase's own parameter names (an LM trainer's: its beta, lmbda and the
         temperature it samples at when its loss runs at a fixed one)."""
@@ -307,16 +327,19 @@ class KDConvention:
                 out[kd_name] = _r(self.kd_weight, 8)
         if self.beta is not None and self.divergence in ("jsd", "skew_forward_kl", "skew_reverse_kl"):
             out[p.beta_name] = _r(self.beta, 8)
-        if self.lmbda is not None:
+        if self.lmbda is not None and (p.lmbda_param or self.lmbda != p.lmbda):
             out["lmbda"] = _r(self.lmbda, 8)
         temperature = self.sample_temperature if p.loss_temperature is not None else self.temperature
         if temperature is not None:
             out[p.t_name] = _r(temperature, 8)
+        if p.top_k is not None:  # a trainer that always truncates states its support in its own words
+            out["loss_top_k"] = self.top_k
+            out["loss_add_tail"] = self.top_k_rule == "tail_at_t"
         return out
 
     def setting(self) -> str:
         """e.g. `alpha=0.7, T=4` or `CE_WEIGHT=0.1, KD_WEIGHT=0.9, TEMPERATURE=4`."""
-        return ", ".join(f"{k}={v:g}" for k, v in self.user_params().items())
+        return ", ".join(f"{k}={convention_text.value(v)}" for k, v in self.user_params().items())
 
     @property
     def weight_axis(self) -> str:

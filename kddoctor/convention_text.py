@@ -3,6 +3,7 @@ setting written where its user writes it (Python, a codebase's YAML, or its comm
 
 from __future__ import annotations
 
+from .losses import SUPPORT_RULES, effective_divergence
 from .presets import PRESETS
 from .presets import written as w
 
@@ -18,10 +19,16 @@ RULE_WORDS = {
     "renormalize": "the kept mass renormalized",
     "tail": "the missing mass as one tail bucket",
     "none": "the missing mass dropped",
+    "tail_at_t": "each side's mass outside them at T as one tail bucket",
+    "renormalize_both": "both sides renormalized over them",
 }
 TRAINER_CODE = {  # an LM trainer's own config object, for its python presets
     "trl-gkd": ("from trl.experimental.gkd import GKDConfig", "GKDConfig"),
     "trl-distill": ("from trl.experimental.distillation import DistillationConfig", "DistillationConfig"),
+    "trl-server-distill": (
+        "from trl.experimental.server_distillation import ServerDistillationConfig",
+        "ServerDistillationConfig",
+    ),
 }
 DISTILLM_TYPES = {
     "forward_kl": "fkl",
@@ -43,12 +50,33 @@ def objective_words(conv) -> str:
         words += f" with beta={b:g} ({mix})"
     elif kind.startswith("skew"):
         words = words.replace("beta*", f"{b:g}*").replace("(1-beta)*", f"{1 - b:g}*")
-    if conv.top_k:
+    if conv.top_k and top1_support(conv):
+        words += (
+            f" on top-1 support: {support_words(conv)} ({RULE_WORDS[conv.top_k_rule].replace('them', 'it')})"
+        )
+    elif conv.top_k:
         words += f" on the teacher's top {conv.top_k} ids ({RULE_WORDS[conv.top_k_rule]})"
     if conv.lmbda:
         at = f" at temperature {conv.sample_temperature:g}" if conv.sample_temperature else ""
         words += f"; {conv.lmbda:.0%} of batches sampled by the student{at}"
     return words
+
+
+def top1_support(conv) -> bool:
+    """A top-1 support holding the text's token (TRL's server path for beta > 0), not a teacher top-k."""
+    kind = effective_divergence(conv.divergence, conv.beta)
+    return conv.top_k_rule in SUPPORT_RULES and kind != "forward_kl"
+
+
+def support_words(conv) -> str:
+    """The ids of TRL's top-1 support: the text's token (reverse KL), with the teacher's top (a JSD)."""
+    one = effective_divergence(conv.divergence, conv.beta) == "reverse_kl"
+    return "the text's token" if one else "the teacher's top token and the text's"
+
+
+def value(v) -> str:
+    """A setting's value as its code writes it (True, 0.5, 128)."""
+    return str(v) if isinstance(v, bool) else f"{v:g}"
 
 
 def setting_code(conv) -> str:
@@ -57,7 +85,7 @@ def setting_code(conv) -> str:
     params = conv.user_params()
     if p.name in TRAINER_CODE:
         imp, cls = TRAINER_CODE[p.name]
-        args = ", ".join(f"{k}={v:g}" for k, v in params.items())
+        args = ", ".join(f"{k}={value(v)}" for k, v in params.items())
         return f"{imp}\nargs = {cls}(output_dir='out', {args})"
     if p.name == "distillkit":
         return _distillkit(conv)
@@ -101,6 +129,8 @@ def _token_divergence_code(conv) -> str:
         conv.beta if conv.beta is not None else (0.5 if conv.divergence == "jsd" else 0.1),
     )
     kl = "(F.kl_div({x}, {y}, log_target=True, reduction='none').sum(-1) * mask).sum() / mask.sum()"
+    if conv.top_k and conv.top_k_rule in ("tail_at_t", "renormalize_both"):
+        return _support_code(conv, b)
     if conv.top_k and conv.top_k_rule == "renormalize":
         return (
             f"kth = t.topk({conv.top_k}, -1).values[..., -1:]  # keep the teacher's top {conv.top_k}\n"
@@ -151,6 +181,51 @@ def _token_divergence_code(conv) -> str:
         "skew_reverse_kl": kl.format(x="logm", y="logq"),
     }
     return head + "kd = " + terms[kind]
+
+
+def _support_code(conv, b: float) -> str:
+    """TRL's server path (losses.support_divergence) in PyTorch: the support, each side on it with a
+    tail bucket or renormalized, the divergence with the empty slots counting 0."""
+    kind = effective_divergence(conv.divergence, conv.beta)
+    if kind == "forward_kl":
+        lines = [f"idx = t.topk({conv.top_k}, -1).indices  # the teacher's top {conv.top_k}"]
+        lines.append("keep = torch.ones_like(idx, dtype=torch.bool)")
+    elif kind == "reverse_kl":
+        lines = ["idx = y.view(t.shape[:-1]).clamp_min(0)[..., None]  # the text's token"]
+        lines.append("keep = torch.ones_like(idx, dtype=torch.bool)")
+    else:
+        lines = [
+            "top, text = t.argmax(-1, keepdim=True), y.view(t.shape[:-1]).clamp_min(0)[..., None]",
+            "idx = torch.cat([top, text], -1)  # the teacher's top token and the text's, once",
+            "keep = torch.cat([torch.ones_like(top, dtype=torch.bool), text != top], -1)",
+        ]
+    lines.append("lq = F.log_softmax(s / T, -1).gather(-1, idx).masked_fill(~keep, float('-inf'))")
+    lines.append("lp = F.log_softmax(t / T, -1).gather(-1, idx).masked_fill(~keep, float('-inf'))")
+    if conv.top_k_rule == "tail_at_t":
+        lines += [
+            "def tail(x):  # loss_add_tail: one more class, the mass outside the support",
+            "    total = x.logsumexp(-1, keepdim=True).clamp(max=-1e-7)",
+            "    return torch.cat([x, torch.log(-torch.expm1(total))], -1)",
+            "lq, lp = tail(lq), tail(lp)",
+            "keep = torch.cat([keep, torch.ones_like(keep[..., :1])], -1)",
+        ]
+    else:
+        lines.append("lq, lp = lq - lq.logsumexp(-1, keepdim=True), lp - lp.logsumexp(-1, keepdim=True)")
+    lines += [
+        "sl, tl = lq.masked_fill(~keep, 0), lp.masked_fill(~keep, 0)",
+        "q, p = lq.exp().masked_fill(~keep, 0), lp.exp().masked_fill(~keep, 0)",
+    ]
+    if kind == "forward_kl":
+        lines.append("per = p * (tl - sl)")
+    elif kind == "reverse_kl":
+        lines.append("per = q * (sl - tl)")
+    else:
+        lines += [
+            f"m = ({1 - b:g} * q + {b:g} * p).clamp_min(1e-38).log().masked_fill(~keep, 0)",
+            f"per = {b:g} * p * (tl - m) + {1 - b:g} * q * (sl - m)",
+        ]
+    lines.append("kd = (torch.nan_to_num(per, nan=0.0).sum(-1) * mask).sum() / mask.sum()")
+    return "\n".join(lines)
 
 
 def python_code(conv) -> str:

@@ -46,6 +46,7 @@ def resolve(
     _check_trainer_flags(p, divergence, beta, lmbda)
     _check_task_flags(task, reduction, top_k, kd_dtype, train_batch_size, top_k_rule)
     lm = task == "causal-lm"
+    rule = top_k_rule and dict(p.rule_names).get(top_k_rule, TOP_K_RULE_NAMES.get(top_k_rule, top_k_rule))
     loss_t = p.loss_temperature  # a trainer whose loss runs at a fixed T: --temperature samples
     given_t = p.defaults[2] if temperature is None else temperature
     common = dict(
@@ -55,15 +56,13 @@ def resolve(
         reduction=p.reduction or reduction or ("token" if lm else "batchmean"),
         train_batch_size=train_batch_size,
         preset=name,
-        top_k=top_k,
+        top_k=top_k if top_k is not None or not lm else p.top_k,
         kd_dtype=kd_dtype or "float32",
         task=task,
         divergence=divergence or p.divergence or "forward_kl",
         beta=beta if beta is not None else p.beta,
         lmbda=lmbda if lmbda is not None else p.lmbda,
-        top_k_rule=TOP_K_RULE_NAMES.get(top_k_rule, top_k_rule)
-        if top_k_rule
-        else p.top_k_rule or "renormalize",
+        top_k_rule=rule or p.top_k_rule or "renormalize",
     )
     if ce_weight is not None:
         return KDConvention(

@@ -79,7 +79,19 @@ TOP_K_RULES = (
     "renormalize",
     "tail",
     "none",
-)  # a top-k target's missing mass: renormalized, one bucket, dropped
+    "tail_at_t",
+    "renormalize_both",
+)  # a top-k target's missing mass: renormalized, one bucket, dropped; TRL's server path's two (below)
+# TRL's ServerDistillationTrainer builds both sides on the teacher's support: with loss_add_tail, one
+# bucket each holding the mass outside it at T; without, both renormalized over it
+SUPPORT_RULES = ("tail_at_t", "renormalize_both")
+
+
+def effective_divergence(kind: str, beta: float | None) -> str:
+    """A generalized JSD at its ends is a KL: beta 0 the forward one, 1 the reverse."""
+    if kind == "jsd" and beta in (0.0, 1.0):
+        return "forward_kl" if beta == 0.0 else "reverse_kl"
+    return kind
 
 
 def token_divergence(
@@ -91,6 +103,7 @@ def token_divergence(
     kind: str = "forward_kl",
     beta: float | None = None,
     rule: str = "renormalize",
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token divergence between teacher (p) and student (q) at a temperature, every op in `dtype`:
     forward_kl KL(p||q); reverse_kl KL(q||p); jsd (TRL's generalized JSD: beta 0 forward KL, 1 reverse
@@ -99,9 +112,14 @@ def token_divergence(
     skew alpha); tv, half the L1 distance. A top-k target (forward KL) keeps the teacher's top k ids and
     handles the rest by `rule`: renormalize the kept mass (DistillKit ZERO), add one tail bucket
     P log(P/Q) (DistillKit SYMMETRIC_UNIFORM, `tail_target`; Q the student's mass outside the kept ids at
-    T), or drop it ('none')."""
-    if kind == "jsd" and beta in (0.0, 1.0):
-        kind = "forward_kl" if beta == 0.0 else "reverse_kl"
+    T), or drop it ('none'). The `SUPPORT_RULES` are TRL's server path (`support_divergence`; `y`, the
+    text's next tokens, for its top-1 support of a mixed or reverse divergence)."""
+    kind = effective_divergence(kind, beta)
+    if top_k and rule in SUPPORT_RULES:
+        dt = KD_DTYPES[dtype] if isinstance(dtype, str) else dtype
+        log_q = F.log_softmax(s.to(dt) / temperature, -1)
+        log_p = F.log_softmax(t.to(dt) / temperature, -1)
+        return support_divergence(log_q, log_p, t, top_k, kind, beta, rule == "tail_at_t", y)
     if kind == "forward_kl" and (not top_k or rule == "renormalize"):
         return token_kl(s, t, temperature, dtype, top_k)
     dt = KD_DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -132,6 +150,68 @@ def token_divergence(
     raise ValueError(f"no divergence {kind!r}")
 
 
+def support_divergence(
+    log_q: torch.Tensor,
+    log_p: torch.Tensor,
+    t: torch.Tensor,
+    top_k: int,
+    kind: str,
+    beta: float | None,
+    tail: bool,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The divergence on a sparse support as TRL's ServerDistillationTrainer computes it
+    (huggingface/trl@f2cd577 trl/experimental/server_distillation/server_distillation_trainer.py): the
+    forward KL (beta 0) on the teacher's top-k ids (:503-545); a mixed JSD on top-1 support, the
+    teacher's top token and the text's own (`y`; its 'sampled' mode, deduplicated), or the reverse KL
+    (beta 1) on the text's token alone (:197-242). Each side's log-probabilities at T on the support,
+    then with `tail` one more class holding each side's mass outside it (`_add_tail_bucket`, :71-81),
+    else each renormalized over it (a one-class support then gives 0); masked slots count 0
+    (`_jsd_divergence`, :27-68)."""
+    if kind == "forward_kl":
+        idx = t.topk(top_k, -1).indices
+        keep = torch.ones_like(idx, dtype=torch.bool)
+    else:
+        if y is None:
+            raise ValueError("a top-1 support with the text's token needs the labels (y)")
+        text = y.clamp_min(0).unsqueeze(-1)
+        if kind == "reverse_kl":
+            idx = text
+            keep = torch.ones_like(idx, dtype=torch.bool)
+        else:
+            top = t.argmax(-1, keepdim=True)
+            idx = torch.cat([top, text], -1)
+            keep = torch.cat([torch.ones_like(top, dtype=torch.bool), text != top], -1)
+    lq = log_q.gather(-1, idx).masked_fill(~keep, float("-inf"))
+    lp = log_p.gather(-1, idx).masked_fill(~keep, float("-inf"))
+    if tail:
+        lq, lp = _with_tail(lq), _with_tail(lp)
+        keep = torch.cat([keep, torch.ones_like(keep[..., :1])], -1)
+    else:
+        lq = lq - lq.logsumexp(-1, keepdim=True)
+        lp = lp - lp.logsumexp(-1, keepdim=True)
+    zero = torch.zeros((), dtype=lq.dtype, device=lq.device)
+    sl, tl = torch.where(keep, lq, zero), torch.where(keep, lp, zero)
+    q, p = torch.where(keep, lq.exp(), zero), torch.where(keep, lp.exp(), zero)
+    if kind == "forward_kl":
+        per = p * (tl - sl)
+    elif kind == "reverse_kl":
+        per = q * (sl - tl)
+    elif kind == "jsd":
+        b = 0.5 if beta is None else beta
+        m = torch.where(keep, ((1 - b) * q + b * p).clamp_min(torch.finfo(q.dtype).tiny).log(), zero)
+        per = b * p * (tl - m) + (1 - b) * q * (sl - m)
+    else:
+        raise ValueError(f"TRL's sparse support computes a forward or reverse KL or a JSD, not {kind!r}")
+    return torch.nan_to_num(per, nan=0.0).sum(-1)
+
+
+def _with_tail(lp: torch.Tensor) -> torch.Tensor:
+    """One more class, log(1 - the mass already there), the sum held under 1 (TRL's clamp at -1e-7)."""
+    total = lp.logsumexp(-1, keepdim=True).clamp(max=-1e-7)
+    return torch.cat([lp, torch.log(-torch.expm1(total))], -1)
+
+
 def tail_target(lp1: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A top-k target with its missing mass as one tail bucket, as DistillKit's SYMMETRIC_UNIFORM builds
     it (arcee-ai/DistillKit@a61c2e7 distillkit/lossfuncs/common.py:14-66, get_target_logprobs): from the
@@ -146,8 +226,11 @@ def tail_target(lp1: torch.Tensor, temperature: float) -> tuple[torch.Tensor, to
     return a - z.unsqueeze(-1), (rest - z).exp()
 
 
-def objective_divergence(conv, s: torch.Tensor, t: torch.Tensor, dtype=None) -> torch.Tensor:
-    """The per-token KD divergence a convention states (its kind, beta, top-k rule, dtype)."""
+def objective_divergence(
+    conv, s: torch.Tensor, t: torch.Tensor, dtype=None, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The per-token KD divergence a convention states (its kind, beta, top-k rule, dtype); `y`, the
+    labels aligned with the logits, for a support that holds the text's token."""
     return token_divergence(
         s,
         t,
@@ -157,6 +240,7 @@ def objective_divergence(conv, s: torch.Tensor, t: torch.Tensor, dtype=None) -> 
         conv.divergence,
         conv.beta,
         conv.top_k_rule,
+        y,
     )
 
 
@@ -191,7 +275,7 @@ def token_terms(
     kd = ce = s.new_zeros(())
     if kd_w:
         t2 = conv.temperature**2 if conv.t2 and not conv.bare_kl else 1.0
-        kl = objective_divergence(conv, s, t).float() * counted
+        kl = objective_divergence(conv, s, t, y=target).float() * counted
         if as_trained:
             divisor = {"token": n, "batchmean": s.shape[0], "mean": s.numel(), "sum": 1}[conv.reduction]
             kd = kd_w * (kl.sum() / divisor * t2)
@@ -227,7 +311,7 @@ def row_mean_terms(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> t
     n = counted.sum(-1)
     rows, per = (n > 0).sum().clamp_min(1), n.clamp_min(1)
     ce = F.cross_entropy(s.transpose(1, 2), y.masked_fill(~counted, 0), reduction="none") * counted
-    kd = objective_divergence(conv, s, t).float() * counted
+    kd = objective_divergence(conv, s, t, y=y).float() * counted
     return (ce.sum(-1) / per).sum() / rows, (kd.sum(-1) / per).sum() / rows
 
 
@@ -235,4 +319,4 @@ def token_kd_mean(conv, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> to
     """The KD divergence `conv` computes, per counted token of [B, L, V] logits (y == -100 uncounted),
     unweighted: `unit_terms`' KD term for a causal LM."""
     counted = y != IGNORE
-    return (objective_divergence(conv, s, t).float() * counted).sum() / counted.sum().clamp_min(1)
+    return (objective_divergence(conv, s, t, y=y).float() * counted).sum() / counted.sum().clamp_min(1)

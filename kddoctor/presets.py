@@ -33,6 +33,9 @@ class Preset:
     lmbda: float | None = None  # its default share of student-generated sequences
     loss_temperature: float | None = None  # its loss's T whatever --temperature says (which then samples)
     top_k_rule: str = "renormalize"  # its missing-mass rule for a top-k teacher target
+    top_k: int | None = None  # its own top-k target size, where it always has one
+    rule_names: tuple[tuple[str, str], ...] = ()  # a --top-k-rule word as this trainer means it
+    lmbda_param: bool = True  # its config has an lmbda (else always on-policy: written only if stated)
     fixed_weights: bool = False  # its loss has no CE/KD weights to state (one divergence term)
 
 
@@ -151,9 +154,37 @@ PRESETS: dict[str, Preset] = {
             beta=1.0,
             lmbda=1.0,
             fixed_weights=True,
+            lmbda_param=False,
             citation="huggingface/trl@f2cd577 trl/experimental/distillation/distillation_trainer.py:133-145, "
             ":963-997 (the same JSD at its temperature, always on-policy), distillation_config.py:154-160 "
             "(beta 1.0: reverse KL)",
+        ),
+        Preset(
+            "trl-server-distill",
+            "weights",
+            "",
+            "",
+            "temperature",
+            "python",
+            (0.0, 1.0, 1.0),
+            t2=False,
+            reduction="token",
+            lm_only=True,
+            divergence="jsd",
+            beta=1.0,
+            lmbda=1.0,
+            fixed_weights=True,
+            lmbda_param=False,
+            top_k=1,
+            top_k_rule="tail_at_t",
+            rule_names=(("tail", "tail_at_t"), ("renormalize", "renormalize_both")),
+            citation="huggingface/trl@f2cd577 trl/experimental/server_distillation/"
+            "server_distillation_trainer.py:503-545 (beta 0: forward KL on the teacher's top-k ids at T), "
+            ":197-242 (beta > 0: JSD on top-1 support, the teacher's top token and the text's own; beta 1: "
+            "reverse KL on the text's token), :71-81 (loss_add_tail: one more class each, the mass outside "
+            "the support; else both renormalized over it), :255-284, :346 (divided by the counted tokens of "
+            "each micro-batch, then by the accumulation steps), server_distillation_config.py:52-65, "
+            ":87-103 (loss_top_k 1, loss_add_tail True; top-1 only when beta > 0)",
         ),
         Preset(
             "distillkit",

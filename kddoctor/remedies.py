@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from . import models
 from .convention import KDConvention
-from .convention_text import python_code
+from .convention_text import python_code, top1_support
 from .presets import PRESETS
 
 
@@ -81,7 +81,12 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
     # advice on a top-k target's kept mass speaks to a run whose target drops some (lm_topk's warn
     # level): not to a tail bucket, which keeps it, nor to a top k that holds nearly all of it
     dropped = evidence.get("lm_topk", {}).get("dropped_target_mass")
-    if conv.top_k and (conv.top_k_rule != "tail" if dropped is None else dropped >= TOP_K_DROPPED):
+    # (not to TRL's top-1 support with the text's token: its trainer allows no larger k there)
+    if (
+        conv.top_k
+        and not top1_support(conv)
+        and (not conv.keeps_tail if dropped is None else dropped >= TOP_K_DROPPED)
+    ):
         ctx["applies"].add("top_k")
     masks = evidence.get("lm_mask_parity", {})
     if (masks.get("empty_row_share") or 0) > 0 or (masks.get("empty_batch_share") or 0) > 0:
@@ -89,8 +94,8 @@ def remedy_context(findings: list[dict], run: dict) -> dict:
     if conv.task == "causal-lm" and conv.reduction != "token":
         ctx["applies"].add("not_per_token")
     # the mass a top-k target drops, kept as one bucket (DistillKit symmetric_uniform, verl's tail)
-    tail = replace(conv, top_k_rule="tail") if conv.top_k else conv
-    _target("tail", tail, conv, bool(conv.top_k) and conv.top_k_rule != "tail", ctx)
+    tail = replace(conv, top_k_rule=conv.tail_rule) if conv.top_k else conv
+    _target("tail", tail, conv, bool(conv.top_k) and not conv.keeps_tail, ctx)
     if not conv.t2 and conv.temperature > 1:
         ctx["applies"].add("t2_missing")
     if conv.kd_dtype != "float32":  # advice to compute the KD term in fp32 restates a float32 run
@@ -118,8 +123,14 @@ def _fingerprint_fix(fp: dict, conv: KDConvention, applies: set) -> dict:
     if trained == stated and fp.get("best_python"):  # the trainer's config cannot state the difference
         trained, stated, out["fp_lang"] = fp["best_python"], python_code(conv), "python"
         says = f"# {conv.preset}'s config cannot state the difference: both losses written out in PyTorch\n"
+    ties = "".join(
+        f"# or, as still (the fingerprint cannot tell them apart), {name}:\n{code}\n"
+        for name, code in zip(fp.get("named_ties") or [], fp.get("named_ties_code") or [], strict=False)
+        if not says  # a trainer config that cannot state the difference is written in PyTorch above
+    )
+    member = fp.get("named_member", fp["best_member"]) if ties else fp["best_member"]
     out["fp_code"] = (
-        f"{says}# what the checkpoint was trained on ({fp['best_member']}):\n{trained}\n"
+        f"{says}# what the checkpoint was trained on ({member}):\n{trained}\n{ties}"
         f"# what you state:\n{stated}"
     )
     return out

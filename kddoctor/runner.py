@@ -260,7 +260,9 @@ def _check_capture_top_k(args: DiagnoseArgs, cfg: DiagnoseConfig, teacher) -> No
     """An offline capture holds its teacher's top k ids per token only: a stated top-k above k is refused
     before any work (without one, the checks that need the whole distribution are skipped:
     `LMEvaluation.capabilities`)."""
+    from .convention_text import top1_support
     from .lm.offline import OfflineTeacher
+    from .losses import SUPPORT_RULES
 
     k = teacher.partial_k if isinstance(teacher, OfflineTeacher) else None
     stated = cfg.convention.top_k
@@ -269,6 +271,20 @@ def _check_capture_top_k(args: DiagnoseArgs, cfg: DiagnoseConfig, teacher) -> No
             f"--teacher-top-k {stated}: the capture {args.teacher} holds only the top {k} ids per token; "
             f"state at most {k}, or recapture with k >= {stated}"
         )
+    conv = cfg.convention
+    if k is not None and stated and conv.top_k_rule in SUPPORT_RULES:
+        if top1_support(conv):
+            raise UserError(
+                f"--teacher {args.teacher}: a top-1 support with the text's token (a JSD or reverse KL on "
+                f"TRL's server path) reads the teacher's log-probability of every text token, which a "
+                f"top-{k} capture does not hold: diagnose with the teacher model itself"
+            )
+        if conv.temperature != 1 and conv.top_k_rule == "tail_at_t":
+            raise UserError(
+                f"--teacher {args.teacher}: a tail bucket at T {conv.temperature:g} holds the teacher's mass "
+                "outside its top k at that T, which a capture at T 1 cannot give: diagnose with the teacher "
+                "model itself, or at --temperature 1"
+            )
 
 
 def _diagnose_lm_command(args: DiagnoseArgs, cfg: DiagnoseConfig, **run) -> Diagnosis:

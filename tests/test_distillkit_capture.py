@@ -139,6 +139,16 @@ def test_a_top_k_capture_skips_what_needs_the_whole_distribution_and_refuses_a_l
     res = _lm_cli(tmp_path, "--task", "causal-lm", "--teacher", f"topk:{npz}", "--teacher-top-k", "8")
     assert res.exit_code == 2 and "holds only the top 5 ids" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    # TRL's server path: its top-1 support holds the text's token, and its tail at T 2 the teacher's mass
+    # outside its top k at T 2, neither of which a capture at T 1 holds
+    server = ("--task", "causal-lm", "--teacher", f"topk:{npz}", "--preset", "trl-server-distill")
+    for extra, want in (
+        ((), "reads the teacher's log-probability of every text token"),
+        (("--beta", "0", "--teacher-top-k", "4", "--temperature", "2"), "a capture at T 1 cannot give"),
+    ):
+        res = _lm_cli(tmp_path, *server, *extra)
+        assert res.exit_code == 2 and want in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_a_capture_whose_vocabulary_is_below_its_own_token_ids_is_refused(tmp_path):

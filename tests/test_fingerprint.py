@@ -4,12 +4,13 @@ student fitted to convergence on one objective is stationary for it and for no o
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from kddoctor.checks.objective_fingerprint import _assess, members
+from kddoctor.checks.objective_fingerprint import _assess, _texts, members
 from kddoctor.fingerprint import fingerprint, rho
 from kddoctor.flags import resolve
 
@@ -225,3 +226,13 @@ def test_an_lm_objective_of_another_divergence_is_read_without_top_k_targets():
         e = _lm_assess(_lm_fit(stated, x, y, t, steps=300), stated, x, y, t)
         assert e["named_member"] == "as stated" and e["objective_excess"] < 0.05, e["coord_members"]
     assert len(_targets(resolve(**STATED), V)) == 2  # the top 2 and 8 of 24 ids: those under the vocabulary
+
+
+def test_a_members_formula_says_what_it_changes_beyond_the_weights():
+    """The members that differ from the stated objective only in T², the reduction or the target read
+    as different formulas in results.json (they all read the stated weights' formula)."""
+    conv = resolve(task="causal-lm", alpha=0.5, temperature=2.0)
+    formulas = [_texts(m, conv)["formula"] for _, m in members(conv)]
+    assert len(set(formulas)) == len(formulas), formulas
+    assert _texts(replace(conv, reduction="mean"), conv)["formula"].endswith("KD reduced by 'mean'")
+    assert _texts(replace(conv, t2=False), conv)["formula"].endswith("KD without T²")

@@ -144,11 +144,28 @@ def test_a_trainer_whose_loss_runs_at_a_fixed_temperature_is_not_told_to_soften_
         assert ("higher_t" in ctx["applies"]) is soft, preset
 
 
-@pytest.mark.parametrize("rule", ["renormalize", "tail", "none"])
-def test_a_top_k_objective_is_written_as_it_computes(rule):
+@pytest.mark.parametrize(
+    ("rule", "preset", "beta"),
+    [
+        ("renormalize", None, None),
+        ("tail", None, None),
+        ("none", None, None),
+        ("tail", "trl-server-distill", 0.0),
+        ("renormalize", "trl-server-distill", 0.0),
+        ("tail", "trl-server-distill", 0.5),
+        ("renormalize", "trl-server-distill", 0.5),
+        ("tail", "trl-server-distill", 1.0),
+    ],
+)
+def test_a_top_k_objective_is_written_as_it_computes(rule, preset, beta):
     """The code an LM remedy shows for a top-k target (the fingerprint names such members) computes the
-    loss the objective computes: renormalized kept mass, or DistillKit's tail bucket."""
-    conv = resolve(task="causal-lm", alpha=0.5, temperature=2.0, top_k=4, top_k_rule=rule)
+    loss the objective computes: renormalized kept mass, DistillKit's tail bucket, TRL's server path."""
+    if preset:
+        k = 4 if beta == 0.0 else 1
+        conv = resolve(preset=preset, task="causal-lm", beta=beta, temperature=2.0, top_k=k, top_k_rule=rule)
+        conv = conv.__class__(**{**conv.__dict__, "preset": "kd", "form": "weights"})  # its python loss
+    else:
+        conv = resolve(task="causal-lm", alpha=0.5, temperature=2.0, top_k=4, top_k_rule=rule)
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
     y = torch.randint(16, (2, 5), generator=g)
@@ -158,3 +175,121 @@ def test_a_top_k_objective_is_written_as_it_computes(rule):
     ce, kd = conv.unit_terms(s, t, y)
     a, b = conv.term_weights(16)
     assert torch.allclose(ns["loss"], a * ce + b * kd, rtol=1e-5)
+
+
+# --- TRL's ServerDistillationTrainer, transcribed from huggingface/trl@f2cd577
+# trl/experimental/server_distillation/server_distillation_trainer.py (names and steps as there) ---
+
+
+def _trl_jsd_divergence(student_log_probs, teacher_log_probs, beta, support_mask):  # :27-54
+    safe_student = torch.where(support_mask, student_log_probs, torch.zeros_like(student_log_probs))
+    safe_teacher = torch.where(support_mask, teacher_log_probs, torch.zeros_like(teacher_log_probs))
+    student_probs = torch.where(support_mask, student_log_probs.exp(), torch.zeros_like(student_log_probs))
+    teacher_probs = torch.where(support_mask, teacher_log_probs.exp(), torch.zeros_like(teacher_log_probs))
+    if beta == 0:
+        return torch.nan_to_num(teacher_probs * (safe_teacher - safe_student), nan=0.0)
+    if beta == 1:
+        return torch.nan_to_num(student_probs * (safe_student - safe_teacher), nan=0.0)
+    tiny = torch.finfo(student_probs.dtype).tiny
+    mixture_probs = (1 - beta) * student_probs + beta * teacher_probs
+    safe_mixture = torch.where(
+        support_mask, torch.log(mixture_probs.clamp_min(tiny)), torch.zeros_like(safe_student)
+    )
+    kl_teacher = torch.nan_to_num(teacher_probs * (safe_teacher - safe_mixture), nan=0.0)
+    kl_student = torch.nan_to_num(student_probs * (safe_student - safe_mixture), nan=0.0)
+    return beta * kl_teacher + (1 - beta) * kl_student
+
+
+def _trl_add_tail_bucket(log_probs, valid_mask):  # :71-81
+    log_sum = torch.clamp(torch.logsumexp(log_probs, dim=-1, keepdim=True), max=-1e-7)
+    tail = torch.log(-torch.expm1(log_sum))
+    tail_mask = torch.ones_like(valid_mask[..., :1], dtype=torch.bool)
+    return torch.cat([log_probs, tail], dim=-1), torch.cat([valid_mask, tail_mask], dim=-1)
+
+
+def _trl_sparse(student_lp, teacher_lp, mask, add_tail):  # :224-237, :524-536
+    neg_inf = torch.tensor(float("-inf"))
+    student_lp, teacher_lp = torch.where(mask, student_lp, neg_inf), torch.where(mask, teacher_lp, neg_inf)
+    if add_tail:
+        s, support = _trl_add_tail_bucket(student_lp, mask)
+        t, _ = _trl_add_tail_bucket(teacher_lp, mask)
+        return s, t, support
+    s = student_lp - torch.logsumexp(student_lp, dim=-1, keepdim=True)
+    return s, teacher_lp - torch.logsumexp(teacher_lp, dim=-1, keepdim=True), mask
+
+
+def _trl_per_token(s_logits, t_logits, y, temperature, beta, k, add_tail):
+    """Per token, before `_reduce_divergence_loss`: the student's log-softmax at T (:322), the teacher's
+    top-k and actual-token log-probabilities at T as the vLLM server returns them (processed_logprobs)."""
+    student_log_probs = torch.log_softmax(s_logits / temperature, -1)
+    teacher_log_probs = torch.log_softmax(t_logits / temperature, -1)
+    if beta == 0:  # _compute_server_forward_kl_loss, :503-545
+        top_lp, top_ids = teacher_log_probs.topk(k, -1)
+        valid = top_lp > float("-inf")
+        s, t, mask = _trl_sparse(student_log_probs.gather(-1, top_ids), top_lp, valid, add_tail)
+        return _trl_jsd_divergence(s, t, 0.0, mask).sum(-1)
+    top1_lp, top1_ids = teacher_log_probs.max(-1)  # _compute_sparse_top_1_divergence_loss, :197-242
+    actual_lp = teacher_log_probs.gather(-1, y[..., None])[..., 0]
+    if beta == 1:
+        support = y[..., None]
+        support_mask = torch.ones_like(support, dtype=torch.bool)
+        teacher_support = actual_lp[..., None]
+    else:
+        support = torch.cat([top1_ids[..., None], y[..., None]], -1)
+        support_mask = torch.ones_like(support, dtype=torch.bool)
+        support_mask[..., 1] = support[..., 1] != support[..., 0]
+        teacher_support = torch.stack([top1_lp, actual_lp], -1)
+        support = torch.where(support_mask, support, torch.zeros_like(support))
+    s, t, mask = _trl_sparse(student_log_probs.gather(-1, support), teacher_support, support_mask, add_tail)
+    return _trl_jsd_divergence(s, t, beta, mask).sum(-1)
+
+
+@pytest.mark.parametrize("add_tail", [True, False])
+@pytest.mark.parametrize(
+    ("beta", "k", "temperature"),
+    [(0.0, 4, 1.0), (0.0, 4, 2.0), (0.0, 1, 1.0), (0.5, 1, 1.0), (0.3, 1, 2.0), (1.0, 1, 1.0)],
+)
+def test_trl_server_path_is_trls_own_loss(beta, k, temperature, add_tail):
+    """`--preset trl-server-distill` computes, per token, what TRL's ServerDistillationTrainer computes:
+    the forward KL on the teacher's top k (beta 0) or a JSD / reverse KL on top-1 support with the text's
+    token (beta > 0), with loss_add_tail's bucket or both sides renormalized; some text tokens are the
+    teacher's top one, so the deduplicated support is exercised."""
+    s, t = _pair(3, n=40, v=12)
+    y = torch.randint(12, (40,), generator=torch.Generator().manual_seed(4))
+    y[:10] = t[:10].argmax(-1)
+    rule = "tail" if add_tail else "renormalize"
+    conv = resolve(
+        preset="trl-server-distill",
+        task="causal-lm",
+        beta=beta,
+        top_k=k,
+        top_k_rule=rule,
+        temperature=temperature,
+    )
+    got = token_divergence(s, t, temperature, "float32", k, conv.divergence, beta, conv.top_k_rule, y)
+    want = _trl_per_token(s, t, y, temperature, beta, k, add_tail)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if not add_tail and (k == 1 and beta in (0.0, 1.0)):  # one class renormalized: nothing to learn
+        assert float(got.abs().max()) == 0.0
+    else:
+        assert float(got.max()) > 0.0
+
+
+def test_trl_server_path_in_its_own_words_and_refusals():
+    conv = resolve(preset="trl-server-distill", task="causal-lm")
+    assert (conv.divergence, conv.beta, conv.top_k, conv.top_k_rule) == ("jsd", 1.0, 1, "tail_at_t")
+    assert (
+        conv.setting() == "beta=1, temperature=1, loss_top_k=1, loss_add_tail=True"
+    )  # no lmbda in its config
+    assert (
+        "ServerDistillationConfig(output_dir='out', beta=1, temperature=1, loss_top_k=1, loss_add_tail=True)"
+        in conv.code()
+    )
+    assert "top-1 support: the text's token" in conv.to_dict(16)["objective"]
+    fwd = resolve(preset="trl-server-distill", task="causal-lm", beta=0.0, top_k=8, top_k_rule="renormalize")
+    assert fwd.top_k_rule == "renormalize_both" and "loss_add_tail=False" in fwd.code()
+    assert "top 8 ids (both sides renormalized over them)" in fwd.to_dict(16)["objective"]
+    with pytest.raises(UserError, match="top-1 support only"):
+        resolve(preset="trl-server-distill", task="causal-lm", beta=0.5, top_k=4)
+    with pytest.raises(UserError, match="forward KL"):
+        resolve(task="causal-lm", divergence="reverse_kl", top_k=4, top_k_rule="tail")

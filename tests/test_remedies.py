@@ -343,3 +343,57 @@ def test_lm_remedies_for_a_top_k_target_or_empty_rows_speak_only_to_runs_that_ha
     assert "topk" not in said(tail, none)  # a tail bucket keeps the mass: the advice would restate it
     assert "topk" not in said(tail, none, topk=0.0)
     assert "clamp_min(1)" in said(LM_CONVENTIONS["kd-per-token"], {**none, "empty_row_share": 0.02})
+
+
+def test_a_tail_bucket_is_proposed_where_the_target_drops_its_rest():
+    """The tail remedy changes only the target's rule, which the weights do not show: it is said for a
+    dropped or renormalized rest (DistillKit none, TRL's server path without loss_add_tail), in the
+    trainer's own words, and not where the run already keeps a tail."""
+    cat = causes.catalogue("lm_causes.toml")
+
+    def said(conv):
+        run = {"student": "hf:s", "vocab": 1024, "convention": conv.to_dict(1024), "num_classes": 1024}
+        ctx = causes.remedy_context([], run)
+        mech = cat["alpha_imbalance"]["mechanisms"]
+        return [
+            r["say"] + "\n" + r["code"]
+            for m in mech
+            for r in causes.render_remedies(cat["alpha_imbalance"], m, ctx)
+        ]
+
+    kit = replace(LM_CONVENTIONS["distillkit"], top_k_rule="none")
+    assert any("missing_probability_handling: symmetric_uniform" in r for r in said(kit))
+    server = resolve(preset="trl-server-distill", task="causal-lm", top_k_rule="renormalize")
+    tail = [r for r in said(server) if "one tail bucket" in r]
+    assert tail and "loss_add_tail=True instead of your" in tail[0] and "loss_add_tail=True)" in tail[0]
+    assert not any("top-k large enough" in r for r in said(server))  # TRL allows no k > 1 with beta > 0
+    for keeps in (
+        replace(LM_CONVENTIONS["distillkit"], top_k_rule="tail"),
+        resolve(preset="trl-server-distill", task="causal-lm"),
+    ):
+        assert not any("one tail bucket" in r for r in said(keeps))
+
+
+def test_a_fingerprint_that_cannot_tell_two_members_apart_shows_both():
+    """A vocabulary-mean KD term and no KD term at all read as still (a KD term 2048x too weak is almost
+    none): the remedy writes both losses beside the stated one, and the cause names both."""
+    conv = LM_CONVENTIONS["kd-per-token"]
+    ce_only, mean = (
+        replace(conv, ce_weight=1.0, kd_weight=0.0, form="weights"),
+        replace(conv, reduction="mean"),
+    )
+    fp = {
+        "named": 1.0,
+        "named_member": "no KD term (CE alone)",
+        "best_member": "no KD term (CE alone) (or, as still, the KL reduced by 'mean')",
+        "best_code": ce_only.code(),
+        "named_ties": ["the KL reduced by 'mean'"],
+        "named_ties_code": [mean.code()],
+    }
+    run = {"student": "hf:s", "vocab": 1024, "convention": conv.to_dict(1024), "num_classes": 1024}
+    ctx = causes.remedy_context([{"id": "objective_fingerprint", "status": "fail", "evidence": fp}], run)
+    assert "the KL reduced by 'mean'" in ctx["fp_say"] and "CE alone" in ctx["fp_say"]
+    code = ctx["fp_code"]
+    assert ce_only.code() in code and mean.code() in code and code.endswith(conv.code())
+    assert "# or, as still (the fingerprint cannot tell them apart), the KL reduced by 'mean':" in code
+    compile(code, "fp", "exec")

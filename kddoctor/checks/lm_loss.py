@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..convention_text import support_words, top1_support
 from ..lm.evaluation import LMEvaluation, kd_shares
 from ..losses import divergence_word
 from .base import Finding, Status, grade, register_check, worst
@@ -101,6 +102,8 @@ def lm_topk(
     dropped_warn: float = 0.05,
     dropped_fail: float = 0.10,
     negative_fail: float = 0.25,
+    trivial_warn: float = 0.10,
+    trivial_fail: float = 0.25,
 ) -> Finding:
     """How much of the teacher's probability a top-k KD target (--teacher-top-k) kept, under the trainer's
     missing-mass rule (--top-k-rule): renormalizing the kept mass (DistillKit's ZERO) throws the rest
@@ -108,12 +111,13 @@ def lm_topk(
     leaves a sum that goes negative (verl clamped such a loss to 0 on 89 % of steps).
 
     dropped_*: teacher mass the target loses; negative_fail: share of train tokens whose truncated sum
-    is negative (rule 'none')."""
+    is negative (rule 'none'); trivial_*: share of train tokens where the stated divergence is 0 while the
+    models differ (a one-class support renormalized, TRL's server path without loss_add_tail)."""
     f, conv = ev.splits["train"]["facts"], ev.convention
     k, rule = conv.top_k, conv.top_k_rule
     kept = f["teacher_kept_mass"]
     seen = ", ".join(f"top-{j} {m:.0%}" for j, m in kept.items())
-    dropped = 0.0 if rule == "tail" else 1 - kept[k]
+    dropped = 0.0 if rule in ("tail", "tail_at_t") else 1 - kept[k]
     negative = f.get("truncated_negative")
     evidence = {"kept_mass": kept, "top_k": k, "rule": rule, "dropped_target_mass": dropped}
     status = grade(dropped, dropped_warn, dropped_fail, what="the dropped teacher mass")
@@ -121,15 +125,30 @@ def lm_topk(
         "renormalize": f"renormalizing it drops {dropped:.1%}",
         "tail": f"its tail bucket keeps the other {1 - kept[k]:.1%} as one class",
         "none": f"dropping the rest leaves {dropped:.1%} out of a sum that is no divergence",
+        "tail_at_t": f"its tail bucket (TRL's loss_add_tail) keeps the other {1 - kept[k]:.1%} as one class",
+        "renormalize_both": f"renormalizing both sides over it drops {dropped:.1%}",
     }[rule]
+    what = f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train tokens"
+    if top1_support(conv):  # TRL's server path for beta > 0: the teacher's top token and the text's
+        what = f"a top-1 support ({support_words(conv)}) keeps at least {kept[1]:.1%} of the teacher's "
+        what += "probability on train tokens"
+        how = how.replace(f"{dropped:.1%}", f"up to {dropped:.1%}")
     if negative is not None:
         evidence["truncated_negative"] = negative
         status = worst(status, grade(negative, negative_fail / 2, negative_fail, what="the negative share"))
         how += f"; that sum is negative on {negative:.0%} of train tokens (a clamp at 0 stops their gradient)"
+    trivial = (f.get("precision") or {}).get("trivial_fraction")
+    if trivial is not None:
+        evidence["trivial_zero_share"] = trivial
+    if trivial:
+        status = worst(status, grade(trivial, trivial_warn, trivial_fail, what="the share read as 0"))
+        how += (
+            f"; the KD term reads 0 on {trivial:.0%} of train tokens where the two models differ (a support "
+            "of one class renormalized: no gradient there)"
+        )
     return Finding(
         "lm_topk",
         status,
-        f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train tokens; {how} "
-        f"({seen})",
+        f"{what}; {how} ({seen})",
         evidence,
     )

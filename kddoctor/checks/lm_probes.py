@@ -20,6 +20,7 @@ SMALL_RATIO = 1 / 30
 SMALL_WIDTH = 1 / 6
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEMPERATURES = (1.0, 2.0, 4.0)
+SWEEP_NOISE = 0.01  # a sweep gain under a point of agreement is said as none (its val rows: ~0.5-point noise)
 
 
 @register_check(
@@ -376,9 +377,14 @@ def lm_alpha_sensitivity(
         f"{base['steps']} steps{cut_continue} (Adam at {base['lr']:g}, the best of {len(continued)}) moves "
         f"token agreement {start['agreement']:.1%} -> {base['agreement']:.1%} and changes "
         f"{evidence['continue_reads']} on val by {-moved:+.1%} "
-        f"({-late:+.1%} in its second half); after "
-        f"{budget['steps']} steps{cut} the best per-token {swept}setting ({point}) reaches "
-        f"{best['agreement']:.1%} ({gain * 100:+.1f} points)"
+        f"({-late:+.1%} in its second half); after {budget['steps']} steps{cut} "
+        + (
+            f"the best per-token {swept}setting ({point}) reaches {best['agreement']:.1%} "
+            f"({gain * 100:+.1f} points)"
+            if gain >= SWEEP_NOISE
+            else f"no per-token {swept}setting of the sweep beats that by a point (its best, {point}, "
+            f"reaches {best['agreement']:.1%}, {gain * 100:+.1f} points: within the sweep's noise)"
+        )
     )
     moving = moved >= (continue_warn_div if reads == "div" else continue_warn)
     if moving:

@@ -55,9 +55,18 @@ def members(conv: KDConvention) -> list[tuple[str, KDConvention]]:
     return out
 
 
-def _texts(m: KDConvention) -> dict:
-    """A member written in the user's own form, in PyTorch, and as a formula."""
-    return {"code": m.code(), "python": python_code(m), "formula": m.formula()}
+def _texts(m: KDConvention, conv: KDConvention | None = None) -> dict:
+    """A member written in the user's own form, in PyTorch, and as a formula that says what it changes
+    beyond the weights (T², the reduction, the target) against the stated `conv`."""
+    formula = m.formula()
+    if conv is not None:
+        if m.t2 != conv.t2:
+            formula += f", KD {'with' if m.t2 else 'without'} T²"
+        if m.reduction != conv.reduction:
+            formula += f", KD reduced by '{m.reduction}'"
+        if (m.top_k, m.top_k_rule) != (conv.top_k, conv.top_k_rule) and m.top_k:
+            formula += f", KD on the teacher's top {m.top_k} ({m.top_k_rule})"
+    return {"code": m.code(), "python": python_code(m), "formula": formula}
 
 
 def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -> dict:
@@ -69,7 +78,7 @@ def _assess(moments: dict, conv: KDConvention, n: int, moving: float = MOVING) -
             continue
         seen.add((round(a, 12), round(b, 12)))
         row = {"name": name, "ce": a, "kd": b, "rho": rho(moments, a, b)}
-        rows.append({**row, **_texts(m)})
+        rows.append({**row, **_texts(m, conv)})
     stated = rows[0]
     best = min(rows, key=lambda r: r["rho"])
     a, b = stated["ce"], stated["kd"]
@@ -227,10 +236,10 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
         a, b = m.term_weights(vocab)
         if (round(a, 12), round(b, 12)) not in seen:
             seen.add((round(a, 12), round(b, 12)))
-            rows.append({"name": name, "term": 1, "ce": a, "kd": b, **_texts(m)})
+            rows.append({"name": name, "term": 1, "ce": a, "kd": b, **_texts(m, conv)})
     a0, b0 = conv.term_weights(vocab)
     for j, (name, m) in enumerate(targets, start=2):
-        rows.append({"name": name, "term": j, "ce": a0, "kd": b0, **_texts(m)})
+        rows.append({"name": name, "term": j, "ce": a0, "kd": b0, **_texts(m, conv)})
     scan = [(1, 1.0, r) for r in SCAN] + [(1, 1.0, 0.0), (1, 0.0, 1.0)]
     spec = [(r["term"], r["ce"], r["kd"]) for r in rows]
     point, whole = coord_stats(g, spec + scan, whole=True)
@@ -274,6 +283,7 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
     if nothing:
         lo = hi = 0.0
     scan_min = point[len(rows) + k]
+    ties = [r for r in members_s[1:] if r is not named and r["S"] <= named["S"] * (1 + TIE)]
     return {
         "coord_members": {r["name"]: round(r["S"], 4) for r in rows},
         # every objective, top-k targets included, still moves it as a whole: not converged (as for images)
@@ -290,9 +300,8 @@ def _assess_coords(g: torch.Tensor, conv: KDConvention, vocab: int, targets: lis
         "objective_excess_hi": hi,
         "named_member": named["name"],
         # members within TIE of the named one's S: the fingerprint cannot tell them apart
-        "named_ties": [
-            r["name"] for r in members_s[1:] if r is not named and r["S"] <= named["S"] * (1 + TIE)
-        ],
+        "named_ties": [r["name"] for r in ties],
+        "named_ties_code": [r["code"] for r in ties],
         "candidates": len(cand),
         "named_code": named["code"],
         "named_python": named["python"],
@@ -398,6 +407,8 @@ def lm_fingerprint(
     e = {f"scalar_{k}" if k.startswith("best_") else k: v for k, v in e.items()}
     e |= _assess_coords(coords.tensor(), conv, ev.vocab, targets)
     e |= {f"best_{k}": e[f"named_{k}"] for k in ("member", "code", "python", "formula")}
+    if e["named_ties"]:  # a cause and its remedy name every member the fingerprint cannot tell apart
+        e["best_member"] += f" (or, as still, {' or '.join(e['named_ties'])})"
     e["all_moving"] = math.log10(max(e["best_rho"], 1e-9))
     e["inconclusive"] = float(e["best_rho"] > moving)
     size = f"{pr.counted_tokens('train'):,} counted tokens of {len(ids)} train sequences"

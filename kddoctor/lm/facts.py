@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..losses import objective_divergence, token_divergence
+from ..losses import log_prob_kl, objective_divergence, token_divergence
 from ..metrics.tokens import IGNORE, chunk_elems_for, counted_chunks
 
 TOP_KS = (1, 5, 20, 50)  # kept teacher mass is reported at these k (and at a stated --teacher-top-k)
@@ -156,7 +156,7 @@ class RowFacts:
         self.conv = conv
         self.ks = tuple(sorted({*TOP_KS, *([conv.top_k] if conv.top_k else [])}))
         keys = ("kept_rows", "prec_rows", "kl32", "kl_low", "kl_zero", "kl_negative", "kl_nonfinite")
-        self.sums = dict.fromkeys(keys + ("truncated_rows", "truncated_negative"), 0.0)
+        self.sums = dict.fromkeys(keys + ("truncated_rows", "truncated_negative", "kl_trivial"), 0.0)
         self.sums.update({f"kept_{k}": 0.0 for k in self.ks})
 
     def kept(self, t: torch.Tensor, s: torch.Tensor | None = None) -> None:
@@ -172,12 +172,22 @@ class RowFacts:
             self.sums["truncated_rows"] += float(len(t))
             self.sums["truncated_negative"] += float((per < 0).sum())
 
-    def precision(self, t: torch.Tensor, s: torch.Tensor) -> None:
-        """The stated KD divergence per token at the training T, in fp32 and in the training dtype."""
-        ref = objective_divergence(self.conv, s, t, torch.float32).double()
-        low = ref if self.conv.kd_dtype == "float32" else objective_divergence(self.conv, s, t).double()
+    def precision(self, t: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """The stated KD divergence per token at the training T, in fp32 and in the training dtype (`y`:
+        the tokens the rows predict, for a support that holds them)."""
+        ref = objective_divergence(self.conv, s, t, torch.float32, y).double()
+        low = ref if self.conv.kd_dtype == "float32" else objective_divergence(self.conv, s, t, y=y).double()
         finite = torch.isfinite(low)
+        # a support too small to hold a divergence (a top-1 target renormalized) reads 0 where the two
+        # models differ: no gradient from the KD term on that token
+        trivial = 0.0
+        if self.conv.top_k:
+            full = log_prob_kl(
+                F.log_softmax(t / self.conv.temperature, -1), F.log_softmax(s / self.conv.temperature, -1)
+            )
+            trivial = float(((ref.abs() <= 1e-9) & (full > 1e-4)).sum())
         add = {
+            "kl_trivial": trivial,
             "prec_rows": float(len(t)),
             "kl32": float(ref.sum()),
             "kl_low": float(torch.where(finite, low, 0.0).sum()),
@@ -203,6 +213,7 @@ class RowFacts:
                 "kl_fp32": s["kl32"] / rows,
                 "kl_dtype": s["kl_low"] / rows,
                 "zero_fraction": s["kl_zero"] / rows,
+                "trivial_fraction": s["kl_trivial"] / rows,
                 "negative_fraction": s["kl_negative"] / rows,
                 "nonfinite_fraction": s["kl_nonfinite"] / rows,
             },

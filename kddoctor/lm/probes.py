@@ -93,14 +93,15 @@ class Probes:
 
     @torch.no_grad()
     def chunks(self, split: str, chunk_elems: int = CPU_CHUNK):
-        """(teacher, student) fp32 logits of a split's counted row tokens, a chunk at a time."""
+        """(teacher, student, labels): fp32 logits of a split's counted row tokens and the tokens they
+        predict, a chunk at a time."""
         ids, mask, labels = self.rows[split]
         for i in range(0, len(ids), BATCH):
             rows = slice(i, i + BATCH)
             s = self._logits(self.student, ids[rows], mask[rows])
             t = self._teacher(split, rows)
             # the logits hold positions 0..L-2, each predicting labels[:, 1:], as counted_chunks reads them
-            yield from ((tc, sc) for (tc, sc), _, _ in counted_chunks(labels[rows], chunk_elems, t, s))
+            yield from ((tc, sc, y) for (tc, sc), y, _ in counted_chunks(labels[rows], chunk_elems, t, s))
 
     @torch.no_grad()
     def counted_logits(self, split: str, max_elems: int) -> dict:
@@ -151,7 +152,7 @@ class Probes:
             index = target.clamp_min(0).unsqueeze(-1)
             nll, nll_t = (-lp.gather(-1, index).squeeze(-1) for lp in (logp_s, logp_t))
             pred = s.argmax(-1)
-            div = kl if objective is None else objective_divergence(objective, s, t, "float32")
+            div = kl if objective is None else objective_divergence(objective, s, t, "float32", target)
             for k, v in enumerate((counted, pred == t.argmax(-1), kl, nll, pred == target, div, nll_t)):
                 sums[k] += (v.double() * counted).sum()
         n = max(float(sums[0]), 1.0)

@@ -269,9 +269,9 @@ def _row_facts(ev: LMEvaluation) -> None:
     conv = ev.convention
     for split in ("train", "val"):
         facts = RowFacts(conv)
-        for t, s in ev.probes.chunks(split):
+        for t, s, y in ev.probes.chunks(split):
             facts.kept(t, s)
-            facts.precision(t, s)
+            facts.precision(t, s, y)
         got = facts.compute()
         ev.splits[split]["facts"].update(
             teacher_kept_mass=got["teacher_kept_mass"],

@@ -227,6 +227,31 @@ TRAINERS = [
         },
     ),
     LMScenario(
+        "healthy_trl_server",
+        None,
+        "distilled as TRL's ServerDistillationTrainer does by default: reverse KL (beta 1) on top-1 "
+        "support (the text's token and a tail bucket) at T 1, every batch sampled by the student",
+        Distill(temperature=1.0, extra=(("preset", "trl-server-distill"),)),
+        stated={"preset": "trl-server-distill"},
+    ),
+    LMScenario(
+        "healthy_trl_server_forward",
+        None,
+        "TRL's server path at beta 0: forward KL on the teacher's top 8 ids with a tail bucket, at T 1, "
+        "every batch sampled by the student",
+        Distill(temperature=1.0, top_k=8, extra=(("preset", "trl-server-distill"), ("beta", 0.0))),
+        stated={"preset": "trl-server-distill", "beta": 0.0, "top_k": 8},
+    ),
+    LMScenario(
+        "trl_server_no_tail",
+        "alpha_imbalance",
+        "TRL's server path with loss_add_tail=False at its default loss_top_k 1: a support of one class, "
+        "renormalized, so the KD term is 0 on every token and the student learns nothing",
+        Distill(temperature=1.0, extra=(("preset", "trl-server-distill"), ("top_k_rule", "renormalize"))),
+        stated={"preset": "trl-server-distill", "top_k_rule": "renormalize"},
+        fix={"distill": {"extra": (("preset", "trl-server-distill"),)}, "stated": {"top_k_rule": "tail"}},
+    ),
+    LMScenario(
         "label_shift",
         "distribution_mismatch",
         "the training loss shifted the labels once more than the model does (its CE term, weighted "
