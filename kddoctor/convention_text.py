@@ -129,7 +129,7 @@ def _token_divergence_code(conv) -> str:
         conv.beta if conv.beta is not None else (0.5 if conv.divergence == "jsd" else 0.1),
     )
     kl = "(F.kl_div({x}, {y}, log_target=True, reduction='none').sum(-1) * mask).sum() / mask.sum()"
-    if conv.top_k and conv.top_k_rule in ("tail_at_t", "renormalize_both"):
+    if conv.top_k and conv.top_k_rule in SUPPORT_RULES:
         return _support_code(conv, b)
     if conv.top_k and conv.top_k_rule == "renormalize":
         return (

@@ -117,22 +117,23 @@ def lm_topk(
     k, rule = conv.top_k, conv.top_k_rule
     kept = f["teacher_kept_mass"]
     seen = ", ".join(f"top-{j} {m:.0%}" for j, m in kept.items())
-    dropped = 0.0 if rule in ("tail", "tail_at_t") else 1 - kept[k]
+    dropped = 0.0 if conv.keeps_tail else 1 - kept[k]
+    top1 = top1_support(conv)  # TRL's server path for beta > 0: the teacher's top token and the text's
+    lost = f"up to {dropped:.1%}" if top1 else f"{dropped:.1%}"  # the text's token may keep some more
     negative = f.get("truncated_negative")
     evidence = {"kept_mass": kept, "top_k": k, "rule": rule, "dropped_target_mass": dropped}
     status = grade(dropped, dropped_warn, dropped_fail, what="the dropped teacher mass")
     how = {
-        "renormalize": f"renormalizing it drops {dropped:.1%}",
+        "renormalize": f"renormalizing it drops {lost}",
         "tail": f"its tail bucket keeps the other {1 - kept[k]:.1%} as one class",
         "none": f"dropping the rest leaves {dropped:.1%} out of a sum that is no divergence",
         "tail_at_t": f"its tail bucket (TRL's loss_add_tail) keeps the other {1 - kept[k]:.1%} as one class",
-        "renormalize_both": f"renormalizing both sides over it drops {dropped:.1%}",
+        "renormalize_both": f"renormalizing both sides over it drops {lost}",
     }[rule]
     what = f"a top-{k} KD target keeps {kept[k]:.1%} of the teacher's probability on train tokens"
-    if top1_support(conv):  # TRL's server path for beta > 0: the teacher's top token and the text's
+    if top1:
         what = f"a top-1 support ({support_words(conv)}) keeps at least {kept[1]:.1%} of the teacher's "
         what += "probability on train tokens"
-        how = how.replace(f"{dropped:.1%}", f"up to {dropped:.1%}")
     if negative is not None:
         evidence["truncated_negative"] = negative
         status = worst(status, grade(negative, negative_fail / 2, negative_fail, what="the negative share"))

@@ -55,17 +55,16 @@ def members(conv: KDConvention) -> list[tuple[str, KDConvention]]:
     return out
 
 
-def _texts(m: KDConvention, conv: KDConvention | None = None) -> dict:
+def _texts(m: KDConvention, conv: KDConvention) -> dict:
     """A member written in the user's own form, in PyTorch, and as a formula that says what it changes
     beyond the weights (T², the reduction, the target) against the stated `conv`."""
     formula = m.formula()
-    if conv is not None:
-        if m.t2 != conv.t2:
-            formula += f", KD {'with' if m.t2 else 'without'} T²"
-        if m.reduction != conv.reduction:
-            formula += f", KD reduced by '{m.reduction}'"
-        if (m.top_k, m.top_k_rule) != (conv.top_k, conv.top_k_rule) and m.top_k:
-            formula += f", KD on the teacher's top {m.top_k} ({m.top_k_rule})"
+    if m.t2 != conv.t2:
+        formula += f", KD {'with' if m.t2 else 'without'} T²"
+    if m.reduction != conv.reduction:
+        formula += f", KD reduced by '{m.reduction}'"
+    if (m.top_k, m.top_k_rule) != (conv.top_k, conv.top_k_rule) and m.top_k:
+        formula += f", KD on the teacher's top {m.top_k} ({m.top_k_rule})"
     return {"code": m.code(), "python": python_code(m), "formula": formula}
 
 
