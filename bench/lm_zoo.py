@@ -4,6 +4,10 @@
     python bench/lm_zoo.py --family bytes --draw 1  # one family, the held-back half only
     python bench/lm_zoo.py --json out.jsonl         # also one JSON line per pair (the evidence tables)
 
+Draw 2 is held back from everything: built after the catalogue was last set (2026-12-08), run once.
+A fix that rebuilds a pair already diagnosed in the draw (the same recipe, data and stated objective:
+`pair_key`) repeats that diagnosis.
+
 Draw 0 is the half lm_causes.toml was tuned on; draw 1 is held back (other documents, another student
 initialisation and batch order). Correct: see `kddoctor.zoo.lm.judge`. Models are trained once and
 cached ($KDDOCTOR_CACHE); the Hugging Face families are diagnosed through hf: directories.
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--draw", type=int, choices=scenarios.DRAWS, action="append")
     ap.add_argument("--family", choices=list(scenarios.FAMILIES), action="append")
     ap.add_argument("--only", action="append", help="scenario name (repeatable)")
+    ap.add_argument("--no-fixes", action="store_true", help="the scenarios alone, not their counterfactuals")
     ap.add_argument("--json", help="append one JSON line per pair to this file")
     ap.add_argument("--docs", help="write each pair's results.json document into this directory")
     a = ap.parse_args()
@@ -79,11 +84,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     totals: dict = {}
     for draw in a.draw or scenarios.DRAWS:
+        done: dict = {}  # pair_key -> diagnosis: a fix that rebuilds a healthy pair repeats its diagnosis
         for scn in scenarios.SCENARIOS:
             if a.family and scn.family not in a.family or a.only and scn.name not in a.only:
                 continue
-            for v in [scn] + ([scn.fixed()] if scn.fix else []):
-                d = scenarios.run(v, draw)
+            for v in [scn] + ([scn.fixed()] if scn.fix and not a.no_fixes else []):
+                key = scenarios.pair_key(v)
+                d = done[key] = done.get(key) or scenarios.run(v, draw)
                 row = _row(v, draw, d)
                 totals.setdefault((scn.family, draw), []).append(row["correct"])
                 top = d.causes[0]
@@ -101,7 +108,7 @@ def main() -> None:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(json.dumps(d.to_dict()))
     for (family, draw), oks in totals.items():
-        half = "tuning" if draw == 0 else "held back"
+        half = {0: "tuning", 1: "held back"}.get(draw, "held back, fresh")
         print(f"{family}, draw {draw} ({half}): {sum(oks)}/{len(oks)} correct")
 
 

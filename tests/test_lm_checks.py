@@ -239,7 +239,12 @@ def test_a_healthy_lm_verdict_names_the_checks_that_flag_something():
     v = verdict(rows, causes, "lm_causes.toml", calm)
     assert v["kind"] == "healthy" and "1 check flags something (capacity_probe)" in v["sentence"]
     assert "insufficient_capacity, 0.12" in v["sentence"] and "no check found a fault" not in v["sentence"]
-    rows[1]["status"] = "pass"
+    rows[1]["status"] = "pass"  # no check flags: a cause below the bar is still named, with its evidence
+    causes[0]["evidence"] = ["on its own train text the student misses 40.0% of its teacher's gain"]
+    said = verdict(rows, causes, "lm_causes.toml", calm)["sentence"]
+    assert "no check flags a fault, and the strongest lead, insufficient_capacity (0.12)" in said
+    assert said.endswith("KL(t||s) 0.300 nats/token on val") and "misses 40.0% of its teacher's gain" in said
+    causes[0]["score"] = 0.0
     assert "no check found a fault" in verdict(rows, causes, "lm_causes.toml", calm)["sentence"]
 
 

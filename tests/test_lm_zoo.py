@@ -1,12 +1,9 @@
 """The causal-LM zoo (tuning draw): every planted pathology is named and likely, its counterfactual
 (only the planted factor fixed) and the healthy pairs are calm."""
 
-import json
-
 import pytest
 
 from kddoctor.causes import CAUSE_IDS
-from kddoctor.flags import resolve
 from kddoctor.zoo import lm as scenarios
 
 BYTES = [s for s in scenarios.SCENARIOS if s.family == "bytes"]  # the Hugging Face families: test_lm_hf_zoo
@@ -18,8 +15,7 @@ def _distinct(scns: list) -> list:
     same recipe, data and resolved objective) repeats its diagnosis, which runs by steps alone."""
     seen, out = set(), []
     for s in scns:
-        conv = resolve(task="causal-lm", **scenarios.stated(s)).to_dict(256)
-        key = (s.distill, json.dumps(s.data, sort_keys=True), json.dumps(conv, sort_keys=True))
+        key = scenarios.pair_key(s)
         if key not in seen:
             seen.add(key)
             out.append(s)

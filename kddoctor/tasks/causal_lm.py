@@ -12,6 +12,7 @@ import torch
 from .. import checks as _checks  # noqa: F401  (registers every battery)
 from .._cache import TeacherCache
 from .._dist import rank_world
+from ..causes import LIKELY
 from ..checks.lm_gap import nll_unread
 from ..config import LM_TRAIN_SEQUENCES
 from ..convention import KDConvention
@@ -197,14 +198,20 @@ class CausalLMTask:
 
     def calm_sentence(self, ev: LMEvaluation, findings: list[dict], causes: list[dict], gap: dict) -> str:
         """A smaller student is always some tokens behind its teacher: without a measured mechanism the
-        LM verdict is calm, and names the checks that flag something."""
+        LM verdict is calm, and names the checks that flag something, or the evidence of a cause below
+        the bar where no check flags (a mild dose can sit there: a reader should see it)."""
         va, tr = ev.val, ev.train
         flagged = [r["id"] for r in findings if r["status"] in ("warn", "fail")]
+        top = causes[0]
         if flagged:
-            top = causes[0]
             which = "1 check flags" if len(flagged) == 1 else f"{len(flagged)} checks flag"
-            lead = f"{which} something ({', '.join(flagged)}), but no cause reaches 0.5"
+            lead = f"{which} something ({', '.join(flagged)}), but no cause reaches {LIKELY}"
             lead += f" (the strongest: {top['id']}, {top['score']:.2f})" if top["score"] > 0 else ""
+        elif top["score"] > 0 and top.get("evidence"):
+            lead = (
+                f"no check flags a fault, and the strongest lead, {top['id']} ({top['score']:.2f}), "
+                f"stays below {LIKELY}: {top['evidence'][0]}"
+            )
         else:
             lead = "no check found a fault"
         unread = nll_unread(ev.convention)

@@ -4,7 +4,8 @@ it plants and the counterfactual that undoes only that factor (`LMScenario`).
 Families (`families.FAMILIES`): `bytes` (pure-torch TinyGPTs on bytes of code, the first zoo) and
 Hugging Face models of three architectures on two corpora, saved with `save_pretrained` beside a BPE
 tokenizer and diagnosed as `hf:` directories. A scenario belongs to one family; draw 0 tunes the
-catalogue (lm_causes.toml), draw 1 is held back (other documents, student initialisation and order).
+catalogue (lm_causes.toml), draw 1 is held back (other documents, student initialisation and order),
+and draw 2, built after the catalogue was last set, is held back from every threshold.
 """
 
 from __future__ import annotations
@@ -455,7 +456,7 @@ SCENARIOS = (
     + TRAINERS
     + [s for name, fam in FAMILIES.items() if fam.hf for s in _hf_family(name)]
 )
-DRAWS = (0, 1)
+DRAWS = (0, 1, 2)  # 2: held back from every threshold, built after the catalogue was last set
 
 
 def get(name: str) -> LMScenario:
