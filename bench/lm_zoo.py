@@ -1,16 +1,15 @@
-"""The causal-LM scenario zoo: diagnose every planted pathology and its counterfactual, both draws.
+"""The causal-LM scenario zoo: diagnose every planted pathology and its counterfactual, on each draw.
 
-    python bench/lm_zoo.py                          # every family, draw 0 (tuning) and 1 (held back)
-    python bench/lm_zoo.py --family bytes --draw 1  # one family, the held-back half only
+    python bench/lm_zoo.py                          # every family, draws 0 (tuning), 1 and 2 (held back)
+    python bench/lm_zoo.py --family bytes --draw 2  # one family, one held-back draw only
     python bench/lm_zoo.py --json out.jsonl         # also one JSON line per pair (the evidence tables)
-
-Draw 2 is held back from everything: built after the catalogue was last set (2026-12-08), run once.
-A fix that rebuilds a pair already diagnosed in the draw (the same recipe, data and stated objective:
-`pair_key`) repeats that diagnosis.
 
 Draw 0 is the half lm_causes.toml was tuned on; draw 1 is held back (other documents, another student
 initialisation and batch order). Correct: see `kddoctor.zoo.lm.judge`. Models are trained once and
-cached ($KDDOCTOR_CACHE); the Hugging Face families are diagnosed through hf: directories.
+cached ($KDDOCTOR_CACHE); the Hugging Face families are diagnosed through hf: directories. Draw 2 is
+held back from everything: built after the catalogue was last set (2026-12-08) and run once. A fix that
+rebuilds a pair already diagnosed in the draw (the same recipe, data and stated objective: `pair_key`)
+repeats that diagnosis.
 """
 
 from __future__ import annotations
