@@ -85,6 +85,7 @@ def pair_key(scn: LMScenario) -> str:
 
     from ...flags import resolve
 
+    # one fixed vocabulary for every family: the key compares resolved objectives, it states none
     conv = resolve(task="causal-lm", **stated(scn)).to_dict(256)
     return json.dumps([scn.family, repr(scn.distill), scn.data, conv], sort_keys=True, default=str)
 
